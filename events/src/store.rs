@@ -1,0 +1,534 @@
+//! The JetStream event store: provisioning, append with optimistic concurrency and
+//! de-duplication, reading one aggregate, and subscribing to the whole stream.
+//!
+//! `AICP_EVENTS` is the system of record. Each aggregate has its own subject, so:
+//! - an append carries `Nats-Expected-Last-Subject-Sequence`: two writers that read the
+//!   same state cannot both append; the loser gets [`AppendError::Conflict`] and re-reads;
+//! - an append that a retry could repeat carries a deterministic `Nats-Msg-Id`, and the
+//!   stream's duplicate window stores it once (the retry gets the first sequence back).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use crate::codec::{self, DecodeError, EncodeError};
+use crate::envelope::Envelope;
+use crate::subject::{Aggregate, Namespace};
+
+/// The header naming the payload's format.
+pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure to talk to JetStream, other than an append's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The server did not answer.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why it failed.
+        source: async_nats::ConnectError,
+    },
+    /// The stream is missing: it has not been provisioned on this server.
+    #[error("stream {stream} does not exist (provision the streams first: `aicp streams init`)")]
+    StreamNotFound {
+        /// The missing stream.
+        stream: String,
+    },
+    /// A JetStream request failed.
+    #[error("JetStream {op} failed: {source}")]
+    JetStream {
+        /// What was being done.
+        op: &'static str,
+        /// The client's error.
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    fn jetstream(op: &'static str, source: impl Into<BoxError>) -> Self {
+        StoreError::JetStream {
+            op,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why an append was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Someone appended to the aggregate since the caller read it: re-read and decide again.
+    #[error(
+        "conflict on {subject}: expected last sequence {expected}, but the aggregate has moved on"
+    )]
+    Conflict {
+        /// The aggregate's subject.
+        subject: String,
+        /// The sequence the caller expected.
+        expected: u64,
+    },
+    /// The batch could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The batch is larger than the server's maximum message size.
+    #[error("event batch of {bytes} bytes is larger than the server accepts")]
+    TooLarge {
+        /// The encoded size.
+        bytes: usize,
+    },
+    /// No stream captures the subject: the streams have not been provisioned.
+    #[error("no stream stores {subject} (provision the streams first: `aicp streams init`)")]
+    StreamNotFound {
+        /// The subject.
+        subject: String,
+    },
+    /// The publish failed or its acknowledgement did not arrive; the event may or may not be
+    /// stored, so retry with the same `Nats-Msg-Id` or re-read before deciding again.
+    #[error("append to {subject} failed: {source}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// The client's error.
+        source: jetstream::context::PublishError,
+    },
+}
+
+/// What the stream must hold before an append is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Append whatever the aggregate holds (only for facts that cannot conflict).
+    Any,
+    /// The aggregate's last message must have this stream sequence; 0 means it must have none.
+    Sequence(u64),
+}
+
+impl Expected {
+    /// The aggregate must not exist yet.
+    pub const NEW: Expected = Expected::Sequence(0);
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream sequence of the message.
+    pub sequence: u64,
+    /// True if the stream already had a message with this `Nats-Msg-Id`: nothing new was
+    /// stored and `sequence` is the first one's.
+    pub duplicate: bool,
+}
+
+/// One message of the stream, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// Its subject.
+    pub subject: String,
+    /// The events, in the order they were appended.
+    pub events: Vec<Envelope>,
+}
+
+/// A message of the stream that is not a valid event batch.
+#[derive(Debug, thiserror::Error)]
+#[error("poison message {sequence} on {subject}: {error}")]
+pub struct PoisonMessage {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// Its subject.
+    pub subject: String,
+    /// Why it could not be decoded.
+    pub error: DecodeError,
+    /// The raw payload, to keep aside for inspection.
+    pub payload: Bytes,
+}
+
+/// An item a subscription could not deliver as events.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// One message was undecodable; the subscription goes on with the next.
+    #[error(transparent)]
+    Poison(#[from] PoisonMessage),
+    /// The consumer failed (the client recreates ordered consumers, so this is rare).
+    #[error("reading the events stream failed: {0}")]
+    Consumer(BoxError),
+}
+
+/// Everything stored for one aggregate.
+#[derive(Debug, Default)]
+pub struct AggregateEvents {
+    /// The decodable messages, oldest first.
+    pub batches: Vec<StoredBatch>,
+    /// The messages that could not be decoded.
+    pub poison: Vec<PoisonMessage>,
+    /// The sequence of the aggregate's last message (0 if none): the next append's
+    /// expected sequence.
+    pub last_sequence: u64,
+}
+
+impl AggregateEvents {
+    /// Every event of the aggregate, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &Envelope> {
+        self.batches.iter().flat_map(|b| b.events.iter())
+    }
+}
+
+/// A live feed of the stream's messages, in stream order.
+pub type EventSubscription = Pin<Box<dyn Stream<Item = Result<StoredBatch, ReadError>> + Send>>;
+
+/// How the streams are configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// How long the stream remembers a `Nats-Msg-Id` to drop a retry. Longer protects
+    /// later retries but costs server memory per message.
+    pub duplicate_window: Duration,
+    /// Replicas of each stream (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+/// What provisioning did to one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioned {
+    /// The stream did not exist and was created.
+    Created,
+    /// The stream existed with another configuration and was updated.
+    Updated,
+    /// The stream was already as configured.
+    Unchanged,
+}
+
+/// The event store of one namespace on one NATS server.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    js: jetstream::Context,
+    namespace: Namespace,
+    settings: StreamSettings,
+}
+
+impl EventStore {
+    /// Wraps a connected client.
+    pub fn new(client: async_nats::Client, namespace: Namespace) -> Self {
+        Self {
+            js: jetstream::new(client),
+            namespace,
+            settings: StreamSettings::default(),
+        }
+    }
+
+    /// Connects to `url`. The client reconnects on its own after a server restart.
+    pub async fn connect(url: &str, namespace: Namespace) -> Result<Self, StoreError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Self::new(client, namespace))
+    }
+
+    /// Uses `settings` when provisioning.
+    pub fn with_settings(mut self, settings: StreamSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The namespace the store works in.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The JetStream context, for the parts (consumers, work queue) built on top.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The configuration `AICP_EVENTS` should have.
+    pub fn events_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.namespace.events_stream(),
+            description: Some("AICP events: the system of record".to_owned()),
+            subjects: vec![self.namespace.events_wildcard()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            // Facts are never removed: a replay from sequence 1 must see all of them.
+            deny_delete: true,
+            deny_purge: true,
+            duplicate_window: self.settings.duplicate_window,
+            num_replicas: self.settings.replicas,
+            // Lets readers fetch single messages by subject from any replica.
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    /// The configuration `AICP_WORK` should have.
+    pub fn work_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.namespace.work_stream(),
+            description: Some("AICP work queue: one message per task assignment".to_owned()),
+            subjects: vec![self.namespace.work_wildcard()],
+            // A message is removed once a worker acks it.
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: self.settings.duplicate_window,
+            num_replicas: self.settings.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the streams, or updates them to the wanted configuration; safe to repeat.
+    pub async fn provision(&self) -> Result<Vec<(String, Provisioned)>, StoreError> {
+        let mut outcomes = Vec::new();
+        for config in [self.events_stream_config(), self.work_stream_config()] {
+            let name = config.name.clone();
+            let outcome = self.provision_stream(config).await?;
+            tracing::info!(stream = %name, ?outcome, "stream provisioned");
+            outcomes.push((name, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    async fn provision_stream(&self, wanted: stream::Config) -> Result<Provisioned, StoreError> {
+        match self.js.get_stream(&wanted.name).await {
+            Ok(mut existing) => {
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|e| StoreError::jetstream("stream info", e))?;
+                if same_settings(&info.config, &wanted) {
+                    return Ok(Provisioned::Unchanged);
+                }
+                self.js
+                    .update_stream(&wanted)
+                    .await
+                    .map_err(|e| StoreError::jetstream("stream update", e))?;
+                Ok(Provisioned::Updated)
+            }
+            Err(e) if is_stream_not_found(&e) => {
+                self.js
+                    .create_stream(wanted)
+                    .await
+                    .map_err(|e| StoreError::jetstream("stream create", e))?;
+                Ok(Provisioned::Created)
+            }
+            Err(e) => Err(StoreError::jetstream("stream lookup", e)),
+        }
+    }
+
+    /// Appends `events` to `aggregate` as one message, atomically.
+    ///
+    /// `expected` guards against concurrent writers; `msg_id`, when given, makes a retry of
+    /// the same append a no-op that returns the first sequence (within the duplicate window).
+    pub async fn append(
+        &self,
+        aggregate: &Aggregate,
+        events: &[Envelope],
+        expected: Expected,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        let subject = self.namespace.aggregate_subject(aggregate);
+        let payload = codec::encode_batch(events)?;
+        let size = payload.len();
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, codec::CONTENT_TYPE);
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .headers(headers);
+        if let Expected::Sequence(seq) = expected {
+            publish = publish.expected_last_subject_sequence(seq);
+        }
+        if let Some(id) = msg_id {
+            publish = publish.message_id(id);
+        }
+        let map_err = |source: jetstream::context::PublishError| match source.kind() {
+            PublishErrorKind::WrongLastSequence => AppendError::Conflict {
+                subject: subject.clone(),
+                expected: match expected {
+                    Expected::Sequence(seq) => seq,
+                    Expected::Any => 0,
+                },
+            },
+            PublishErrorKind::StreamNotFound => AppendError::StreamNotFound {
+                subject: subject.clone(),
+            },
+            PublishErrorKind::MaxPayloadExceeded => AppendError::TooLarge { bytes: size },
+            _ => AppendError::Publish {
+                subject: subject.clone(),
+                source,
+            },
+        };
+        let ack = self
+            .js
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(map_err)?
+            .await
+            .map_err(map_err)?;
+        Ok(Appended {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Reads every message of one aggregate, oldest first. Undecodable messages are
+    /// returned aside, not as an error, so the caller decides what a poison event means.
+    pub async fn read(&self, aggregate: &Aggregate) -> Result<AggregateEvents, StoreError> {
+        let subject = self.namespace.aggregate_subject(aggregate);
+        let stream = self.events_stream().await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StoreError::jetstream("consumer create", e))?;
+        let mut out = AggregateEvents::default();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| StoreError::jetstream("consumer messages", e))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| StoreError::jetstream("consumer next", e))?;
+            let pending = message
+                .info()
+                .map_err(|e| StoreError::jetstream("message info", e))?
+                .pending;
+            let decoded = decode_message(&message)?;
+            out.last_sequence = match &decoded {
+                Ok(batch) => batch.sequence,
+                Err(poison) => poison.sequence,
+            };
+            match decoded {
+                Ok(batch) => out.batches.push(batch),
+                Err(poison) => out.poison.push(poison),
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Follows the whole events stream from `from_sequence` (1 is the beginning), live.
+    ///
+    /// An undecodable message is yielded as [`ReadError::Poison`] and the feed goes on.
+    pub async fn subscribe(&self, from_sequence: u64) -> Result<EventSubscription, StoreError> {
+        let stream = self.events_stream().await?;
+        let deliver_policy = if from_sequence <= 1 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_sequence,
+            }
+        };
+        let messages = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StoreError::jetstream("consumer create", e))?
+            .messages()
+            .await
+            .map_err(|e| StoreError::jetstream("consumer messages", e))?;
+        Ok(Box::pin(messages.map(|message| {
+            let message = message.map_err(|e| ReadError::Consumer(e.into()))?;
+            match decode_message(&message) {
+                Ok(Ok(batch)) => Ok(batch),
+                Ok(Err(poison)) => Err(ReadError::Poison(poison)),
+                Err(e) => Err(ReadError::Consumer(e.into())),
+            }
+        })))
+    }
+
+    /// The events stream's last sequence: 0 when empty. A projection that has applied
+    /// this sequence has caught up.
+    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
+        let mut stream = self.events_stream().await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| StoreError::jetstream("stream info", e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn events_stream(&self) -> Result<stream::Stream, StoreError> {
+        let name = self.namespace.events_stream();
+        match self.js.get_stream(&name).await {
+            Ok(stream) => Ok(stream),
+            Err(e) if is_stream_not_found(&e) => Err(StoreError::StreamNotFound { stream: name }),
+            Err(e) => Err(StoreError::jetstream("stream lookup", e)),
+        }
+    }
+}
+
+/// Decodes one stream message; the outer error is a malformed delivery (no stream
+/// metadata), the inner one a payload that is not a valid event batch.
+fn decode_message(
+    message: &jetstream::Message,
+) -> Result<Result<StoredBatch, PoisonMessage>, StoreError> {
+    let sequence = message
+        .info()
+        .map_err(|e| StoreError::jetstream("message info", e))?
+        .stream_sequence;
+    let subject = message.subject.to_string();
+    let content_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+        .map(|v| v.as_str());
+    Ok(match codec::decode_batch(content_type, &message.payload) {
+        Ok(events) => Ok(StoredBatch {
+            sequence,
+            subject,
+            events,
+        }),
+        Err(error) => Err(PoisonMessage {
+            sequence,
+            subject,
+            error,
+            payload: message.payload.clone(),
+        }),
+    })
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Whether the settings we manage match; the server fills in others we leave alone.
+fn same_settings(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects == want.subjects
+        && have.retention == want.retention
+        && have.storage == want.storage
+        && have.deny_delete == want.deny_delete
+        && have.deny_purge == want.deny_purge
+        && have.duplicate_window == want.duplicate_window
+        && have.num_replicas == want.num_replicas
+        && have.allow_direct == want.allow_direct
+        && have.description == want.description
+}

@@ -1,0 +1,190 @@
+//! A real `nats-server -js` for tests: ephemeral port, temporary store, killed on drop.
+//!
+//! Tests never touch the shared server on 4222; each starts its own so that tests run in
+//! parallel and can kill and restart their server. The binary is `NATS_SERVER_BIN` if
+//! set, else `nats-server` on the PATH.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::store::EventStore;
+use crate::subject::Namespace;
+
+/// How long a server gets to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `nats-server` with JetStream, owned by one test.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: TempDir,
+    bin: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with an empty store and waits until it answers.
+    ///
+    /// Blocks for the few milliseconds the server takes to start; call it from tests only.
+    pub fn start() -> io::Result<Self> {
+        let bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let store = tempfile::Builder::new().prefix("aicp-nats-").tempdir()?;
+        let mut server = Self {
+            child: None,
+            port: 0,
+            store,
+            bin,
+        };
+        let mut last_error = None;
+        // Another process can take the free port between our probe and the server's bind.
+        for _ in 0..5 {
+            server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("nats-server did not start")))
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory, kept across restarts.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// A client connected to this server.
+    pub async fn client(&self) -> io::Result<async_nats::Client> {
+        async_nats::connect(self.url())
+            .await
+            .map_err(io::Error::other)
+    }
+
+    /// An event store on this server in `namespace`, with its streams provisioned.
+    pub async fn event_store(&self, namespace: Namespace) -> io::Result<EventStore> {
+        let store = EventStore::new(self.client().await?, namespace);
+        store.provision().await.map_err(io::Error::other)?;
+        Ok(store)
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        // The old process's socket may linger a moment; retry the bind until the deadline.
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = self.store.path().join("nats-server.log");
+        let mut child = Command::new(&self.bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot run {} ({e}); install Debian's nats-server or set NATS_SERVER_BIN",
+                        self.bin.display()
+                    ),
+                )
+            })?;
+        match wait_until_ready(&mut child, self.port) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                Err(io::Error::other(format!(
+                    "nats-server on port {} did not become ready: {e}; log: {}",
+                    self.port,
+                    tail.join(" | ")
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until the server sends its `INFO` line announcing JetStream.
+fn wait_until_ready(child: &mut Child, port: u16) -> io::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!("exited with {status}")));
+        }
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut line = String::new();
+            let read = BufReader::new(stream.try_clone()?).read_line(&mut line);
+            if read.is_ok() && line.starts_with("INFO ") && line.contains("\"jetstream\":true") {
+                // Say goodbye politely so the server does not log a parse error.
+                let mut stream = stream;
+                let _ = stream.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+                let _ = stream.read(&mut [0u8; 64]);
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
