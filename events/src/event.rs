@@ -277,11 +277,11 @@ macro_rules! catalogue {
             pub(crate) fn decode_current(
                 event_type: &str,
                 version: u16,
-                data: rmpv::Value,
-            ) -> Option<Result<Event, rmpv::ext::Error>> {
+                data: &[u8],
+            ) -> Option<Result<Event, rmp_serde::decode::Error>> {
                 $(
                     if event_type == <$name as EventData>::TYPE && version == $version {
-                        return Some(rmpv::ext::from_value::<$name>(data).map(Event::$name));
+                        return Some(rmp_serde::from_slice::<$name>(data).map(Event::$name));
                     }
                 )+
                 None

@@ -153,7 +153,7 @@ pub struct PoisonMessage {
 pub enum ReadError {
     /// One message was undecodable; the subscription goes on with the next.
     #[error(transparent)]
-    Poison(#[from] PoisonMessage),
+    Poison(Box<PoisonMessage>),
     /// The consumer failed (the client recreates ordered consumers, so this is rare).
     #[error("reading the events stream failed: {0}")]
     Consumer(BoxError),
@@ -455,7 +455,7 @@ impl EventStore {
             let message = message.map_err(|e| ReadError::Consumer(e.into()))?;
             match decode_message(&message) {
                 Ok(Ok(batch)) => Ok(batch),
-                Ok(Err(poison)) => Err(ReadError::Poison(poison)),
+                Ok(Err(poison)) => Err(ReadError::Poison(Box::new(poison))),
                 Err(e) => Err(ReadError::Consumer(e.into())),
             }
         })))

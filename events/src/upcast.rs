@@ -49,11 +49,11 @@ pub const OLD_VERSIONS: &[(&str, u16)] = &[(TaskSubmitted::TYPE, 1)];
 pub(crate) fn decode_old(
     event_type: &str,
     version: u16,
-    data: rmpv::Value,
-) -> Option<Result<Event, rmpv::ext::Error>> {
+    data: &[u8],
+) -> Option<Result<Event, rmp_serde::decode::Error>> {
     match (event_type, version) {
         (TaskSubmitted::TYPE, 1) => Some(
-            rmpv::ext::from_value::<TaskSubmittedV1>(data)
+            rmp_serde::from_slice::<TaskSubmittedV1>(data)
                 .map(|v1| Event::TaskSubmitted(v1.into())),
         ),
         _ => None,

@@ -4,4 +4,4 @@ mod nats_server;
 mod samples;
 
 pub use nats_server::NatsServer;
-pub use samples::{sample_envelope, sample_events};
+pub use samples::{encode_as_version, sample_envelope, sample_events};

@@ -146,3 +146,15 @@ pub fn sample_events() -> Vec<Envelope> {
         .map(|(n, e)| sample_envelope(n as u128, e))
         .collect()
 }
+
+/// A message payload holding one envelope like `template`, but with `data` written as
+/// `event_type` version `schema_version`: how old (or future) code wrote its events.
+pub fn encode_as_version(
+    template: &Envelope,
+    event_type: &str,
+    schema_version: u16,
+    data: &impl serde::Serialize,
+) -> Result<Vec<u8>, crate::codec::EncodeError> {
+    let data = rmp_serde::to_vec_named(data)?;
+    crate::codec::encode_raw(template, event_type, schema_version, data)
+}
