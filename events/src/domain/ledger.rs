@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::id::{AgentId, BuyerId, TaskId};
 
 /// An account money can be held in.
@@ -111,6 +112,16 @@ pub enum LedgerError {
         /// The task.
         task_id: TaskId,
     },
+    /// A settlement event names another party or amount than the task's escrow holds.
+    #[error("task {task_id}: {event} does not match the escrow ({detail})")]
+    DoesNotMatchEscrow {
+        /// The task.
+        task_id: TaskId,
+        /// The event type.
+        event: &'static str,
+        /// What differs.
+        detail: String,
+    },
     /// The amount does not fit an `i64`, or moving it would overflow a balance.
     #[error("task {task_id}: {amount_sats} sat is too large for the ledger")]
     AmountTooLarge {
@@ -211,6 +222,57 @@ impl Ledger {
         let transfer = self.transfer(task_id, Account::Escrow, to, amount_sats)?;
         self.set_state(task_id, EscrowState::Refunded);
         Ok(transfer)
+    }
+
+    /// Books a payment event (`EscrowHeld`, `EscrowReleased`, `EscrowRefunded`); any other
+    /// event changes nothing and gives `Ok(None)`. On error the ledger is unchanged.
+    pub fn apply(&mut self, event: &Event) -> Result<Option<Transfer>, LedgerError> {
+        match event {
+            Event::EscrowHeld(e) => self
+                .hold(&e.task_id, &e.buyer_id, &e.agent_id, e.amount_sats)
+                .map(Some),
+            Event::EscrowReleased(e) => {
+                let party = Account::Agent(e.agent_id.clone());
+                self.check_settlement(&e.task_id, event, &party, e.amount_sats)?;
+                self.release(&e.task_id).map(Some)
+            }
+            Event::EscrowRefunded(e) => {
+                let party = Account::Buyer(e.buyer_id.clone());
+                self.check_settlement(&e.task_id, event, &party, e.amount_sats)?;
+                self.refund(&e.task_id).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A settlement event must pay the escrow's own party its own amount; anything else
+    /// means the history is corrupt, and booking it would hide that.
+    fn check_settlement(
+        &self,
+        task_id: &TaskId,
+        event: &Event,
+        party: &Account,
+        amount_sats: u64,
+    ) -> Result<(), LedgerError> {
+        let Some(escrow) = self.escrows.get(task_id) else {
+            return Ok(()); // release/refund report the unknown task.
+        };
+        let expected = match party {
+            Account::Agent(_) => Account::Agent(escrow.agent_id.clone()),
+            _ => Account::Buyer(escrow.buyer_id.clone()),
+        };
+        let detail = if *party != expected {
+            format!("pays {party}, escrow is for {expected}")
+        } else if amount_sats != escrow.amount_sats {
+            format!("{amount_sats} sat, escrow holds {} sat", escrow.amount_sats)
+        } else {
+            return Ok(());
+        };
+        Err(LedgerError::DoesNotMatchEscrow {
+            task_id: task_id.clone(),
+            event: event.event_type(),
+            detail,
+        })
     }
 
     /// An account's balance in satoshis; 0 if it was never touched.
@@ -347,6 +409,92 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod events {
+        use super::*;
+        use crate::event::{EscrowHeld, EscrowRefunded, EscrowReleased};
+
+        fn held(task: &str, amount_sats: u64) -> Event {
+            Event::EscrowHeld(EscrowHeld {
+                task_id: task.parse().expect("valid"),
+                buyer_id: "b1".parse().expect("valid"),
+                agent_id: "a1".parse().expect("valid"),
+                amount_sats,
+            })
+        }
+
+        fn released(task: &str, agent: &str, amount_sats: u64) -> Event {
+            Event::EscrowReleased(EscrowReleased {
+                task_id: task.parse().expect("valid"),
+                agent_id: agent.parse().expect("valid"),
+                amount_sats,
+            })
+        }
+
+        fn refunded(task: &str, amount_sats: u64) -> Event {
+            Event::EscrowRefunded(EscrowRefunded {
+                task_id: task.parse().expect("valid"),
+                buyer_id: "b1".parse().expect("valid"),
+                amount_sats,
+                reason: "failed".into(),
+            })
+        }
+
+        #[test]
+        fn payment_events_book_transfers() {
+            let mut ledger = Ledger::new();
+            ledger.apply(&held("t1", 400_000)).expect("hold");
+            ledger.apply(&held("t2", 100_000)).expect("hold");
+            ledger
+                .apply(&released("t1", "a1", 400_000))
+                .expect("release");
+            ledger.apply(&refunded("t2", 100_000)).expect("refund");
+            assert_eq!(
+                ledger.balance(&Account::Agent("a1".parse().expect("valid"))),
+                400_000
+            );
+            assert_eq!(
+                ledger.balance(&Account::Buyer("b1".parse().expect("valid"))),
+                -400_000
+            );
+            assert_eq!(ledger.balance(&Account::Escrow), 0);
+            assert_eq!(ledger.check(), Ok(()));
+            // A settlement replayed from the stream is refused, not paid twice.
+            assert!(matches!(
+                ledger.apply(&released("t1", "a1", 400_000)),
+                Err(LedgerError::AlreadySettled { .. })
+            ));
+        }
+
+        #[test]
+        fn a_settlement_that_disagrees_with_its_escrow_is_refused() {
+            let mut ledger = Ledger::new();
+            ledger.apply(&held("t1", 400_000)).expect("hold");
+            let before = ledger.clone();
+            for bad in [
+                released("t1", "a2", 400_000),
+                released("t1", "a1", 1),
+                refunded("t1", 5),
+            ] {
+                assert!(matches!(
+                    ledger.apply(&bad),
+                    Err(LedgerError::DoesNotMatchEscrow { .. })
+                ));
+                assert_eq!(ledger, before);
+            }
+        }
+
+        #[test]
+        fn other_events_change_nothing() {
+            let mut ledger = Ledger::new();
+            for envelope in crate::testing::sample_events() {
+                if !envelope.event.event_type().starts_with("Escrow") {
+                    assert_eq!(ledger.apply(&envelope.event), Ok(None));
+                }
+            }
+            assert_eq!(ledger, Ledger::new());
+        }
+    }
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
