@@ -5,6 +5,41 @@
 //! - [`domain`]: the pure rules (task state machine, pricing, reputation, ledger, assignment).
 //! - [`subject`]: stream and subject names, [`store`]: the JetStream event store.
 //! - `testing` (feature `testing`): a real `nats-server` for tests.
+//!
+//! Deciding and appending with optimistic concurrency:
+//!
+//! ```no_run
+//! use aicp_events::domain::task::Task;
+//! use aicp_events::event::TaskCancelled;
+//! use aicp_events::store::AppendError;
+//! use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = EventStore::connect("nats://127.0.0.1:4222", Namespace::default()).await?;
+//! store.provision().await?; // create or update AICP_EVENTS and AICP_WORK
+//!
+//! let task_id: aicp_events::id::TaskId = "a1b2c3d4".parse()?;
+//! let aggregate = Aggregate::Task(task_id.clone());
+//! let stored = store.read(&aggregate).await?;
+//! let task = Task::replay(stored.events().map(|e| &e.event))?.ok_or("no such task")?;
+//!
+//! let cancel = Envelope::new(TaskCancelled {
+//!     task_id,
+//!     buyer_id: task.buyer_id.clone(),
+//!     reason: "no longer needed".into(),
+//! });
+//! task.check(&cancel.event)?; // a typed error if the task is already running
+//! match store
+//!     .append(&aggregate, &[cancel], Expected::Sequence(stored.last_sequence), None)
+//!     .await
+//! {
+//!     Ok(appended) => println!("stored at sequence {}", appended.sequence),
+//!     Err(AppendError::Conflict { .. }) => println!("someone else moved first: re-read"),
+//!     Err(other) => return Err(other.into()),
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod codec;
 pub mod domain;
