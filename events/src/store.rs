@@ -399,34 +399,20 @@ impl EventStore {
             })
             .await
             .map_err(|e| StoreError::jetstream("consumer create", e))?;
-        let mut out = AggregateEvents::default();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(out);
+        let consumer_name = consumer.cached_info().name.clone();
+        let pending = consumer.cached_info().num_pending;
+        let read = if pending == 0 {
+            Ok(AggregateEvents::default())
+        } else {
+            read_until_caught_up(consumer).await
+        };
+        // Ephemeral consumers otherwise linger on the server for their inactivity
+        // threshold (30 s), one per read; deleting costs one round trip. Best effort: a
+        // leftover one expires by itself.
+        if let Err(e) = stream.delete_consumer(&consumer_name).await {
+            tracing::debug!(consumer = %consumer_name, "could not delete read consumer: {e}");
         }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| StoreError::jetstream("consumer messages", e))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| StoreError::jetstream("consumer next", e))?;
-            let pending = message
-                .info()
-                .map_err(|e| StoreError::jetstream("message info", e))?
-                .pending;
-            let decoded = decode_message(&message)?;
-            out.last_sequence = match &decoded {
-                Ok(batch) => batch.sequence,
-                Err(poison) => poison.sequence,
-            };
-            match decoded {
-                Ok(batch) => out.batches.push(batch),
-                Err(poison) => out.poison.push(poison),
-            }
-            if pending == 0 {
-                break;
-            }
-        }
-        Ok(out)
+        read
     }
 
     /// Follows the whole events stream from `from_sequence` (1 is the beginning), live.
@@ -480,6 +466,37 @@ impl EventStore {
             Err(e) => Err(StoreError::jetstream("stream lookup", e)),
         }
     }
+}
+
+/// Reads an ordered consumer's messages until the server says none are pending.
+async fn read_until_caught_up(
+    consumer: consumer::Consumer<consumer::pull::OrderedConfig>,
+) -> Result<AggregateEvents, StoreError> {
+    let mut out = AggregateEvents::default();
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| StoreError::jetstream("consumer messages", e))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| StoreError::jetstream("consumer next", e))?;
+        let pending = message
+            .info()
+            .map_err(|e| StoreError::jetstream("message info", e))?
+            .pending;
+        let decoded = decode_message(&message)?;
+        out.last_sequence = match &decoded {
+            Ok(batch) => batch.sequence,
+            Err(poison) => poison.sequence,
+        };
+        match decoded {
+            Ok(batch) => out.batches.push(batch),
+            Err(poison) => out.poison.push(poison),
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Decodes one stream message; the outer error is a malformed delivery (no stream

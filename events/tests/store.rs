@@ -218,6 +218,10 @@ async fn reads_return_one_aggregate_in_order_and_guard_the_next_append() -> Resu
     let read = store.read(&agg1).await?;
     assert_eq!(read.batches.len(), 2);
     assert_eq!(read.last_sequence, s2.sequence);
+
+    // Reads clean up after themselves: no consumer per read lingers on the server.
+    let mut stream = store.jetstream().get_stream("AICP_EVENTS").await?;
+    assert_eq!(stream.info().await?.state.consumer_count, 0);
     Ok(())
 }
 
