@@ -154,11 +154,8 @@ fn decode_envelope(wire: WireIn) -> Result<Envelope, DecodeError> {
         causation_id,
         data,
     } = wire;
-    let decoded = if Event::TYPES.contains(&(event_type.as_str(), version)) {
-        Event::decode_current(&event_type, version, &data)
-    } else {
-        upcast::decode_old(&event_type, version, &data)
-    };
+    let decoded = Event::decode_current(&event_type, version, &data)
+        .or_else(|| upcast::decode_old(&event_type, version, &data));
     let Some(decoded) = decoded else {
         return Err(DecodeError::UnknownEvent {
             event_type,

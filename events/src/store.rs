@@ -19,6 +19,9 @@ use crate::codec::{self, DecodeError, EncodeError};
 use crate::envelope::Envelope;
 use crate::subject::{Aggregate, Namespace};
 
+/// How long reading one aggregate may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The header naming the payload's format.
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
 
@@ -40,6 +43,14 @@ pub enum StoreError {
     StreamNotFound {
         /// The missing stream.
         stream: String,
+    },
+    /// A request did not complete in time (the server is down or overloaded).
+    #[error("JetStream {op} timed out after {after:?}")]
+    TimedOut {
+        /// What was being done.
+        op: &'static str,
+        /// How long it was given.
+        after: Duration,
     },
     /// A JetStream request failed.
     #[error("JetStream {op} failed: {source}")]
@@ -72,6 +83,16 @@ pub enum AppendError {
         subject: String,
         /// The sequence the caller expected.
         expected: u64,
+    },
+    /// An event of the batch belongs to another aggregate than the one appended to.
+    #[error("{event} belongs to {belongs_to}, not {aggregate}")]
+    WrongAggregate {
+        /// The aggregate appended to.
+        aggregate: Aggregate,
+        /// The stray event's type.
+        event: &'static str,
+        /// The aggregate it belongs to.
+        belongs_to: Aggregate,
     },
     /// The batch could not be encoded.
     #[error(transparent)]
@@ -306,16 +327,16 @@ impl EventStore {
 
     async fn provision_stream(&self, wanted: stream::Config) -> Result<Provisioned, StoreError> {
         match self.js.get_stream(&wanted.name).await {
-            Ok(mut existing) => {
-                let info = existing
-                    .info()
-                    .await
-                    .map_err(|e| StoreError::jetstream("stream info", e))?;
-                if same_settings(&info.config, &wanted) {
+            Ok(existing) => {
+                // Only the settings we manage change; whatever an operator set on the
+                // others (limits, placement, ...) is kept.
+                let have = &existing.cached_info().config;
+                let merged = with_managed_settings(have.clone(), &wanted);
+                if merged == *have {
                     return Ok(Provisioned::Unchanged);
                 }
                 self.js
-                    .update_stream(&wanted)
+                    .update_stream(&merged)
                     .await
                     .map_err(|e| StoreError::jetstream("stream update", e))?;
                 Ok(Provisioned::Updated)
@@ -342,6 +363,13 @@ impl EventStore {
         expected: Expected,
         msg_id: Option<&str>,
     ) -> Result<Appended, AppendError> {
+        if let Some(stray) = events.iter().find(|e| e.event.aggregate() != *aggregate) {
+            return Err(AppendError::WrongAggregate {
+                aggregate: aggregate.clone(),
+                event: stray.event.event_type(),
+                belongs_to: stray.event.aggregate(),
+            });
+        }
         let subject = self.namespace.aggregate_subject(aggregate);
         let payload = codec::encode_batch(events)?;
         let size = payload.len();
@@ -356,18 +384,18 @@ impl EventStore {
         if let Some(id) = msg_id {
             publish = publish.message_id(id);
         }
-        let map_err = |source: jetstream::context::PublishError| match source.kind() {
-            PublishErrorKind::WrongLastSequence => AppendError::Conflict {
+        let map_err = |source: jetstream::context::PublishError| match (source.kind(), expected) {
+            // Only a publish with an expected sequence can get this answer.
+            (PublishErrorKind::WrongLastSequence, Expected::Sequence(expected)) => {
+                AppendError::Conflict {
+                    subject: subject.clone(),
+                    expected,
+                }
+            }
+            (PublishErrorKind::StreamNotFound, _) => AppendError::StreamNotFound {
                 subject: subject.clone(),
-                expected: match expected {
-                    Expected::Sequence(seq) => seq,
-                    Expected::Any => 0,
-                },
             },
-            PublishErrorKind::StreamNotFound => AppendError::StreamNotFound {
-                subject: subject.clone(),
-            },
-            PublishErrorKind::MaxPayloadExceeded => AppendError::TooLarge { bytes: size },
+            (PublishErrorKind::MaxPayloadExceeded, _) => AppendError::TooLarge { bytes: size },
             _ => AppendError::Publish {
                 subject: subject.clone(),
                 source,
@@ -404,7 +432,14 @@ impl EventStore {
         let read = if pending == 0 {
             Ok(AggregateEvents::default())
         } else {
-            read_until_caught_up(consumer).await
+            // Without a bound, a read started while the server is down would wait for it
+            // to come back: the client recreates ordered consumers indefinitely.
+            tokio::time::timeout(READ_TIMEOUT, read_messages(consumer, pending))
+                .await
+                .unwrap_or(Err(StoreError::TimedOut {
+                    op: "aggregate read",
+                    after: READ_TIMEOUT,
+                }))
         };
         // Ephemeral consumers otherwise linger on the server for their inactivity
         // threshold (30 s), one per read; deleting costs one round trip. Best effort: a
@@ -468,32 +503,35 @@ impl EventStore {
     }
 }
 
-/// Reads an ordered consumer's messages until the server says none are pending.
-async fn read_until_caught_up(
+/// Reads the first `count` messages of an ordered consumer: the aggregate's history as
+/// the consumer counted it when it was made. Later appends are not waited for, so a busy
+/// aggregate cannot keep a read going.
+async fn read_messages(
     consumer: consumer::Consumer<consumer::pull::OrderedConfig>,
+    count: u64,
 ) -> Result<AggregateEvents, StoreError> {
     let mut out = AggregateEvents::default();
     let mut messages = consumer
         .messages()
         .await
         .map_err(|e| StoreError::jetstream("consumer messages", e))?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| StoreError::jetstream("consumer next", e))?;
-        let pending = message
-            .info()
-            .map_err(|e| StoreError::jetstream("message info", e))?
-            .pending;
-        let decoded = decode_message(&message)?;
-        out.last_sequence = match &decoded {
-            Ok(batch) => batch.sequence,
-            Err(poison) => poison.sequence,
+    for _ in 0..count {
+        let Some(message) = messages.next().await else {
+            return Err(StoreError::jetstream(
+                "consumer next",
+                "the consumer ended before the whole aggregate was read",
+            ));
         };
-        match decoded {
-            Ok(batch) => out.batches.push(batch),
-            Err(poison) => out.poison.push(poison),
-        }
-        if pending == 0 {
-            break;
+        let message = message.map_err(|e| StoreError::jetstream("consumer next", e))?;
+        match decode_message(&message)? {
+            Ok(batch) => {
+                out.last_sequence = batch.sequence;
+                out.batches.push(batch);
+            }
+            Err(poison) => {
+                out.last_sequence = poison.sequence;
+                out.poison.push(poison);
+            }
         }
     }
     Ok(out)
@@ -537,15 +575,18 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
-/// Whether the settings we manage match; the server fills in others we leave alone.
-fn same_settings(have: &stream::Config, want: &stream::Config) -> bool {
-    have.subjects == want.subjects
-        && have.retention == want.retention
-        && have.storage == want.storage
-        && have.deny_delete == want.deny_delete
-        && have.deny_purge == want.deny_purge
-        && have.duplicate_window == want.duplicate_window
-        && have.num_replicas == want.num_replicas
-        && have.allow_direct == want.allow_direct
-        && have.description == want.description
+/// `base` with the settings AICP manages taken from `wanted`.
+fn with_managed_settings(base: stream::Config, wanted: &stream::Config) -> stream::Config {
+    stream::Config {
+        subjects: wanted.subjects.clone(),
+        retention: wanted.retention,
+        storage: wanted.storage,
+        deny_delete: wanted.deny_delete,
+        deny_purge: wanted.deny_purge,
+        duplicate_window: wanted.duplicate_window,
+        num_replicas: wanted.num_replicas,
+        allow_direct: wanted.allow_direct,
+        description: wanted.description.clone(),
+        ..base
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aicp_events::codec::{DecodeError, CONTENT_TYPE};
 use aicp_events::domain::assign::Policy;
 use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
-use aicp_events::event::{TaskAssigned, TaskSubmitted};
+use aicp_events::event::{EscrowHeld, TaskAssigned, TaskSubmitted};
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::{
     AppendError, EventSubscription, Provisioned, ReadError, StoreError, StoredBatch,
@@ -14,6 +14,7 @@ use aicp_events::store::{
 use aicp_events::testing::{encode_as_version, NatsServer};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
 use anyhow::{bail, Context, Result};
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
@@ -45,6 +46,15 @@ fn assigned(cause: &Envelope, task: &TaskId) -> Envelope {
             assignment: 1,
         },
     )
+}
+
+fn held(task: &TaskId) -> Envelope {
+    Envelope::new(EscrowHeld {
+        task_id: task.clone(),
+        buyer_id: BuyerId::new("buyer-001").expect("valid buyer id"),
+        agent_id: AgentId::new("agent-1").expect("valid agent id"),
+        amount_sats: 400_000,
+    })
 }
 
 /// Reads `count` items from a subscription, failing if they do not come in time.
@@ -129,7 +139,7 @@ async fn an_append_retried_with_the_same_msg_id_is_stored_once() -> Result<()> {
     let store = server.event_store(Namespace::default()).await?;
     let task = task_id(1);
     let aggregate = Aggregate::Payment(task.clone());
-    let event = submitted(&task);
+    let event = held(&task);
 
     let first = store
         .append(
@@ -157,7 +167,7 @@ async fn an_append_retried_with_the_same_msg_id_is_stored_once() -> Result<()> {
     let other = store
         .append(
             &aggregate,
-            &[submitted(&task)],
+            &[held(&task)],
             Expected::Any,
             Some("settle:t1:2"),
         )
@@ -409,6 +419,7 @@ async fn subscribing_from_a_sequence_starts_there_and_follows_new_appends() -> R
 async fn provisioning_is_idempotent_and_namespaces_share_a_server() -> Result<()> {
     let server = NatsServer::start()?;
     let client = server.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
     let blue = EventStore::new(client.clone(), Namespace::new("blue")?);
     let green = EventStore::new(client.clone(), Namespace::new("green")?);
 
@@ -436,6 +447,27 @@ async fn provisioning_is_idempotent_and_namespaces_share_a_server() -> Result<()
             ("blue_AICP_WORK".to_owned(), Provisioned::Created)
         ]
     );
+    let config = |name: &'static str| {
+        let js = js.clone();
+        async move { anyhow::Ok(js.get_stream(name).await?.cached_info().config.clone()) }
+    };
+    let events = config("blue_AICP_EVENTS").await?;
+    assert_eq!(events.subjects, vec!["blue.aicp.evt.>".to_owned()]);
+    assert_eq!(events.storage, StorageType::File);
+    assert_eq!(events.retention, RetentionPolicy::Limits);
+    assert!(events.deny_delete && events.deny_purge);
+    assert_eq!(events.duplicate_window, Duration::from_secs(120));
+    let work = config("blue_AICP_WORK").await?;
+    assert_eq!(work.subjects, vec!["blue.aicp.work.>".to_owned()]);
+    assert_eq!(work.storage, StorageType::File);
+    assert_eq!(work.retention, RetentionPolicy::WorkQueue);
+
+    // An operator's limit on a setting we do not manage survives provisioning.
+    js.update_stream(stream::Config {
+        max_bytes: 1 << 30,
+        ..events
+    })
+    .await?;
     let again = blue.provision().await?;
     assert!(
         again.iter().all(|(_, o)| *o == Provisioned::Unchanged),
@@ -453,12 +485,14 @@ async fn provisioning_is_idempotent_and_namespaces_share_a_server() -> Result<()
         changed.iter().all(|(_, o)| *o == Provisioned::Updated),
         "{changed:?}"
     );
+    let events = config("blue_AICP_EVENTS").await?;
+    assert_eq!(events.duplicate_window, Duration::from_secs(300));
+    assert_eq!(events.max_bytes, 1 << 30);
     green.provision().await?;
 
     // The events stream refuses deletes: facts are immutable.
     blue.append(&agg, &[submitted(&task)], Expected::NEW, None)
         .await?;
-    let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("blue_AICP_EVENTS").await?;
     assert!(
         stream.delete_message(1).await.is_err(),
@@ -472,5 +506,75 @@ async fn provisioning_is_idempotent_and_namespaces_share_a_server() -> Result<()
         .await?;
     assert_eq!(blue.read(&agg).await?.batches.len(), 1);
     assert_eq!(green.read(&agg).await?.batches.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_appended_to_another_aggregate_is_refused() -> Result<()> {
+    let server = NatsServer::start()?;
+    let store = server.event_store(Namespace::default()).await?;
+    let (t1, t2) = (task_id(1), task_id(2));
+    for (aggregate, batch) in [
+        (Aggregate::Task(t1.clone()), vec![submitted(&t2)]),
+        (Aggregate::Payment(t1.clone()), vec![submitted(&t1)]),
+        (Aggregate::Task(t1.clone()), vec![submitted(&t1), held(&t1)]),
+    ] {
+        let err = store.append(&aggregate, &batch, Expected::Any, None).await;
+        assert!(
+            matches!(err, Err(AppendError::WrongAggregate { .. })),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        store.last_sequence().await?,
+        0,
+        "a refused batch was stored"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_long_busy_aggregate_returns_a_complete_prefix() -> Result<()> {
+    const BEFORE: usize = 1_500;
+    let server = NatsServer::start()?;
+    let store = server.event_store(Namespace::default()).await?;
+    let task = task_id(1);
+    let aggregate = Aggregate::Task(task.clone());
+    let mut ids = Vec::new();
+    for _ in 0..BEFORE {
+        let event = submitted(&task);
+        ids.push(event.event_id);
+        store
+            .append(&aggregate, &[event], Expected::Any, None)
+            .await?;
+    }
+    // Another writer keeps appending while we read.
+    let writer = tokio::spawn({
+        let (store, aggregate, task) = (store.clone(), aggregate.clone(), task.clone());
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..300 {
+                let event = submitted(&task);
+                ids.push(event.event_id);
+                store
+                    .append(&aggregate, &[event], Expected::Any, None)
+                    .await?;
+            }
+            anyhow::Ok(ids)
+        }
+    });
+    let read = store.read(&aggregate).await?;
+    ids.extend(writer.await??);
+
+    // Everything up to the read's snapshot, in order, nothing skipped or repeated.
+    let got: Vec<uuid::Uuid> = read.events().map(|e| e.event_id).collect();
+    assert!(
+        got.len() >= BEFORE,
+        "only {} of {BEFORE} events read",
+        got.len()
+    );
+    assert_eq!(got, ids[..got.len()]);
+    assert_eq!(read.last_sequence, got.len() as u64);
+    assert!(read.poison.is_empty());
     Ok(())
 }

@@ -232,47 +232,29 @@ impl Ledger {
                 .hold(&e.task_id, &e.buyer_id, &e.agent_id, e.amount_sats)
                 .map(Some),
             Event::EscrowReleased(e) => {
-                let party = Account::Agent(e.agent_id.clone());
-                self.check_settlement(&e.task_id, event, &party, e.amount_sats)?;
+                if let Some(escrow) = self.escrows.get(&e.task_id) {
+                    check_settlement(
+                        &e.task_id,
+                        event.event_type(),
+                        (Account::Agent(e.agent_id.clone()), e.amount_sats),
+                        (Account::Agent(escrow.agent_id.clone()), escrow.amount_sats),
+                    )?;
+                }
                 self.release(&e.task_id).map(Some)
             }
             Event::EscrowRefunded(e) => {
-                let party = Account::Buyer(e.buyer_id.clone());
-                self.check_settlement(&e.task_id, event, &party, e.amount_sats)?;
+                if let Some(escrow) = self.escrows.get(&e.task_id) {
+                    check_settlement(
+                        &e.task_id,
+                        event.event_type(),
+                        (Account::Buyer(e.buyer_id.clone()), e.amount_sats),
+                        (Account::Buyer(escrow.buyer_id.clone()), escrow.amount_sats),
+                    )?;
+                }
                 self.refund(&e.task_id).map(Some)
             }
             _ => Ok(None),
         }
-    }
-
-    /// A settlement event must pay the escrow's own party its own amount; anything else
-    /// means the history is corrupt, and booking it would hide that.
-    fn check_settlement(
-        &self,
-        task_id: &TaskId,
-        event: &Event,
-        party: &Account,
-        amount_sats: u64,
-    ) -> Result<(), LedgerError> {
-        let Some(escrow) = self.escrows.get(task_id) else {
-            return Ok(()); // release/refund report the unknown task.
-        };
-        let expected = match party {
-            Account::Agent(_) => Account::Agent(escrow.agent_id.clone()),
-            _ => Account::Buyer(escrow.buyer_id.clone()),
-        };
-        let detail = if *party != expected {
-            format!("pays {party}, escrow is for {expected}")
-        } else if amount_sats != escrow.amount_sats {
-            format!("{amount_sats} sat, escrow holds {} sat", escrow.amount_sats)
-        } else {
-            return Ok(());
-        };
-        Err(LedgerError::DoesNotMatchEscrow {
-            task_id: task_id.clone(),
-            event: event.event_type(),
-            detail,
-        })
     }
 
     /// An account's balance in satoshis; 0 if it was never touched.
@@ -404,6 +386,29 @@ impl Ledger {
             amount_sats,
         })
     }
+}
+
+/// A settlement event must pay the escrow's own party its own amount (`paid` against
+/// `owed`, each an account and satoshis); anything else means the history is corrupt, and
+/// booking it would hide that.
+fn check_settlement(
+    task_id: &TaskId,
+    event: &'static str,
+    paid: (Account, u64),
+    owed: (Account, u64),
+) -> Result<(), LedgerError> {
+    let detail = if paid.0 != owed.0 {
+        format!("pays {}, escrow is for {}", paid.0, owed.0)
+    } else if paid.1 != owed.1 {
+        format!("{} sat, escrow holds {} sat", paid.1, owed.1)
+    } else {
+        return Ok(());
+    };
+    Err(LedgerError::DoesNotMatchEscrow {
+        task_id: task_id.clone(),
+        event,
+        detail,
+    })
 }
 
 #[cfg(test)]

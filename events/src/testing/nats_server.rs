@@ -22,6 +22,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    /// Unique per instance, so readiness is judged on our server, not one that took the port.
+    name: String,
     port: u16,
     store: TempDir,
     bin: PathBuf,
@@ -38,6 +40,7 @@ impl NatsServer {
         let store = tempfile::Builder::new().prefix("aicp-nats-").tempdir()?;
         let mut server = Self {
             child: None,
+            name: format!("aicp-test-{}", uuid::Uuid::new_v4().simple()),
             port: 0,
             store,
             bin,
@@ -110,13 +113,14 @@ impl NatsServer {
         let log = self.store.path().join("nats-server.log");
         let mut child = Command::new(&self.bin)
             .args([
+                "-n",
+                &self.name,
                 "-a",
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
-                "-js",
-                "-sd",
             ])
+            .args(["-js", "-sd"])
             .arg(self.store.path())
             .arg("-l")
             .arg(&log)
@@ -133,7 +137,7 @@ impl NatsServer {
                     ),
                 )
             })?;
-        match wait_until_ready(&mut child, self.port) {
+        match wait_until_ready(&mut child, &self.name, self.port) {
             Ok(()) => {
                 self.child = Some(child);
                 Ok(())
@@ -142,7 +146,8 @@ impl NatsServer {
                 let _ = child.kill();
                 let _ = child.wait();
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                let lines: Vec<&str> = tail.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(5)..];
                 Err(io::Error::other(format!(
                     "nats-server on port {} did not become ready: {e}; log: {}",
                     self.port,
@@ -163,8 +168,9 @@ fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Waits until the server sends its `INFO` line announcing JetStream.
-fn wait_until_ready(child: &mut Child, port: u16) -> io::Result<()> {
+/// Waits until our server (by name) sends its `INFO` line announcing JetStream.
+fn wait_until_ready(child: &mut Child, name: &str, port: u16) -> io::Result<()> {
+    let ours = format!("\"server_name\":\"{name}\"");
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -174,7 +180,10 @@ fn wait_until_ready(child: &mut Child, port: u16) -> io::Result<()> {
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
             let mut line = String::new();
             let read = BufReader::new(stream.try_clone()?).read_line(&mut line);
-            if read.is_ok() && line.starts_with("INFO ") && line.contains("\"jetstream\":true") {
+            let ready = line.starts_with("INFO ")
+                && line.contains(&ours)
+                && line.contains("\"jetstream\":true");
+            if read.is_ok() && ready {
                 // Say goodbye politely so the server does not log a parse error.
                 let mut stream = stream;
                 let _ = stream.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
