@@ -127,6 +127,10 @@ id_type!(
 
 impl TaskId {
     /// A fresh random task id: the first 8 hex characters of a UUIDv4, as the prototype made them.
+    ///
+    /// 32 random bits collide with even odds around 77,000 tasks, so a new task must be
+    /// appended with `Expected::NEW`: a collision is then a conflict, and the caller retries
+    /// with another id instead of merging two histories.
     pub fn generate() -> Self {
         let hex = uuid::Uuid::new_v4().simple().to_string();
         Self(hex[..8].to_owned())

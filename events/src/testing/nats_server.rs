@@ -37,6 +37,20 @@ impl NatsServer {
         let bin = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
+        // Fail with a clear message here, not a timeout later, if the binary is missing.
+        Command::new(&bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot run {} ({e}); install Debian's nats-server or set NATS_SERVER_BIN",
+                        bin.display()
+                    ),
+                )
+            })?;
         let store = tempfile::Builder::new().prefix("aicp-nats-").tempdir()?;
         let mut server = Self {
             child: None,
@@ -88,11 +102,10 @@ impl NatsServer {
 
     /// Kills the server with SIGKILL, as a crash would, and waits for it to exit.
     pub fn kill(&mut self) -> io::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
+        match self.child.take() {
+            Some(supervisor) => stop(supervisor),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts the server again on the same port and store.
@@ -111,7 +124,9 @@ impl NatsServer {
 
     fn spawn(&mut self) -> io::Result<()> {
         let log = self.store.path().join("nats-server.log");
-        let mut child = Command::new(&self.bin)
+        let mut child = Command::new("sh")
+            .args(["-c", SUPERVISE, "sh"])
+            .arg(&self.bin)
             .args([
                 "-n",
                 &self.name,
@@ -124,27 +139,17 @@ impl NatsServer {
             .arg(self.store.path())
             .arg("-l")
             .arg(&log)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot run {} ({e}); install Debian's nats-server or set NATS_SERVER_BIN",
-                        self.bin.display()
-                    ),
-                )
-            })?;
+            .spawn()?;
         match wait_until_ready(&mut child, &self.name, self.port) {
             Ok(()) => {
                 self.child = Some(child);
                 Ok(())
             }
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = stop(child);
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 let lines: Vec<&str> = tail.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(5)..];
@@ -156,6 +161,19 @@ impl NatsServer {
             }
         }
     }
+}
+
+/// Runs the server (`"$@"`) under `sh`, which SIGKILLs it as soon as its stdin closes: when
+/// we close it on purpose, and also when the test process dies without running `Drop`
+/// (a SIGKILL, an abort, a CI timeout), so no server outlives its test. The shell exits
+/// when the server does. Background jobs read /dev/null unless told otherwise, hence fd 3.
+const SUPERVISE: &str = r#"exec 3<&0; "$@" </dev/null & pid=$!; (cat <&3 >/dev/null; kill -9 $pid 2>/dev/null) & wait $pid"#;
+
+/// Closes the supervisor's stdin (so it kills the server) and waits for it to exit.
+fn stop(mut supervisor: Child) -> io::Result<()> {
+    drop(supervisor.stdin.take());
+    supervisor.wait()?;
+    Ok(())
 }
 
 impl Drop for NatsServer {
