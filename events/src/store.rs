@@ -401,17 +401,64 @@ impl EventStore {
                 source,
             },
         };
-        let ack = self
+        let published = match self.js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match published.map_err(map_err) {
+            Ok(ack) => Ok(Appended {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(AppendError::Conflict { subject, expected }) => match msg_id {
+                Some(id) => self.find_retried_append(subject, expected, id).await,
+                None => Err(AppendError::Conflict { subject, expected }),
+            },
+            Err(other) => Err(other),
+        }
+    }
+
+    /// After a conflict on an append with a `Nats-Msg-Id`: was the conflict our own earlier
+    /// attempt? nats-server 2.9 answers such a retry with the first sequence (duplicate
+    /// check first), newer servers with a conflict (expected sequence first). An append
+    /// that expected `expected` can only have landed as the aggregate's very next message,
+    /// so that one message tells: if it carries our id, the retry is a duplicate.
+    async fn find_retried_append(
+        &self,
+        subject: String,
+        expected: u64,
+        msg_id: &str,
+    ) -> Result<Appended, AppendError> {
+        let stream = self
             .js
-            .send_publish(subject.clone(), publish)
-            .await
-            .map_err(map_err)?
-            .await
-            .map_err(map_err)?;
-        Ok(Appended {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+            .get_stream_no_info(self.namespace.events_stream())
+            .await;
+        let next = match stream {
+            Ok(stream) => {
+                stream
+                    .raw_message_builder()
+                    .sequence(expected + 1)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!("cannot look for a retried append on {subject}: {e}");
+                return Err(AppendError::Conflict { subject, expected });
+            }
+        };
+        match next {
+            Ok(message) if message_id(&message.headers) == Some(msg_id) => Ok(Appended {
+                sequence: message.sequence,
+                duplicate: true,
+            }),
+            Ok(_) => Err(AppendError::Conflict { subject, expected }),
+            Err(e) => {
+                // The caller re-reads after a conflict, which is safe whatever happened.
+                tracing::debug!("cannot look for a retried append on {subject}: {e}");
+                Err(AppendError::Conflict { subject, expected })
+            }
+        }
     }
 
     /// Reads every message of one aggregate, oldest first. Undecodable messages are
@@ -565,6 +612,11 @@ fn decode_message(
             payload: message.payload.clone(),
         }),
     })
+}
+
+/// The `Nats-Msg-Id` header of a stored message, if it has one.
+fn message_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("Nats-Msg-Id").map(|v| v.as_str())
 }
 
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {

@@ -149,10 +149,17 @@ async fn an_append_retried_with_the_same_msg_id_is_stored_once() -> Result<()> {
             Some("settle:t1"),
         )
         .await?;
-    // The retry carries the same expected sequence, which is now stale: the duplicate
-    // check comes first, so the retry is answered with the original sequence, not a conflict.
+    // The retry carries the same expected sequence, which is now stale. It is still
+    // recognised as the same append and answered with the original sequence, not a
+    // conflict (nats-server 2.9 checks the id first; newer servers check the sequence first
+    // and the store then finds its own earlier message).
     let retry = store
-        .append(&aggregate, &[event], Expected::NEW, Some("settle:t1"))
+        .append(
+            &aggregate,
+            std::slice::from_ref(&event),
+            Expected::NEW,
+            Some("settle:t1"),
+        )
         .await?;
     assert!(!first.duplicate);
     assert!(retry.duplicate);
@@ -174,6 +181,26 @@ async fn an_append_retried_with_the_same_msg_id_is_stored_once() -> Result<()> {
         .await?;
     assert!(!other.duplicate);
     assert_eq!(other.sequence, 2);
+
+    // Even after the aggregate moved on, a late retry is still the same append...
+    let late = store
+        .append(&aggregate, &[event], Expected::NEW, Some("settle:t1"))
+        .await?;
+    assert_eq!((late.sequence, late.duplicate), (first.sequence, true));
+    // ...while a different append with the same stale expectation is a conflict.
+    let stale = store
+        .append(
+            &aggregate,
+            &[held(&task)],
+            Expected::NEW,
+            Some("settle:t1:3"),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(AppendError::Conflict { expected: 0, .. })),
+        "{stale:?}"
+    );
+    assert_eq!(store.last_sequence().await?, 2);
     Ok(())
 }
 
