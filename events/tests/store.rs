@@ -141,26 +141,21 @@ async fn an_append_retried_with_the_same_msg_id_is_stored_once() -> Result<()> {
     let aggregate = Aggregate::Payment(task.clone());
     let event = held(&task);
 
-    let first = store
-        .append(
+    // The same append, as a retry would repeat it.
+    let settle = || {
+        store.append(
             &aggregate,
             std::slice::from_ref(&event),
             Expected::NEW,
             Some("settle:t1"),
         )
-        .await?;
+    };
+    let first = settle().await?;
     // The retry carries the same expected sequence, which is now stale. It is still
     // recognised as the same append and answered with the original sequence, not a
     // conflict (nats-server 2.9 checks the id first; newer servers check the sequence first
     // and the store then finds its own earlier message).
-    let retry = store
-        .append(
-            &aggregate,
-            std::slice::from_ref(&event),
-            Expected::NEW,
-            Some("settle:t1"),
-        )
-        .await?;
+    let retry = settle().await?;
     assert!(!first.duplicate);
     assert!(retry.duplicate);
     assert_eq!(retry.sequence, first.sequence);
@@ -183,9 +178,7 @@ async fn an_append_retried_with_the_same_msg_id_is_stored_once() -> Result<()> {
     assert_eq!(other.sequence, 2);
 
     // Even after the aggregate moved on, a late retry is still the same append...
-    let late = store
-        .append(&aggregate, &[event], Expected::NEW, Some("settle:t1"))
-        .await?;
+    let late = settle().await?;
     assert_eq!((late.sequence, late.duplicate), (first.sequence, true));
     // ...while a different append with the same stale expectation is a conflict.
     let stale = store

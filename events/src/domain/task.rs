@@ -681,34 +681,11 @@ mod tests {
             expired(),
         ];
         // Rows: from-status; columns: the events above; None = refused.
+        #[rustfmt::skip]
         let table: [[Option<TaskStatus>; 7]; 3] = [
-            [
-                None,
-                Some(Assigned),
-                None,
-                None,
-                None,
-                Some(Cancelled),
-                Some(Expired),
-            ],
-            [
-                None,
-                None,
-                Some(Running),
-                Some(Completed),
-                Some(Failed),
-                Some(Cancelled),
-                Some(Expired),
-            ],
-            [
-                None,
-                None,
-                Some(Running),
-                Some(Completed),
-                Some(Failed),
-                None,
-                Some(Expired),
-            ],
+            [None, Some(Assigned), None,          None,            None,         Some(Cancelled), Some(Expired)],
+            [None, None,           Some(Running), Some(Completed), Some(Failed), Some(Cancelled), Some(Expired)],
+            [None, None,           Some(Running), Some(Completed), Some(Failed), None,            Some(Expired)],
         ];
         for (from, prefix) in reach {
             let task = Task::replay(&prefix)
