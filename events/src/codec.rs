@@ -249,6 +249,29 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_and_amount_round_trips(
+            description in ".*",
+            result in ".*",
+            price in proptest::prelude::any::<u64>(),
+        ) {
+            let mut events = sample_events();
+            for envelope in &mut events {
+                match &mut envelope.event {
+                    Event::TaskSubmitted(e) => e.description = description.clone(),
+                    Event::TaskCompleted(e) => e.result = result.clone(),
+                    Event::TaskAssigned(e) => e.price_sats = price,
+                    Event::EscrowHeld(e) => e.amount_sats = price,
+                    _ => {}
+                }
+            }
+            let payload = encode_batch(&events).expect("encodes");
+            let decoded = decode_batch(Some(CONTENT_TYPE), &payload).expect("decodes");
+            proptest::prop_assert_eq!(decoded, events);
+        }
+    }
+
     #[test]
     fn envelopes_display_as_one_line_of_json() {
         let line = sample_events()[1].to_string();
