@@ -355,7 +355,8 @@ impl EventStore {
     /// Appends `events` to `aggregate` as one message, atomically.
     ///
     /// `expected` guards against concurrent writers; `msg_id`, when given, makes a retry of
-    /// the same append a no-op that returns the first sequence (within the duplicate window).
+    /// the same append a no-op that returns the first sequence: within the duplicate window
+    /// always, and at any time when `expected` is a sequence.
     pub async fn append(
         &self,
         aggregate: &Aggregate,
@@ -437,7 +438,7 @@ impl EventStore {
             Ok(stream) => {
                 stream
                     .raw_message_builder()
-                    .sequence(expected + 1)
+                    .sequence(expected.saturating_add(1))
                     .next_by_subject(subject.clone())
                     .send()
                     .await
