@@ -1,3 +1,19 @@
-//! AICP read models: projections of the `AICP_EVENTS` stream into sled.
+//! AICP read models: the `AICP_EVENTS` stream projected into sled.
 //!
-//! Not built yet (issue 3): this crate holds the place the workspace layout gives it.
+//! - [`ReadModel`]: the sled trees; [`ReadModel::apply`] applies one stream message
+//!   atomically with its checkpoint, and the query methods read tasks, agents, buyers, the
+//!   ledger and the dashboard's figures.
+//! - [`projector`]: feeds a read model from the stream, in process, and tells waiters how
+//!   far it has got.
+//!
+//! A read model is disposable: it can always be rebuilt from sequence 1 of the stream.
+
+mod apply;
+pub mod projector;
+mod query;
+mod tables;
+pub mod views;
+
+pub use apply::Applied;
+pub use query::{InvalidCursor, PageRequest, QueryError, TaskFilter};
+pub use tables::{ProjectionError, ReadModel, Table, TreeDigest};

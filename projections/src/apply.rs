@@ -1,0 +1,505 @@
+//! How each event changes the read model.
+//!
+//! The domain rules decide what is legal (the task state machine, the ledger); this module
+//! only records the result. An event the rules refuse is counted as rejected and changes
+//! nothing else: with every writer appending under an expected sequence that should never
+//! happen, so a rejection means a bug or a forged event, and is logged loudly.
+
+use aicp_events::domain::ledger::{Account, Escrow, EscrowState, Ledger, Transfer};
+use aicp_events::domain::reputation::Reputation;
+use aicp_events::domain::task::{Task, TaskStatus};
+use aicp_events::event::Event;
+use aicp_events::id::{AgentId, BuyerId, TaskId};
+use aicp_events::store::{PoisonMessage, StoredBatch};
+use aicp_events::Envelope;
+use chrono::{DateTime, Utc};
+
+use crate::tables::{index_key, Changes, ProjectionError, ReadModel, Table};
+use crate::views::{
+    AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, PoisonRecord, TaskView,
+};
+
+/// Key of the counters record in [`Table::Counters`].
+pub const COUNTERS: &[u8] = b"all";
+
+/// What applying one stream message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The message was new; this many of its events were applied and this many rejected.
+    Events {
+        /// Events applied.
+        applied: usize,
+        /// Events refused by the domain rules.
+        rejected: usize,
+    },
+    /// The message was at or below the checkpoint: applied before, nothing changed.
+    AlreadyApplied,
+}
+
+/// Why the rules refused an event.
+struct Rejected(String);
+
+impl<E: std::fmt::Display> From<E> for Rejected {
+    fn from(e: E) -> Self {
+        Rejected(e.to_string())
+    }
+}
+
+impl ReadModel {
+    /// Applies one decoded stream message, atomically with its checkpoint.
+    pub fn apply(&self, batch: &StoredBatch) -> Result<Applied, ProjectionError> {
+        apply_batch(self, batch)
+    }
+
+    /// Keeps an undecodable message aside and moves the checkpoint past it.
+    pub fn apply_poison(&self, poison: &PoisonMessage) -> Result<Applied, ProjectionError> {
+        apply_poison(self, poison)
+    }
+}
+
+fn apply_batch(model: &ReadModel, batch: &StoredBatch) -> Result<Applied, ProjectionError> {
+    if batch.sequence <= model.last_sequence()? {
+        return Ok(Applied::AlreadyApplied);
+    }
+    let mut changes = Changes::default();
+    let mut counters: Counters = model.get(Table::Counters, COUNTERS)?.unwrap_or_default();
+    let (mut applied, mut rejected) = (0, 0);
+    for envelope in &batch.events {
+        let mut writer = Writer {
+            model,
+            changes: &mut changes,
+            counters: &mut counters,
+            sequence: batch.sequence,
+            at: envelope.occurred_at,
+        };
+        match writer.apply(envelope)? {
+            Ok(()) => applied += 1,
+            Err(Rejected(reason)) => {
+                rejected += 1;
+                tracing::warn!(
+                    sequence = batch.sequence,
+                    subject = %batch.subject,
+                    event = envelope.event.event_type(),
+                    %reason,
+                    "event rejected by the domain rules"
+                );
+            }
+        }
+    }
+    counters.events_applied += applied as u64;
+    counters.events_rejected += rejected as u64;
+    changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
+    model.commit(changes, batch.sequence)?;
+    Ok(Applied::Events { applied, rejected })
+}
+
+fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, ProjectionError> {
+    if poison.sequence <= model.last_sequence()? {
+        return Ok(Applied::AlreadyApplied);
+    }
+    tracing::error!(
+        sequence = poison.sequence,
+        subject = %poison.subject,
+        error = %poison.error,
+        "poison message kept aside"
+    );
+    let mut changes = Changes::default();
+    let mut counters: Counters = model.get(Table::Counters, COUNTERS)?.unwrap_or_default();
+    counters.poison += 1;
+    changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
+    let record = PoisonRecord {
+        sequence: poison.sequence,
+        subject: poison.subject.clone(),
+        error: poison.error.to_string(),
+        payload: poison.payload.to_vec(),
+    };
+    changes.put(
+        Table::Poison,
+        poison.sequence.to_be_bytes().to_vec(),
+        &record,
+    )?;
+    model.commit(changes, poison.sequence)?;
+    Ok(Applied::Events {
+        applied: 0,
+        rejected: 0,
+    })
+}
+
+/// Applies the events of one message into one change set.
+struct Writer<'a> {
+    model: &'a ReadModel,
+    changes: &'a mut Changes,
+    counters: &'a mut Counters,
+    sequence: u64,
+    at: DateTime<Utc>,
+}
+
+type Outcome = Result<Result<(), Rejected>, ProjectionError>;
+
+impl Writer<'_> {
+    fn apply(&mut self, envelope: &Envelope) -> Outcome {
+        match &envelope.event {
+            Event::TaskSubmitted(e) => self.task_submitted(e),
+            Event::AgentRegistered(e) => self.agent_registered(e),
+            Event::AgentOutcomeRecorded(e) => self.agent_changed(&e.agent_id, |agent| {
+                agent.reputation.successes = e.successes;
+                agent.reputation.failures = e.failures;
+                agent.rate_bp = e.rate_bp;
+                agent.multiplier = e.multiplier;
+            }),
+            Event::AgentUpdated(e) => self.agent_changed(&e.agent_id, |agent| {
+                if let Some(name) = &e.name {
+                    agent.name = name.clone();
+                }
+                if let Some(skills) = &e.skills {
+                    agent.skills = skills.clone();
+                }
+                if let Some(mode) = e.mode {
+                    agent.mode = mode;
+                }
+                if let Some(accepting) = e.accepting {
+                    agent.accepting = accepting;
+                }
+            }),
+            Event::EscrowHeld(_) | Event::EscrowReleased(_) | Event::EscrowRefunded(_) => {
+                self.payment(&envelope.event)
+            }
+            task_event => self.task_changed(task_event),
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, ProjectionError> {
+        self.changes.get(self.model, table, key)
+    }
+
+    fn task_submitted(&mut self, e: &aicp_events::event::TaskSubmitted) -> Outcome {
+        let key = e.task_id.as_str().as_bytes();
+        if self.get::<TaskView>(Table::Tasks, key)?.is_some() {
+            return Ok(Err(Rejected(format!("task {} already exists", e.task_id))));
+        }
+        let view = TaskView {
+            task: Task::submitted(e),
+            submitted_seq: self.sequence,
+            created_at: self.at,
+            updated_at: self.at,
+            finished_at: None,
+            payment: None,
+            last_sequence: self.sequence,
+        };
+        let seq = self.sequence;
+        let id = e.task_id.as_str();
+        self.changes.put(Table::Tasks, key.to_vec(), &view)?;
+        self.changes
+            .put(Table::TasksByTime, seq.to_be_bytes().to_vec(), &id)?;
+        self.changes.put(
+            Table::TasksByBuyer,
+            index_key(e.buyer_id.as_str(), seq),
+            &id,
+        )?;
+        self.changes.put(
+            Table::TasksByStatus,
+            index_key(TaskStatus::Submitted.as_str(), seq),
+            &id,
+        )?;
+        self.buyer_changed(&e.buyer_id, |buyer| buyer.tasks_submitted += 1)?;
+        self.counters.submitted += 1;
+        self.minute_changed(|m| m.submitted += 1)?;
+        Ok(Ok(()))
+    }
+
+    fn task_changed(&mut self, event: &Event) -> Outcome {
+        let aicp_events::Aggregate::Task(task_id) = event.aggregate() else {
+            return Ok(Err(Rejected(format!(
+                "{} is not a task event",
+                event.event_type()
+            ))));
+        };
+        let key = task_id.as_str().as_bytes().to_vec();
+        let Some(mut view) = self.get::<TaskView>(Table::Tasks, &key)? else {
+            return Ok(Err(Rejected(format!("task {task_id} does not exist"))));
+        };
+        let before = view.task.status;
+        if let Err(e) = view.task.apply(event) {
+            return Ok(Err(e.into()));
+        }
+        let after = view.task.status;
+        view.updated_at = self.at;
+        view.last_sequence = self.sequence;
+        let seq = view.submitted_seq;
+        let id = task_id.as_str();
+        if before != after {
+            self.changes
+                .remove(Table::TasksByStatus, index_key(before.as_str(), seq));
+            self.changes
+                .put(Table::TasksByStatus, index_key(after.as_str(), seq), &id)?;
+        }
+        if let Event::TaskAssigned(e) = event {
+            self.changes.put(
+                Table::TasksByAgent,
+                index_key(e.agent_id.as_str(), seq),
+                &id,
+            )?;
+            self.update_agent(&e.agent_id, |agent| {
+                agent.active_tasks += 1;
+                agent.tasks_assigned += 1;
+            })?;
+        }
+        if after.is_terminal() {
+            view.finished_at = Some(self.at);
+            let was_active = matches!(before, TaskStatus::Assigned | TaskStatus::Running);
+            if let (Some(agent_id), true) = (view.task.agent_id.clone(), was_active) {
+                self.update_agent(&agent_id, |agent| {
+                    agent.active_tasks = agent.active_tasks.saturating_sub(1);
+                    match after {
+                        TaskStatus::Completed => agent.tasks_completed += 1,
+                        TaskStatus::Failed => agent.tasks_failed += 1,
+                        _ => {}
+                    }
+                })?;
+            }
+            match after {
+                TaskStatus::Completed => {
+                    self.counters.completed += 1;
+                    self.minute_changed(|m| m.completed += 1)?;
+                }
+                TaskStatus::Failed => self.counters.failed += 1,
+                TaskStatus::Cancelled => self.counters.cancelled += 1,
+                TaskStatus::Expired => self.counters.expired += 1,
+                _ => {}
+            }
+            if after != TaskStatus::Completed {
+                self.minute_changed(|m| m.failed += 1)?;
+            }
+        }
+        self.changes.put(Table::Tasks, key, &view)?;
+        Ok(Ok(()))
+    }
+
+    fn agent_registered(&mut self, e: &aicp_events::event::AgentRegistered) -> Outcome {
+        let key = e.agent_id.as_str().as_bytes();
+        if self.get::<AgentView>(Table::Agents, key)?.is_some() {
+            return Ok(Err(Rejected(format!(
+                "agent {} already exists",
+                e.agent_id
+            ))));
+        }
+        let reputation = match Reputation::new(e.prior_rate_bp, e.prior_weight) {
+            Ok(r) => r,
+            Err(err) => return Ok(Err(err.into())),
+        };
+        let balance: i64 = self
+            .get(
+                Table::Balances,
+                Account::Agent(e.agent_id.clone()).to_string().as_bytes(),
+            )?
+            .unwrap_or(0);
+        let view = AgentView {
+            agent_id: e.agent_id.clone(),
+            name: e.name.clone(),
+            skills: e.skills.clone(),
+            mode: e.mode,
+            accepting: true,
+            reputation,
+            rate_bp: reputation.rate_bp(),
+            multiplier: reputation.multiplier(),
+            balance_sats: balance,
+            active_tasks: 0,
+            tasks_completed: 0,
+            tasks_failed: 0,
+            tasks_assigned: 0,
+            registered_at: self.at,
+            last_sequence: self.sequence,
+        };
+        self.changes.put(Table::Agents, key.to_vec(), &view)?;
+        Ok(Ok(()))
+    }
+
+    /// An agent event: changes the agent and moves its last sequence; an unknown agent is
+    /// a rejection.
+    fn agent_changed(
+        &mut self,
+        agent_id: &AgentId,
+        change: impl FnOnce(&mut AgentView),
+    ) -> Outcome {
+        let sequence = self.sequence;
+        let found = self.update_agent(agent_id, |agent| {
+            change(agent);
+            agent.last_sequence = sequence;
+        })?;
+        Ok(if found {
+            Ok(())
+        } else {
+            Err(Rejected(format!("agent {agent_id} does not exist")))
+        })
+    }
+
+    /// Changes an agent's figures on behalf of a task or payment event; false if the agent
+    /// is unknown (its figures then start from the events it sees once registered).
+    fn update_agent(
+        &mut self,
+        agent_id: &AgentId,
+        change: impl FnOnce(&mut AgentView),
+    ) -> Result<bool, ProjectionError> {
+        let key = agent_id.as_str().as_bytes();
+        let Some(mut agent) = self.get::<AgentView>(Table::Agents, key)? else {
+            tracing::warn!(agent = %agent_id, sequence = self.sequence, "event names an unknown agent");
+            return Ok(false);
+        };
+        change(&mut agent);
+        self.changes.put(Table::Agents, key.to_vec(), &agent)?;
+        Ok(true)
+    }
+
+    fn buyer_changed(
+        &mut self,
+        buyer_id: &BuyerId,
+        change: impl FnOnce(&mut BuyerView),
+    ) -> Result<(), ProjectionError> {
+        let key = buyer_id.as_str().as_bytes();
+        let mut buyer = self
+            .get::<BuyerView>(Table::Buyers, key)?
+            .unwrap_or(BuyerView {
+                buyer_id: buyer_id.clone(),
+                tasks_submitted: 0,
+                spent_sats: 0,
+                open_escrow_sats: 0,
+                refunded_sats: 0,
+            });
+        change(&mut buyer);
+        self.changes.put(Table::Buyers, key.to_vec(), &buyer)
+    }
+
+    fn minute_changed(
+        &mut self,
+        change: impl FnOnce(&mut MinuteStats),
+    ) -> Result<(), ProjectionError> {
+        let minute = self.at.timestamp().div_euclid(60) * 60;
+        let key = (minute.max(0) as u64).to_be_bytes().to_vec();
+        let mut stats = self
+            .get::<MinuteStats>(Table::Series, &key)?
+            .unwrap_or(MinuteStats {
+                minute,
+                ..MinuteStats::default()
+            });
+        change(&mut stats);
+        self.changes.put(Table::Series, key, &stats)
+    }
+
+    /// Books a payment event through the domain ledger, seeded with this task's escrow.
+    fn payment(&mut self, event: &Event) -> Outcome {
+        let aicp_events::Aggregate::Payment(task_id) = event.aggregate() else {
+            return Ok(Err(Rejected(format!(
+                "{} is not a payment event",
+                event.event_type()
+            ))));
+        };
+        let key = task_id.as_str().as_bytes().to_vec();
+        let stored: Option<Escrow> = self.get(Table::Escrows, &key)?;
+        let mut ledger = match ledger_with(&task_id, stored.as_ref()) {
+            Ok(ledger) => ledger,
+            Err(e) => return Ok(Err(e)),
+        };
+        let transfer = match ledger.apply(event) {
+            Ok(Some(transfer)) => transfer,
+            Ok(None) => return Ok(Err(Rejected("not a payment event".into()))),
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let Some(escrow) = ledger.escrow(&task_id).cloned() else {
+            return Ok(Err(Rejected(format!(
+                "task {task_id} has no escrow after {}",
+                event.event_type()
+            ))));
+        };
+        self.book(&transfer)?;
+        let amount = transfer.amount_sats;
+        match escrow.state {
+            EscrowState::Held => {
+                self.buyer_changed(&escrow.buyer_id, |b| b.open_escrow_sats += amount)?;
+            }
+            EscrowState::Released => {
+                self.buyer_changed(&escrow.buyer_id, |b| {
+                    b.open_escrow_sats = b.open_escrow_sats.saturating_sub(amount);
+                    b.spent_sats += amount;
+                })?;
+                let balance = self.balance(&Account::Agent(escrow.agent_id.clone()))?;
+                // An agent paid before it registered picks its balance up at registration.
+                self.update_agent(&escrow.agent_id, |a| a.balance_sats = balance)?;
+                self.counters.settled_sats += amount;
+                self.minute_changed(|m| m.settled_sats += amount)?;
+            }
+            EscrowState::Refunded => {
+                self.buyer_changed(&escrow.buyer_id, |b| {
+                    b.open_escrow_sats = b.open_escrow_sats.saturating_sub(amount);
+                    b.refunded_sats += amount;
+                })?;
+                self.counters.refunded_sats += amount;
+            }
+        }
+        if let Some(mut view) = self.get::<TaskView>(Table::Tasks, &key)? {
+            view.payment = Some(escrow.state);
+            self.changes.put(Table::Tasks, key.clone(), &view)?;
+        }
+        self.changes.put(Table::Escrows, key, &escrow)?;
+        Ok(Ok(()))
+    }
+
+    fn balance(&self, account: &Account) -> Result<i64, ProjectionError> {
+        Ok(self
+            .get(Table::Balances, account.to_string().as_bytes())?
+            .unwrap_or(0))
+    }
+
+    /// Writes both sides of a transfer: balances and ledger entries.
+    fn book(&mut self, transfer: &Transfer) -> Result<(), ProjectionError> {
+        // Amounts above i64::MAX were refused by the ledger, so this cannot saturate.
+        let amount = i64::try_from(transfer.amount_sats).unwrap_or(i64::MAX);
+        for (n, (account, counterparty, delta)) in [
+            (&transfer.from, &transfer.to, -amount),
+            (&transfer.to, &transfer.from, amount),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = account.to_string();
+            let balance = self.balance(account)?.saturating_add(delta);
+            self.changes
+                .put(Table::Balances, name.as_bytes().to_vec(), &balance)?;
+            let mut key = index_key(&name, self.sequence);
+            key.push(n as u8);
+            let entry = LedgerEntry {
+                sequence: self.sequence,
+                task_id: transfer.task_id.clone(),
+                account: account.clone(),
+                counterparty: counterparty.clone(),
+                amount_sats: delta,
+                balance_sats: balance,
+                at: self.at,
+            };
+            self.changes.put(Table::Ledger, key, &entry)?;
+        }
+        Ok(())
+    }
+}
+
+/// A ledger holding only `task_id`'s escrow as stored, so that the domain's rules (held
+/// once, settled once, to its own party and amount) judge the next payment event.
+fn ledger_with(task_id: &TaskId, escrow: Option<&Escrow>) -> Result<Ledger, Rejected> {
+    let mut ledger = Ledger::new();
+    if let Some(e) = escrow {
+        ledger.hold(task_id, &e.buyer_id, &e.agent_id, e.amount_sats)?;
+        match e.state {
+            EscrowState::Held => {}
+            EscrowState::Released => {
+                ledger.release(task_id)?;
+            }
+            EscrowState::Refunded => {
+                ledger.refund(task_id)?;
+            }
+        }
+    }
+    Ok(ledger)
+}

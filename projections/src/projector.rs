@@ -1,0 +1,150 @@
+//! Feeds a read model from the events stream, in process, and reports its progress.
+//!
+//! The projector follows `AICP_EVENTS` with an ordered consumer from the read model's
+//! checkpoint + 1, applies each message in a blocking task (sled is synchronous), and
+//! publishes the applied sequence on a watch channel: a command handler waits on it to
+//! read its own writes. It survives the server going away: it re-subscribes from its
+//! checkpoint with a backoff. Only a storage error stops it.
+
+use std::time::Duration;
+
+use aicp_events::store::{EventStore, ReadError};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::tables::{ProjectionError, ReadModel};
+
+/// How long to wait before re-subscribing after the stream failed, at most.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How far a projection has got; cheap to clone and share.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    applied: watch::Receiver<u64>,
+}
+
+impl Progress {
+    /// The last stream sequence applied.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until `sequence` is applied; false if `timeout` passes first.
+    pub async fn wait_for(&self, sequence: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= sequence))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Applies the stream to a read model.
+#[derive(Debug)]
+pub struct Projector {
+    model: ReadModel,
+    store: EventStore,
+    applied: watch::Sender<u64>,
+}
+
+impl Projector {
+    /// A projector for `model` from `store`, and the handle to watch it.
+    pub fn new(model: ReadModel, store: EventStore) -> Result<(Self, Progress), ProjectionError> {
+        let (applied, rx) = watch::channel(model.last_sequence()?);
+        Ok((
+            Self {
+                model,
+                store,
+                applied,
+            },
+            Progress { applied: rx },
+        ))
+    }
+
+    /// Runs until `shutdown` completes, or a storage error. Flushes the read model on exit.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ProjectionError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let from = self.model.last_sequence()? + 1;
+            let stop = tokio::select! {
+                stop = self.follow(from) => stop,
+                () = &mut shutdown => break,
+            };
+            match stop {
+                Stop::Storage(e) => {
+                    let _ = self.model.flush();
+                    return Err(e);
+                }
+                Stop::Stream(reason) => {
+                    tracing::warn!(from, %reason, "events stream unavailable; re-subscribing");
+                }
+            }
+            // Back off only while nothing gets through.
+            if self.model.last_sequence()? >= from {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = &mut shutdown => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.model.flush()
+    }
+
+    /// Applies messages from `from` on until the subscription or the read model fails.
+    async fn follow(&self, from: u64) -> Stop {
+        let mut messages = match self.store.subscribe(from).await {
+            Ok(messages) => messages,
+            Err(e) => return Stop::Stream(e.to_string()),
+        };
+        while let Some(item) = messages.next().await {
+            let model = self.model.clone();
+            let result = match item {
+                Ok(batch) => {
+                    let sequence = batch.sequence;
+                    run_blocking(move || model.apply(&batch))
+                        .await
+                        .map(|_| sequence)
+                }
+                Err(ReadError::Poison(poison)) => {
+                    let sequence = poison.sequence;
+                    run_blocking(move || model.apply_poison(&poison))
+                        .await
+                        .map(|_| sequence)
+                }
+                Err(ReadError::Consumer(e)) => return Stop::Stream(e.to_string()),
+            };
+            match result {
+                Ok(sequence) => {
+                    self.applied.send_replace(sequence);
+                }
+                Err(e) => return Stop::Storage(e),
+            }
+        }
+        Stop::Stream("subscription ended".into())
+    }
+}
+
+/// Why following the stream stopped.
+enum Stop {
+    /// The stream failed; re-subscribe.
+    Stream(String),
+    /// The read model failed; give up.
+    Storage(ProjectionError),
+}
+
+/// Runs sled work off the async threads.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ProjectionError> + Send + 'static,
+) -> Result<T, ProjectionError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(ProjectionError::Storage(sled::Error::ReportableBug(
+            format!("projection task failed: {join}"),
+        ))),
+    }
+}

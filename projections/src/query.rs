@@ -1,0 +1,283 @@
+//! Reading the read model: single records, and lists paged newest first.
+
+use aicp_events::domain::ledger::{Account, Escrow};
+use aicp_events::domain::task::TaskStatus;
+use aicp_events::id::{AgentId, BuyerId, TaskId};
+use serde::de::DeserializeOwned;
+
+use crate::apply::COUNTERS;
+use crate::tables::{decode, index_prefix, ProjectionError, ReadModel, Table};
+use crate::views::{
+    AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, Page, PoisonRecord, TaskView,
+};
+
+/// Which tasks a list shows; every filter set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only this buyer's tasks.
+    pub buyer: Option<BuyerId>,
+    /// Only tasks assigned to this agent.
+    pub agent: Option<AgentId>,
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+}
+
+/// Where a page starts and how long it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// The `next_cursor` of the previous page, or `None` for the first.
+    pub cursor: Option<String>,
+    /// At most this many items.
+    pub limit: usize,
+}
+
+impl PageRequest {
+    /// The first page of `limit` items.
+    pub fn first(limit: usize) -> Self {
+        Self {
+            cursor: None,
+            limit,
+        }
+    }
+}
+
+/// A cursor that is not one this list handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cursor {0:?}: pass the next_cursor of the previous page")]
+pub struct InvalidCursor(pub String);
+
+/// A failed query: bad input, or the storage.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The cursor is malformed.
+    #[error(transparent)]
+    Cursor(#[from] InvalidCursor),
+    /// The read model could not be read.
+    #[error(transparent)]
+    Storage(#[from] ProjectionError),
+}
+
+impl From<sled::Error> for QueryError {
+    fn from(e: sled::Error) -> Self {
+        QueryError::Storage(e.into())
+    }
+}
+
+/// A sequence cursor: lists ordered by stream sequence page on the sequence of the last
+/// item shown; the next page holds items strictly older.
+fn sequence_cursor(page: &PageRequest) -> Result<u64, InvalidCursor> {
+    match &page.cursor {
+        None => Ok(u64::MAX),
+        Some(c) => c.parse().map_err(|_| InvalidCursor(c.clone())),
+    }
+}
+
+/// Reads the records named by an index, newest first, keeping those `keep` accepts.
+fn newest_first<T: DeserializeOwned>(
+    model: &ReadModel,
+    index: Table,
+    prefix: &[u8],
+    page: &PageRequest,
+    load: impl Fn(&[u8]) -> Result<Option<T>, ProjectionError>,
+    keep: impl Fn(&T) -> bool,
+    sequence_of: impl Fn(&T) -> u64,
+) -> Result<Page<T>, QueryError> {
+    let before = sequence_cursor(page)?;
+    let mut upper = prefix.to_vec();
+    upper.extend_from_slice(&before.to_be_bytes());
+    let mut items = Vec::new();
+    let mut more = false;
+    for row in model.tree(index).range(prefix.to_vec()..upper).rev() {
+        let (_, value) = row?;
+        let Some(item) = load(&value)? else { continue };
+        if !keep(&item) {
+            continue;
+        }
+        if items.len() == page.limit {
+            more = true;
+            break;
+        }
+        items.push(item);
+    }
+    let next_cursor = match (more, items.last()) {
+        (true, Some(last)) => Some(sequence_of(last).to_string()),
+        _ => None,
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// Reads records keyed by id, in id order, after the cursor id.
+fn by_id<T: DeserializeOwned>(
+    model: &ReadModel,
+    table: Table,
+    page: &PageRequest,
+) -> Result<Page<T>, QueryError> {
+    let start = match &page.cursor {
+        // Strictly after the cursor: the smallest key greater than it.
+        Some(c) => {
+            let mut key = c.as_bytes().to_vec();
+            key.push(0);
+            key
+        }
+        None => Vec::new(),
+    };
+    let mut items = Vec::new();
+    let mut last_key = None;
+    let mut more = false;
+    for row in model.tree(table).range(start..) {
+        let (key, _) = row?;
+        if items.len() == page.limit {
+            more = true;
+            break;
+        }
+        if let Some(item) = model.get(table, &key)? {
+            items.push(item);
+            last_key = Some(String::from_utf8_lossy(&key).into_owned());
+        }
+    }
+    Ok(Page {
+        items,
+        next_cursor: if more { last_key } else { None },
+    })
+}
+
+impl ReadModel {
+    /// One task.
+    pub fn task(&self, id: &TaskId) -> Result<Option<TaskView>, ProjectionError> {
+        self.get(Table::Tasks, id.as_str().as_bytes())
+    }
+
+    /// Tasks matching `filter`, newest first.
+    pub fn tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<TaskView>, QueryError> {
+        // Walk the most selective index; check the other filters on each task.
+        let (index, prefix) = if let Some(buyer) = &filter.buyer {
+            (Table::TasksByBuyer, index_prefix(buyer.as_str()))
+        } else if let Some(agent) = &filter.agent {
+            (Table::TasksByAgent, index_prefix(agent.as_str()))
+        } else if let Some(status) = filter.status {
+            (Table::TasksByStatus, index_prefix(status.as_str()))
+        } else {
+            (Table::TasksByTime, Vec::new())
+        };
+        newest_first(
+            self,
+            index,
+            &prefix,
+            page,
+            |id| self.get(Table::Tasks, &decode_id(id)?),
+            |view: &TaskView| {
+                filter
+                    .buyer
+                    .as_ref()
+                    .is_none_or(|b| *b == view.task.buyer_id)
+                    && filter
+                        .agent
+                        .as_ref()
+                        .is_none_or(|a| Some(a) == view.task.agent_id.as_ref())
+                    && filter.status.is_none_or(|s| s == view.task.status)
+            },
+            |view| view.submitted_seq,
+        )
+    }
+
+    /// One agent.
+    pub fn agent(&self, id: &AgentId) -> Result<Option<AgentView>, ProjectionError> {
+        self.get(Table::Agents, id.as_str().as_bytes())
+    }
+
+    /// Agents in id order.
+    pub fn agents(&self, page: &PageRequest) -> Result<Page<AgentView>, QueryError> {
+        by_id(self, Table::Agents, page)
+    }
+
+    /// One buyer; `None` if it never submitted a task.
+    pub fn buyer(&self, id: &BuyerId) -> Result<Option<BuyerView>, ProjectionError> {
+        self.get(Table::Buyers, id.as_str().as_bytes())
+    }
+
+    /// Buyers in id order.
+    pub fn buyers(&self, page: &PageRequest) -> Result<Page<BuyerView>, QueryError> {
+        by_id(self, Table::Buyers, page)
+    }
+
+    /// An account's balance in satoshis (buyers negative: what they paid).
+    pub fn balance(&self, account: &Account) -> Result<i64, ProjectionError> {
+        Ok(self
+            .get(Table::Balances, account.to_string().as_bytes())?
+            .unwrap_or(0))
+    }
+
+    /// Every account with its balance.
+    pub fn balances(&self) -> Result<Vec<(String, i64)>, QueryError> {
+        let mut out = Vec::new();
+        for row in self.tree(Table::Balances).iter() {
+            let (key, _) = row?;
+            let balance: i64 = self.get(Table::Balances, &key)?.unwrap_or(0);
+            out.push((String::from_utf8_lossy(&key).into_owned(), balance));
+        }
+        Ok(out)
+    }
+
+    /// A task's escrow record.
+    pub fn escrow(&self, task: &TaskId) -> Result<Option<Escrow>, ProjectionError> {
+        self.get(Table::Escrows, task.as_str().as_bytes())
+    }
+
+    /// An account's ledger entries, newest first.
+    pub fn ledger(
+        &self,
+        account: &Account,
+        page: &PageRequest,
+    ) -> Result<Page<LedgerEntry>, QueryError> {
+        newest_first(
+            self,
+            Table::Ledger,
+            &index_prefix(&account.to_string()),
+            page,
+            |bytes| decode(Table::Ledger, b"", bytes).map(Some),
+            |_: &LedgerEntry| true,
+            |entry| entry.sequence,
+        )
+    }
+
+    /// The dashboard counters.
+    pub fn counters(&self) -> Result<Counters, ProjectionError> {
+        Ok(self.get(Table::Counters, COUNTERS)?.unwrap_or_default())
+    }
+
+    /// Per-minute figures from `from` (seconds since the epoch) on, oldest first.
+    pub fn series(&self, from: i64) -> Result<Vec<MinuteStats>, QueryError> {
+        let start = (from.max(0) as u64).to_be_bytes();
+        let mut out = Vec::new();
+        for row in self.tree(Table::Series).range(start..) {
+            let (key, _) = row?;
+            if let Some(stats) = self.get(Table::Series, &key)? {
+                out.push(stats);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Poison messages, newest first.
+    pub fn poison(&self, page: &PageRequest) -> Result<Page<PoisonRecord>, QueryError> {
+        newest_first(
+            self,
+            Table::Poison,
+            &[],
+            page,
+            |bytes| decode(Table::Poison, b"", bytes).map(Some),
+            |_: &PoisonRecord| true,
+            |record| record.sequence,
+        )
+    }
+}
+
+/// Index values hold the task id as a MessagePack string.
+fn decode_id(bytes: &[u8]) -> Result<Vec<u8>, ProjectionError> {
+    let id: String = decode(Table::TasksByTime, b"", bytes)?;
+    Ok(id.into_bytes())
+}

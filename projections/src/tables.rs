@@ -1,0 +1,304 @@
+//! The sled trees of the read model, and the change set one stream message makes to them.
+//!
+//! One writer (the projector) applies messages in stream order. It reads current records,
+//! computes the new ones into a [`Changes`] overlay, and commits them together with the
+//! checkpoint (the message's stream sequence) in one sled transaction over every tree. So
+//! a crash leaves either the whole message applied with its checkpoint, or neither.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// What can go wrong with the read model.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// sled failed (disk full, corrupt file, another process holds the directory).
+    #[error("read model storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record could not be decoded: written by other code, or corrupt.
+    #[error("read model record {table}/{key}: {source}")]
+    Record {
+        /// The tree.
+        table: &'static str,
+        /// The key, lossily as text.
+        key: String,
+        /// Why.
+        source: rmp_serde::decode::Error,
+    },
+    /// A record could not be encoded.
+    #[error("read model encoding: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// The trees of the read model. The discriminant is the tree's index in [`ReadModel::trees`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Table {
+    /// The checkpoint and other single values.
+    Meta,
+    /// task id -> TaskView.
+    Tasks,
+    /// submitted seq -> task id: every task, newest last.
+    TasksByTime,
+    /// buyer id, 0, submitted seq -> task id.
+    TasksByBuyer,
+    /// agent id, 0, submitted seq -> task id.
+    TasksByAgent,
+    /// status, 0, submitted seq -> task id.
+    TasksByStatus,
+    /// agent id -> AgentView.
+    Agents,
+    /// buyer id -> BuyerView.
+    Buyers,
+    /// task id -> the ledger's Escrow record.
+    Escrows,
+    /// account -> balance (i64).
+    Balances,
+    /// account, 0, seq, n -> LedgerEntry.
+    Ledger,
+    /// "all" -> Counters.
+    Counters,
+    /// minute (i64) -> MinuteStats.
+    Series,
+    /// seq -> PoisonRecord.
+    Poison,
+}
+
+impl Table {
+    /// Every table, in index order.
+    pub const ALL: [Table; 14] = [
+        Table::Meta,
+        Table::Tasks,
+        Table::TasksByTime,
+        Table::TasksByBuyer,
+        Table::TasksByAgent,
+        Table::TasksByStatus,
+        Table::Agents,
+        Table::Buyers,
+        Table::Escrows,
+        Table::Balances,
+        Table::Ledger,
+        Table::Counters,
+        Table::Series,
+        Table::Poison,
+    ];
+
+    /// The sled tree's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Tasks => "tasks",
+            Table::TasksByTime => "tasks_by_time",
+            Table::TasksByBuyer => "tasks_by_buyer",
+            Table::TasksByAgent => "tasks_by_agent",
+            Table::TasksByStatus => "tasks_by_status",
+            Table::Agents => "agents",
+            Table::Buyers => "buyers",
+            Table::Escrows => "escrows",
+            Table::Balances => "balances",
+            Table::Ledger => "ledger",
+            Table::Counters => "counters",
+            Table::Series => "series",
+            Table::Poison => "poison",
+        }
+    }
+}
+
+/// Key of the checkpoint in [`Table::Meta`].
+pub const LAST_SEQUENCE: &[u8] = b"last_sequence";
+
+/// The opened sled database and its trees.
+#[derive(Debug, Clone)]
+pub struct ReadModel {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl ReadModel {
+    /// Opens (or creates) the read model in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, ProjectionError> {
+        let db = sled::open(dir)?;
+        let trees = Table::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { db, trees })
+    }
+
+    /// One tree.
+    pub fn tree(&self, table: Table) -> &sled::Tree {
+        &self.trees[table as usize]
+    }
+
+    /// Reads and decodes one record.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, ProjectionError> {
+        match self.tree(table).get(key)? {
+            Some(bytes) => decode(table, key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The last stream sequence applied; 0 for an empty read model.
+    pub fn last_sequence(&self) -> Result<u64, ProjectionError> {
+        Ok(self
+            .tree(Table::Meta)
+            .get(LAST_SEQUENCE)?
+            .map(|v| decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Writes `changes` and the checkpoint `sequence` atomically.
+    pub fn commit(&self, changes: Changes, sequence: u64) -> Result<(), ProjectionError> {
+        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
+        let checkpoint = sequence.to_be_bytes();
+        // The closure may run more than once, so it only writes what was computed before.
+        let result: Result<(), TransactionError<()>> = trees.as_slice().transaction(|views| {
+            for ((table, key), value) in &changes.writes {
+                let view = &views[*table as usize];
+                match value {
+                    Some(value) => view.insert(key.as_slice(), value.as_slice())?,
+                    None => view.remove(key.as_slice())?,
+                };
+            }
+            views[Table::Meta as usize].insert(LAST_SEQUENCE, &checkpoint[..])?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(ProjectionError::Storage(e)),
+            // We never abort the transaction ourselves.
+            Err(TransactionError::Abort(())) => Ok(()),
+        }
+    }
+
+    /// A fingerprint of every tree, to compare a rebuilt read model with a live one.
+    pub fn digest(&self) -> Result<Vec<TreeDigest>, ProjectionError> {
+        let mut out = Vec::with_capacity(Table::ALL.len());
+        for table in Table::ALL {
+            let mut digest = TreeDigest {
+                table: table.name(),
+                records: 0,
+                hash: FNV_OFFSET,
+            };
+            for row in self.tree(table).iter() {
+                let (key, value) = row?;
+                digest.records += 1;
+                digest.hash = fnv1a(fnv1a(digest.hash, &key), &value);
+            }
+            out.push(digest);
+        }
+        Ok(out)
+    }
+
+    /// Flushes to disk; sled otherwise flushes in the background every half second.
+    pub fn flush(&self) -> Result<(), ProjectionError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The fingerprint of one tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeDigest {
+    /// The tree.
+    pub table: &'static str,
+    /// How many records it holds.
+    pub records: u64,
+    /// FNV-1a over every key and value, in key order.
+    pub hash: u64,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a: tiny, stable across versions and platforms, enough to spot a difference.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Length-prefix-free concatenation is ambiguous; mixing in the length is not.
+    hash ^ bytes.len() as u64
+}
+
+/// Writes computed for one stream message, readable before they are committed so that
+/// the second event of a batch sees what the first one changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    writes: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl Changes {
+    /// Reads a record: the pending write if there is one, else the stored record.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        model: &ReadModel,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, ProjectionError> {
+        match self.writes.get(&(table, key.to_vec())) {
+            Some(Some(bytes)) => decode(table, key, bytes).map(Some),
+            Some(None) => Ok(None),
+            None => model.get(table, key),
+        }
+    }
+
+    /// Stages a write.
+    pub fn put<T: Serialize>(
+        &mut self,
+        table: Table,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), ProjectionError> {
+        let bytes = rmp_serde::to_vec_named(value)?;
+        self.writes.insert((table, key), Some(bytes));
+        Ok(())
+    }
+
+    /// Stages a removal.
+    pub fn remove(&mut self, table: Table, key: Vec<u8>) {
+        self.writes.insert((table, key), None);
+    }
+}
+
+/// Decodes a stored record of `table`.
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: Table,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, ProjectionError> {
+    rmp_serde::from_slice(bytes).map_err(|source| ProjectionError::Record {
+        table: table.name(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+/// A big-endian u64 key or value; anything but 8 bytes reads as 0.
+pub fn decode_u64(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// `prefix`, a 0 byte, then `sequence` big-endian: index keys that sort by sequence within
+/// a prefix. Ids never contain a 0 byte, so prefixes cannot run into each other.
+pub fn index_key(prefix: &str, sequence: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 9);
+    key.extend_from_slice(prefix.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// The start of every index key under `prefix`.
+pub fn index_prefix(prefix: &str) -> Vec<u8> {
+    let mut key = prefix.as_bytes().to_vec();
+    key.push(0);
+    key
+}

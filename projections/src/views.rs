@@ -1,0 +1,162 @@
+//! The read models' records: what the API, the UI and the operators read.
+
+use std::collections::BTreeSet;
+
+use aicp_events::domain::ledger::{Account, EscrowState};
+use aicp_events::domain::pricing::MultiplierMilli;
+use aicp_events::domain::reputation::Reputation;
+use aicp_events::domain::task::Task;
+use aicp_events::event::AgentMode;
+use aicp_events::id::{AgentId, BuyerId, TaskId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task folded from its events.
+    pub task: Task,
+    /// Stream sequence of its submission: orders tasks, newest first, and pages them.
+    pub submitted_seq: u64,
+    /// When it was submitted.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Where its money is, once escrow was held.
+    pub payment: Option<EscrowState>,
+    /// Stream sequence of the task's last message: the expectation for its next append.
+    pub last_sequence: u64,
+}
+
+/// An agent's profile and record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Display name.
+    pub name: String,
+    /// What it can do.
+    pub skills: BTreeSet<String>,
+    /// Worker or manual.
+    pub mode: AgentMode,
+    /// Whether it takes new tasks.
+    pub accepting: bool,
+    /// Prior and outcomes.
+    pub reputation: Reputation,
+    /// Success rate in basis points, prior included.
+    pub rate_bp: u32,
+    /// Current price multiplier.
+    pub multiplier: MultiplierMilli,
+    /// Satoshis earned.
+    pub balance_sats: i64,
+    /// Tasks assigned or running.
+    pub active_tasks: u32,
+    /// Tasks completed.
+    pub tasks_completed: u64,
+    /// Tasks failed (or expired while assigned to it).
+    pub tasks_failed: u64,
+    /// Tasks assigned to it so far.
+    pub tasks_assigned: u64,
+    /// When it registered.
+    pub registered_at: DateTime<Utc>,
+    /// Stream sequence of the agent's last message.
+    pub last_sequence: u64,
+}
+
+/// What a buyer has spent and has in escrow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuyerView {
+    /// The buyer.
+    pub buyer_id: BuyerId,
+    /// Tasks submitted.
+    pub tasks_submitted: u64,
+    /// Paid to agents for completed tasks.
+    pub spent_sats: u64,
+    /// Held for tasks not settled yet.
+    pub open_escrow_sats: u64,
+    /// Returned for failed, cancelled and expired tasks.
+    pub refunded_sats: u64,
+}
+
+/// One side of a ledger transfer, as an account sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Stream sequence of the payment event.
+    pub sequence: u64,
+    /// The task the money moved for.
+    pub task_id: TaskId,
+    /// The account this entry belongs to.
+    pub account: Account,
+    /// The other account of the transfer.
+    pub counterparty: Account,
+    /// Positive when money came in, negative when it went out.
+    pub amount_sats: i64,
+    /// The account's balance after the entry.
+    pub balance_sats: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// Marketplace-wide counters for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Tasks submitted.
+    pub submitted: u64,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks failed.
+    pub failed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+    /// Tasks expired.
+    pub expired: u64,
+    /// Satoshis released to agents.
+    pub settled_sats: u64,
+    /// Satoshis refunded to buyers.
+    pub refunded_sats: u64,
+    /// Events applied.
+    pub events_applied: u64,
+    /// Events refused by the domain rules (a bug or a forged event upstream).
+    pub events_rejected: u64,
+    /// Messages that could not be decoded.
+    pub poison: u64,
+}
+
+/// One minute of the dashboard's time series.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MinuteStats {
+    /// Start of the minute, seconds since the epoch.
+    pub minute: i64,
+    /// Tasks submitted in it.
+    pub submitted: u64,
+    /// Tasks completed in it.
+    pub completed: u64,
+    /// Tasks failed, cancelled or expired in it.
+    pub failed: u64,
+    /// Satoshis released to agents in it.
+    pub settled_sats: u64,
+}
+
+/// A message the projection could not decode, kept aside for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoisonRecord {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// Its subject.
+    pub subject: String,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// One page of a list, newest first, with the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}

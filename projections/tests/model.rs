@@ -1,0 +1,449 @@
+//! The read model fed by hand-made stream messages: every rule of the projection, without
+//! a server (the projector's own tests use a real one).
+
+use std::collections::BTreeSet;
+
+use aicp_events::domain::assign::Policy;
+use aicp_events::domain::ledger::{Account, EscrowState};
+use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+use aicp_events::domain::reputation::SEED_AGENTS;
+use aicp_events::domain::task::TaskStatus;
+use aicp_events::event::*;
+use aicp_events::id::{AgentId, TaskId};
+use aicp_events::store::{PoisonMessage, StoredBatch};
+use aicp_events::{Envelope, Namespace};
+use aicp_projections::{Applied, PageRequest, ReadModel, TaskFilter};
+use anyhow::Result;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    model: ReadModel,
+    sequence: u64,
+}
+
+impl Harness {
+    fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let model = ReadModel::open(dir.path())?;
+        Ok(Self {
+            _dir: dir,
+            model,
+            sequence: 0,
+        })
+    }
+
+    /// Applies `events` as the next stream message.
+    fn push(&mut self, events: Vec<Event>) -> Result<(StoredBatch, Applied)> {
+        self.sequence += 1;
+        let subject = Namespace::default().aggregate_subject(&events[0].aggregate());
+        let batch = StoredBatch {
+            sequence: self.sequence,
+            subject,
+            events: events.into_iter().map(Envelope::new).collect(),
+        };
+        let applied = self.model.apply(&batch)?;
+        Ok((batch, applied))
+    }
+
+    fn seed_agents(&mut self) -> Result<()> {
+        for (id, rate) in SEED_AGENTS {
+            self.push(vec![AgentRegistered {
+                agent_id: agent(id),
+                name: id.to_owned(),
+                skills: BTreeSet::new(),
+                mode: AgentMode::Worker,
+                prior_rate_bp: rate,
+                prior_weight: 20,
+            }
+            .into()])?;
+        }
+        Ok(())
+    }
+
+    /// Submit + assign (one message) and escrow (another), as the coordinator will.
+    fn submit(&mut self, task: &str, buyer: &str, agent_id: &str, multiplier: u32) -> Result<u64> {
+        let price = 100_000 * 2 * u64::from(multiplier) / 1000;
+        self.push(vec![
+            submitted(task, buyer).into(),
+            assigned(task, agent_id, multiplier, price).into(),
+        ])?;
+        self.push(vec![EscrowHeld {
+            task_id: tid(task),
+            buyer_id: buyer.parse()?,
+            agent_id: agent(agent_id),
+            amount_sats: price,
+        }
+        .into()])?;
+        Ok(price)
+    }
+}
+
+fn tid(s: &str) -> TaskId {
+    s.parse().expect("valid task id")
+}
+
+fn agent(s: &str) -> AgentId {
+    s.parse().expect("valid agent id")
+}
+
+fn submitted(task: &str, buyer: &str) -> TaskSubmitted {
+    TaskSubmitted {
+        task_id: tid(task),
+        buyer_id: buyer.parse().expect("valid buyer id"),
+        description: "Process payment".into(),
+        complexity: Complexity::new(2).expect("valid"),
+        required_skills: BTreeSet::new(),
+        max_price_sats: None,
+        deadline: None,
+        policy: Policy::BestReputation,
+    }
+}
+
+fn assigned(task: &str, agent_id: &str, multiplier: u32, price: u64) -> TaskAssigned {
+    TaskAssigned {
+        task_id: tid(task),
+        agent_id: agent(agent_id),
+        multiplier: MultiplierMilli(multiplier),
+        price_sats: price,
+        assignment: 1,
+    }
+}
+
+fn completed(task: &str, agent_id: &str) -> TaskCompleted {
+    TaskCompleted {
+        task_id: tid(task),
+        agent_id: agent(agent_id),
+        result: "done".into(),
+    }
+}
+
+fn released(task: &str, agent_id: &str, amount: u64) -> EscrowReleased {
+    EscrowReleased {
+        task_id: tid(task),
+        agent_id: agent(agent_id),
+        amount_sats: amount,
+    }
+}
+
+#[test]
+fn the_prototype_stories_project_into_tasks_agents_buyers_and_the_ledger() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let price = h.submit("t1", "buyer-001", "agent-1", 2000)?;
+    assert_eq!(price, 400_000);
+
+    let view = h.model.task(&tid("t1"))?.expect("task exists");
+    assert_eq!(view.task.status, TaskStatus::Assigned);
+    assert_eq!(view.task.price_sats, Some(400_000));
+    assert_eq!(view.payment, Some(EscrowState::Held));
+    assert_eq!(view.last_sequence, 4, "the task's own last message");
+    let buyer = h.model.buyer(&"buyer-001".parse()?)?.expect("buyer exists");
+    assert_eq!((buyer.open_escrow_sats, buyer.spent_sats), (400_000, 0));
+    assert_eq!(
+        h.model
+            .agent(&agent("agent-1"))?
+            .expect("agent")
+            .active_tasks,
+        1
+    );
+
+    // Story 2: the agent completes; the escrow is released.
+    h.push(vec![completed("t1", "agent-1").into()])?;
+    h.push(vec![released("t1", "agent-1", 400_000).into()])?;
+
+    let view = h.model.task(&tid("t1"))?.expect("task exists");
+    assert_eq!(view.task.status, TaskStatus::Completed);
+    assert_eq!(view.payment, Some(EscrowState::Released));
+    assert!(view.finished_at.is_some());
+    let agent1 = h.model.agent(&agent("agent-1"))?.expect("agent");
+    assert_eq!(agent1.balance_sats, 400_000);
+    assert_eq!((agent1.active_tasks, agent1.tasks_completed), (0, 1));
+    let buyer = h.model.buyer(&"buyer-001".parse()?)?.expect("buyer exists");
+    assert_eq!((buyer.open_escrow_sats, buyer.spent_sats), (0, 400_000));
+    assert_eq!(h.model.balance(&Account::Escrow)?, 0);
+    assert_eq!(
+        h.model.balance(&Account::Buyer("buyer-001".parse()?))?,
+        -400_000
+    );
+    let total: i64 = h.model.balances()?.iter().map(|(_, b)| b).sum();
+    assert_eq!(total, 0, "double entry: balances sum to zero");
+
+    let entries = h
+        .model
+        .ledger(&Account::Agent(agent("agent-1")), &PageRequest::first(10))?;
+    assert_eq!(entries.items.len(), 1);
+    assert_eq!(entries.items[0].amount_sats, 400_000);
+    assert_eq!(entries.items[0].counterparty, Account::Escrow);
+    let counters = h.model.counters()?;
+    assert_eq!(
+        (
+            counters.submitted,
+            counters.completed,
+            counters.settled_sats
+        ),
+        (1, 1, 400_000)
+    );
+    let series = h.model.series(0)?;
+    assert_eq!(series.iter().map(|m| m.completed).sum::<u64>(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_message_applied_twice_changes_nothing() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    h.submit("t1", "b1", "agent-1", 2000)?;
+    let (batch, _) = h.push(vec![completed("t1", "agent-1").into()])?;
+    let before = h.model.digest()?;
+    assert_eq!(h.model.apply(&batch)?, Applied::AlreadyApplied);
+    assert_eq!(h.model.digest()?, before);
+    Ok(())
+}
+
+#[test]
+fn a_second_completion_or_settlement_is_rejected_and_pays_nobody_twice() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    h.submit("t1", "b1", "agent-1", 2000)?;
+    h.push(vec![completed("t1", "agent-1").into()])?;
+    h.push(vec![released("t1", "agent-1", 400_000).into()])?;
+    let (_, again) = h.push(vec![completed("t1", "agent-1").into()])?;
+    assert_eq!(
+        again,
+        Applied::Events {
+            applied: 0,
+            rejected: 1
+        }
+    );
+    let (_, twice) = h.push(vec![released("t1", "agent-1", 400_000).into()])?;
+    assert_eq!(
+        twice,
+        Applied::Events {
+            applied: 0,
+            rejected: 1
+        }
+    );
+    let refund = EscrowRefunded {
+        task_id: tid("t1"),
+        buyer_id: "b1".parse()?,
+        amount_sats: 400_000,
+        reason: "late".into(),
+    };
+    let (_, refunded) = h.push(vec![refund.into()])?;
+    assert_eq!(
+        refunded,
+        Applied::Events {
+            applied: 0,
+            rejected: 1
+        }
+    );
+
+    assert_eq!(
+        h.model
+            .agent(&agent("agent-1"))?
+            .expect("agent")
+            .balance_sats,
+        400_000
+    );
+    assert_eq!(h.model.counters()?.events_rejected, 3);
+    assert_eq!(
+        h.model.last_sequence()?,
+        h.sequence,
+        "rejections still move the checkpoint"
+    );
+    Ok(())
+}
+
+#[test]
+fn failure_refunds_the_buyer_and_reputation_follows_outcomes() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    h.submit("t1", "b1", "agent-1", 2000)?;
+    h.push(vec![TaskFailed {
+        task_id: tid("t1"),
+        agent_id: agent("agent-1"),
+        reason: "boom".into(),
+    }
+    .into()])?;
+    h.push(vec![EscrowRefunded {
+        task_id: tid("t1"),
+        buyer_id: "b1".parse()?,
+        amount_sats: 400_000,
+        reason: "task failed".into(),
+    }
+    .into()])?;
+    h.push(vec![AgentOutcomeRecorded {
+        agent_id: agent("agent-1"),
+        task_id: tid("t1"),
+        success: false,
+        successes: 0,
+        failures: 1,
+        rate_bp: 9047,
+        multiplier: MultiplierMilli(1800),
+    }
+    .into()])?;
+
+    let buyer = h.model.buyer(&"b1".parse()?)?.expect("buyer");
+    assert_eq!(
+        (
+            buyer.open_escrow_sats,
+            buyer.refunded_sats,
+            buyer.spent_sats
+        ),
+        (0, 400_000, 0)
+    );
+    assert_eq!(h.model.balance(&Account::Buyer("b1".parse()?))?, 0);
+    let agent1 = h.model.agent(&agent("agent-1"))?.expect("agent");
+    assert_eq!(
+        (agent1.rate_bp, agent1.multiplier),
+        (9047, MultiplierMilli(1800))
+    );
+    assert_eq!(
+        (
+            agent1.tasks_failed,
+            agent1.active_tasks,
+            agent1.balance_sats
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(agent1.last_sequence, h.sequence);
+    assert_eq!(
+        h.model.task(&tid("t1"))?.expect("task").payment,
+        Some(EscrowState::Refunded)
+    );
+    Ok(())
+}
+
+#[test]
+fn lists_page_newest_first_and_filter_by_buyer_agent_and_status() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    for n in 0..25 {
+        let buyer = if n % 2 == 0 { "even" } else { "odd" };
+        let agent_id = if n % 5 == 0 { "agent-3" } else { "agent-1" };
+        let multiplier = if agent_id == "agent-3" { 1200 } else { 2000 };
+        h.submit(&format!("t{n:02}"), buyer, agent_id, multiplier)?;
+    }
+    h.push(vec![completed("t24", "agent-1").into()])?;
+    h.push(vec![completed("t03", "agent-1").into()])?;
+
+    let ids =
+        |page: &aicp_projections::views::Page<aicp_projections::views::TaskView>| -> Vec<String> {
+            page.items
+                .iter()
+                .map(|v| v.task.task_id.to_string())
+                .collect()
+        };
+    let all = TaskFilter::default();
+    let first = h.model.tasks(&all, &PageRequest::first(10))?;
+    assert_eq!(ids(&first)[..3], ["t24", "t23", "t22"]);
+    let second = h.model.tasks(
+        &all,
+        &PageRequest {
+            cursor: first.next_cursor.clone(),
+            limit: 10,
+        },
+    )?;
+    assert_eq!(ids(&second)[0], "t14");
+    let third = h.model.tasks(
+        &all,
+        &PageRequest {
+            cursor: second.next_cursor.clone(),
+            limit: 10,
+        },
+    )?;
+    assert_eq!(ids(&third).len(), 5);
+    assert_eq!(third.next_cursor, None);
+
+    let odd = TaskFilter {
+        buyer: Some("odd".parse()?),
+        ..Default::default()
+    };
+    assert_eq!(
+        h.model.tasks(&odd, &PageRequest::first(100))?.items.len(),
+        12
+    );
+    let agent3 = TaskFilter {
+        agent: Some(agent("agent-3")),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&h.model.tasks(&agent3, &PageRequest::first(100))?),
+        ["t20", "t15", "t10", "t05", "t00"]
+    );
+    let done = TaskFilter {
+        status: Some(TaskStatus::Completed),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&h.model.tasks(&done, &PageRequest::first(100))?),
+        ["t24", "t03"]
+    );
+    let odd_done = TaskFilter {
+        status: Some(TaskStatus::Completed),
+        ..odd
+    };
+    assert_eq!(
+        ids(&h.model.tasks(&odd_done, &PageRequest::first(100))?),
+        ["t03"]
+    );
+    let assigned = TaskFilter {
+        status: Some(TaskStatus::Assigned),
+        ..Default::default()
+    };
+    assert_eq!(
+        h.model
+            .tasks(&assigned, &PageRequest::first(100))?
+            .items
+            .len(),
+        23
+    );
+
+    let bad = h.model.tasks(
+        &all,
+        &PageRequest {
+            cursor: Some("nope".into()),
+            limit: 10,
+        },
+    );
+    assert!(matches!(bad, Err(aicp_projections::QueryError::Cursor(_))));
+
+    let agents = h.model.agents(&PageRequest::first(2))?;
+    assert_eq!(agents.items.len(), 2);
+    let rest = h.model.agents(&PageRequest {
+        cursor: agents.next_cursor,
+        limit: 2,
+    })?;
+    assert_eq!(rest.items[0].agent_id, agent("agent-3"));
+    assert_eq!(rest.next_cursor, None);
+    Ok(())
+}
+
+#[test]
+fn a_poison_message_is_kept_counted_and_passed() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let poison = PoisonMessage {
+        sequence: 4,
+        subject: "aicp.evt.task.x".into(),
+        error: aicp_events::codec::decode_batch(None, b"junk").expect_err("not a batch"),
+        payload: bytes_of(b"junk"),
+    };
+    h.model.apply_poison(&poison)?;
+    h.sequence = 4;
+    h.submit("t1", "b1", "agent-1", 2000)?;
+    assert_eq!(h.model.counters()?.poison, 1);
+    let kept = h.model.poison(&PageRequest::first(10))?;
+    assert_eq!(kept.items.len(), 1);
+    assert_eq!(kept.items[0].sequence, 4);
+    assert_eq!(kept.items[0].payload, b"junk");
+    assert!(
+        h.model.task(&tid("t1"))?.is_some(),
+        "the projection went on"
+    );
+    Ok(())
+}
+
+fn bytes_of(b: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(b)
+}
