@@ -141,12 +141,18 @@ impl Writer<'_> {
         match &envelope.event {
             Event::TaskSubmitted(e) => self.task_submitted(e),
             Event::AgentRegistered(e) => self.agent_registered(e),
-            Event::AgentOutcomeRecorded(e) => self.agent_changed(&e.agent_id, |agent| {
-                agent.reputation.successes = e.successes;
-                agent.reputation.failures = e.failures;
-                agent.rate_bp = e.rate_bp;
-                agent.multiplier = e.multiplier;
-            }),
+            Event::AgentOutcomeRecorded(e) => {
+                let outcome = self.agent_changed(&e.agent_id, |agent| {
+                    agent.reputation.successes = e.successes;
+                    agent.reputation.failures = e.failures;
+                    agent.rate_bp = e.rate_bp;
+                    agent.multiplier = e.multiplier;
+                })?;
+                if outcome.is_ok() {
+                    self.task_marked(&e.task_id, |view| view.outcome_recorded = true)?;
+                }
+                Ok(outcome)
+            }
             Event::AgentUpdated(e) => self.agent_changed(&e.agent_id, |agent| {
                 if let Some(name) = &e.name {
                     agent.name = name.clone();
@@ -188,6 +194,8 @@ impl Writer<'_> {
             updated_at: self.at,
             finished_at: None,
             payment: None,
+            payment_sequence: 0,
+            outcome_recorded: false,
             last_sequence: self.sequence,
         };
         let seq = self.sequence;
@@ -439,12 +447,28 @@ impl Writer<'_> {
                 self.counters.refunded_sats += amount;
             }
         }
-        if let Some(mut view) = self.get::<TaskView>(Table::Tasks, &key)? {
+        let sequence = self.sequence;
+        self.task_marked(&task_id, |view| {
             view.payment = Some(escrow.state);
-            self.changes.put(Table::Tasks, key.clone(), &view)?;
-        }
+            view.payment_sequence = sequence;
+        })?;
         self.changes.put(Table::Escrows, key, &escrow)?;
         Ok(Ok(()))
+    }
+
+    /// Notes on a task what another aggregate's event did to it (its money, its outcome);
+    /// the task's own last sequence is left alone.
+    fn task_marked(
+        &mut self,
+        task_id: &TaskId,
+        mark: impl FnOnce(&mut TaskView),
+    ) -> Result<(), ProjectionError> {
+        let key = task_id.as_str().as_bytes();
+        if let Some(mut view) = self.get::<TaskView>(Table::Tasks, key)? {
+            mark(&mut view);
+            self.changes.put(Table::Tasks, key.to_vec(), &view)?;
+        }
+        Ok(())
     }
 
     fn balance(&self, account: &Account) -> Result<i64, ProjectionError> {

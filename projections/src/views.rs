@@ -26,6 +26,11 @@ pub struct TaskView {
     pub finished_at: Option<DateTime<Utc>>,
     /// Where its money is, once escrow was held.
     pub payment: Option<EscrowState>,
+    /// Stream sequence of the task's last payment message (0 if none): the expectation
+    /// for the next append to its money.
+    pub payment_sequence: u64,
+    /// Whether the task's outcome has been recorded on its agent's reputation.
+    pub outcome_recorded: bool,
     /// Stream sequence of the task's last message: the expectation for its next append.
     pub last_sequence: u64,
 }
