@@ -307,10 +307,16 @@ fn failure_refunds_the_buyer_and_reputation_follows_outcomes() -> Result<()> {
         (1, 0, 0)
     );
     assert_eq!(agent1.last_sequence, h.sequence);
+    let view = h.model.task(&tid("t1"))?.expect("task");
+    assert_eq!(view.payment, Some(EscrowState::Refunded));
     assert_eq!(
-        h.model.task(&tid("t1"))?.expect("task").payment,
-        Some(EscrowState::Refunded)
+        view.payment_sequence,
+        h.sequence - 1,
+        "the refund's sequence"
     );
+    assert!(view.outcome_recorded);
+    // Payment and agent events leave the task's own sequence alone.
+    assert_eq!(view.last_sequence, h.sequence - 2);
     Ok(())
 }
 
