@@ -1,3 +1,16 @@
-//! The AICP coordinator: REST API, command handlers, process managers and the UI.
+//! The AICP coordinator: the REST API buyers, agents and the UI talk to, the command
+//! handlers that turn requests into events, the settlement process manager, and this
+//! replica's read model.
 //!
-//! Not built yet (issue 3): this crate holds the place the workspace layout gives it.
+//! It writes only events (to `AICP_EVENTS`) and reads only its projection (sled).
+
+pub mod app;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod settlement;
+pub mod state;
+
+pub use app::App;
+pub use config::Config;

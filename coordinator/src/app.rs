@@ -1,0 +1,112 @@
+//! Building and running a coordinator: connect, provision, open the read model, start the
+//! projector and the process manager, serve HTTP, and stop it all cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use aicp_events::{EventStore, Namespace};
+use aicp_projections::projector::Projector;
+use aicp_projections::ReadModel;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use crate::routes;
+use crate::settlement;
+use crate::state::AppState;
+
+/// A coordinator bound to its port, ready to [`App::run`].
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    projector: Projector,
+    config: Config,
+}
+
+impl App {
+    /// Connects to NATS, provisions the streams, opens the read model and binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let namespace = Namespace::new(&config.prefix)?;
+        let store = EventStore::connect(&config.nats_url, namespace).await?;
+        store.provision().await?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let model = ReadModel::open(&config.data_dir)?;
+        let ready_at = store.last_sequence().await?;
+        let (projector, progress) = Projector::new(model.clone(), store.clone())?;
+        let state = AppState {
+            store,
+            model,
+            progress,
+            policy: config.policy,
+            write_wait: config.write_wait(),
+            started_at: Instant::now(),
+            ready_at,
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            state,
+            projector,
+            config,
+        })
+    }
+
+    /// The address the API listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops the process manager and the
+    /// projector and flushes the read model.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let projector = tokio::spawn(self.projector.run(stopped()));
+        if !self.config.no_seed_agents {
+            self.state
+                .register_seed_agents()
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+        }
+        let manager = tokio::spawn(settlement::run(self.state.clone(), stopped()));
+
+        let app = routes::router(self.state.clone())
+            .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
+            .layer(cors(&self.config.cors_origins))
+            .layer(tower_http::trace::TraceLayer::new_for_http());
+        tracing::info!(addr = %self.listener.local_addr()?, "coordinator listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+
+        let _ = stop_tx.send(true);
+        manager.await?;
+        projector.await??;
+        tracing::info!("coordinator stopped");
+        Ok(())
+    }
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
+        .allow_headers([axum::http::header::CONTENT_TYPE])
+}

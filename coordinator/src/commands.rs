@@ -1,0 +1,517 @@
+//! Command handlers: validate, decide from the read model with the domain rules, append.
+//!
+//! A command never writes anything but events. It decides from the read model and appends
+//! with the aggregate's last sequence as the read model knows it; if someone got there
+//! first, the append conflicts, and the command decides again from the stream itself.
+//! Nothing is half-written: every command is one append of one batch.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aicp_events::domain::assign::{self, Candidate, Choice, Policy, Request};
+use aicp_events::domain::pricing::Complexity;
+use aicp_events::domain::reputation::{Reputation, PRIOR_WEIGHT};
+use aicp_events::domain::task::Task;
+use aicp_events::event::{
+    AgentMode, AgentRegistered, AgentUpdated, Event, TaskAssigned, TaskCancelled, TaskCompleted,
+    TaskFailed, TaskSubmitted,
+};
+use aicp_events::id::{AgentId, BuyerId, TaskId};
+use aicp_events::store::AppendError;
+use aicp_events::{Aggregate, Envelope, Expected};
+use aicp_projections::views::{AgentView, TaskView};
+use aicp_projections::PageRequest;
+use chrono::{DateTime, Utc};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest task description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 4096;
+/// Most skills a task may require or an agent may list.
+pub const MAX_SKILLS: usize = 32;
+/// Longest skill name.
+pub const MAX_SKILL_LEN: usize = 64;
+
+/// How many times a command re-decides after losing a race.
+const ATTEMPTS: usize = 5;
+
+/// A buyer's new task.
+#[derive(Debug, Clone)]
+pub struct SubmitTask {
+    /// Who pays.
+    pub buyer_id: String,
+    /// What is to be done.
+    pub description: String,
+    /// 1..=10.
+    pub complexity: i64,
+    /// Skills the agent must have.
+    pub required_skills: Vec<String>,
+    /// The most the buyer will pay.
+    pub max_price_sats: Option<u64>,
+    /// When the task expires.
+    pub deadline: Option<DateTime<Utc>>,
+    /// How to choose the agent; the configured default if `None`.
+    pub policy: Option<Policy>,
+}
+
+/// What a command stored, and whether the read model shows it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Stream sequence of the append.
+    pub sequence: u64,
+    /// True if the local read model applied it within the wait: reads now see it.
+    pub visible: bool,
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The new task.
+    pub task_id: TaskId,
+    /// The agent and price chosen.
+    pub choice: Choice,
+    /// Where it was stored.
+    pub written: Written,
+}
+
+/// Parses an id from a path or body, as a 400 if malformed.
+pub fn parse_id<T: std::str::FromStr>(raw: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.parse()
+        .map_err(|e: T::Err| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+/// Trims, lowercases and checks a list of skills.
+pub fn parse_skills(raw: &[String]) -> Result<BTreeSet<String>, ApiError> {
+    if raw.len() > MAX_SKILLS {
+        return Err(ApiError::bad_request(
+            "invalid_skills",
+            format!("at most {MAX_SKILLS} skills are allowed, got {}", raw.len()),
+        ));
+    }
+    raw.iter()
+        .map(|s| {
+            let skill = s.trim().to_lowercase();
+            let valid = !skill.is_empty()
+                && skill.len() <= MAX_SKILL_LEN
+                && skill
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if valid {
+                Ok(skill)
+            } else {
+                Err(ApiError::bad_request(
+                    "invalid_skills",
+                    format!("skill {s:?} must be 1 to {MAX_SKILL_LEN} letters, digits, '-' or '_'"),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn parse_complexity(raw: i64) -> Result<Complexity, ApiError> {
+    Complexity::new(raw).map_err(|e| ApiError::bad_request("invalid_complexity", e.to_string()))
+}
+
+fn parse_description(raw: &str) -> Result<String, ApiError> {
+    let description = raw.trim();
+    if description.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_description",
+            "description must not be empty",
+        ));
+    }
+    let chars = description.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_description",
+            format!("description is {chars} characters long; at most {MAX_DESCRIPTION_CHARS} are allowed"),
+        ));
+    }
+    Ok(description.to_owned())
+}
+
+impl AppState {
+    /// Every agent, as assignment candidates.
+    fn candidates(&self) -> Result<Vec<Candidate>, ApiError> {
+        Ok(self
+            .all_agents()?
+            .into_iter()
+            .map(|a| Candidate {
+                agent_id: a.agent_id,
+                skills: a.skills,
+                multiplier: a.multiplier,
+                rate_bp: a.rate_bp,
+                active_tasks: a.active_tasks,
+                accepting: a.accepting,
+            })
+            .collect())
+    }
+
+    /// Every agent in the read model.
+    pub fn all_agents(&self) -> Result<Vec<AgentView>, ApiError> {
+        let mut agents = Vec::new();
+        let mut page = PageRequest::first(1000);
+        loop {
+            let got = self.model.agents(&page)?;
+            agents.extend(got.items);
+            match got.next_cursor {
+                Some(cursor) => page.cursor = Some(cursor),
+                None => return Ok(agents),
+            }
+        }
+    }
+
+    /// The agent and price a task would get now.
+    pub fn quote(
+        &self,
+        complexity: i64,
+        skills: &[String],
+        max_price_sats: Option<u64>,
+        policy: Option<Policy>,
+    ) -> Result<Choice, ApiError> {
+        let request = Request {
+            complexity: parse_complexity(complexity)?,
+            required_skills: parse_skills(skills)?,
+            max_price_sats,
+        };
+        let counter = self.model.counters()?.submitted;
+        Ok(assign::assign(
+            policy.unwrap_or(self.policy),
+            &request,
+            &self.candidates()?,
+            counter,
+        )?)
+    }
+
+    /// Submits and assigns a task: both events in one message, so a task never exists
+    /// without its agent and price.
+    pub async fn submit(&self, cmd: SubmitTask) -> Result<Submitted, ApiError> {
+        let buyer_id: BuyerId = parse_id(&cmd.buyer_id)?;
+        let description = parse_description(&cmd.description)?;
+        let complexity = parse_complexity(cmd.complexity)?;
+        let required_skills = parse_skills(&cmd.required_skills)?;
+        if let Some(deadline) = cmd.deadline {
+            if deadline <= Utc::now() {
+                return Err(ApiError::bad_request(
+                    "invalid_deadline",
+                    format!("deadline {deadline} has already passed"),
+                ));
+            }
+        }
+        let policy = cmd.policy.unwrap_or(self.policy);
+        let request = Request {
+            complexity,
+            required_skills: required_skills.clone(),
+            max_price_sats: cmd.max_price_sats,
+        };
+        let counter = self.model.counters()?.submitted;
+        let choice = assign::assign(policy, &request, &self.candidates()?, counter)?;
+
+        for _ in 0..ATTEMPTS {
+            let task_id = TaskId::generate();
+            let submitted = Envelope::new(TaskSubmitted {
+                task_id: task_id.clone(),
+                buyer_id: buyer_id.clone(),
+                description: description.clone(),
+                complexity,
+                required_skills: required_skills.clone(),
+                max_price_sats: cmd.max_price_sats,
+                deadline: cmd.deadline,
+                policy,
+            });
+            let assigned = Envelope::caused_by(
+                &submitted,
+                TaskAssigned {
+                    task_id: task_id.clone(),
+                    agent_id: choice.agent_id.clone(),
+                    multiplier: choice.multiplier,
+                    price_sats: choice.price_sats,
+                    assignment: 1,
+                },
+            );
+            let aggregate = Aggregate::Task(task_id.clone());
+            let msg_id = format!("submit:{task_id}");
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    &[submitted, assigned],
+                    Expected::NEW,
+                    Some(&msg_id),
+                )
+                .await
+            {
+                Ok(appended) => {
+                    let written = self.written(appended.sequence).await;
+                    return Ok(Submitted {
+                        task_id,
+                        choice,
+                        written,
+                    });
+                }
+                // Eight hex characters of randomness collide now and then: take another id.
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::internal("could not find a free task id"))
+    }
+
+    /// Records an agent's outcome for a task: completed with a result, or failed with a reason.
+    pub async fn finish(
+        &self,
+        task_id: &str,
+        success: bool,
+        text: String,
+    ) -> Result<Written, ApiError> {
+        let task_id: TaskId = parse_id(task_id)?;
+        self.change_task(&task_id, |task| {
+            let agent_id = task.agent_id.clone().ok_or_else(|| {
+                ApiError::conflict(
+                    "invalid_state",
+                    format!("task {} has no agent yet", task.task_id),
+                )
+            })?;
+            Ok(if success {
+                Event::TaskCompleted(TaskCompleted {
+                    task_id: task.task_id.clone(),
+                    agent_id,
+                    result: text.clone(),
+                })
+            } else {
+                let reason = if text.trim().is_empty() {
+                    "reported failed by the agent".to_owned()
+                } else {
+                    text.clone()
+                };
+                Event::TaskFailed(TaskFailed {
+                    task_id: task.task_id.clone(),
+                    agent_id,
+                    reason,
+                })
+            })
+        })
+        .await
+    }
+
+    /// A buyer cancels its task before it runs.
+    pub async fn cancel(
+        &self,
+        task_id: &str,
+        buyer_id: &str,
+        reason: String,
+    ) -> Result<Written, ApiError> {
+        let task_id: TaskId = parse_id(task_id)?;
+        let buyer_id: BuyerId = parse_id(buyer_id)?;
+        self.change_task(&task_id, |task| {
+            Ok(Event::TaskCancelled(TaskCancelled {
+                task_id: task.task_id.clone(),
+                buyer_id: buyer_id.clone(),
+                reason: if reason.trim().is_empty() {
+                    "cancelled by the buyer".to_owned()
+                } else {
+                    reason.clone()
+                },
+            }))
+        })
+        .await
+    }
+
+    /// Decides an event from the task's state and appends it under the task's sequence;
+    /// after a lost race, decides again from the stream.
+    async fn change_task(
+        &self,
+        task_id: &TaskId,
+        decide: impl Fn(&Task) -> Result<Event, ApiError>,
+    ) -> Result<Written, ApiError> {
+        let view = self.task(task_id)?;
+        let (mut task, mut expected) = (view.task, view.last_sequence);
+        let aggregate = Aggregate::Task(task_id.clone());
+        for _ in 0..ATTEMPTS {
+            let event = decide(&task)?;
+            task.check(&event)?;
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    &[Envelope::new(event)],
+                    Expected::Sequence(expected),
+                    None,
+                )
+                .await
+            {
+                Ok(appended) => return Ok(self.written(appended.sequence).await),
+                Err(AppendError::Conflict { .. }) => {
+                    let stored = self.store.read(&aggregate).await?;
+                    task = Task::replay(stored.events().map(|e| &e.event))?.ok_or_else(|| {
+                        ApiError::not_found(
+                            "unknown_task",
+                            format!("task {task_id} does not exist"),
+                        )
+                    })?;
+                    expected = stored.last_sequence;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(
+            "busy",
+            format!("task {task_id} keeps changing; retry"),
+        ))
+    }
+
+    /// One task from the read model, or 404.
+    pub fn task(&self, task_id: &TaskId) -> Result<TaskView, ApiError> {
+        self.model.task(task_id)?.ok_or_else(|| {
+            ApiError::not_found("unknown_task", format!("task {task_id} does not exist"))
+        })
+    }
+
+    /// One agent from the read model, or 404.
+    pub fn agent(&self, agent_id: &AgentId) -> Result<AgentView, ApiError> {
+        self.model.agent(agent_id)?.ok_or_else(|| {
+            ApiError::not_found("unknown_agent", format!("agent {agent_id} does not exist"))
+        })
+    }
+
+    /// Registers a new agent; 409 if the id is taken.
+    pub async fn register_agent(
+        &self,
+        agent_id: &str,
+        name: Option<String>,
+        skills: &[String],
+        mode: AgentMode,
+    ) -> Result<Written, ApiError> {
+        let agent_id: AgentId = parse_id(agent_id)?;
+        let skills = parse_skills(skills)?;
+        let name = parse_name(name.unwrap_or_else(|| agent_id.to_string()))?;
+        let prior = Reputation::newcomer();
+        let event = AgentRegistered {
+            agent_id: agent_id.clone(),
+            name,
+            skills,
+            mode,
+            prior_rate_bp: prior.prior_rate_bp,
+            prior_weight: prior.prior_weight,
+        };
+        let aggregate = Aggregate::Agent(agent_id.clone());
+        match self
+            .store
+            .append(&aggregate, &[Envelope::new(event)], Expected::NEW, None)
+            .await
+        {
+            Ok(appended) => Ok(self.written(appended.sequence).await),
+            Err(AppendError::Conflict { .. }) => Err(ApiError::conflict(
+                "agent_exists",
+                format!("agent {agent_id} is already registered"),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes an agent's profile.
+    pub async fn update_agent(
+        &self,
+        agent_id: &str,
+        mut update: AgentUpdated,
+    ) -> Result<Written, ApiError> {
+        let agent_id: AgentId = parse_id(agent_id)?;
+        let mut expected = self.agent(&agent_id)?.last_sequence;
+        update.agent_id = agent_id.clone();
+        if let Some(name) = update.name.take() {
+            update.name = Some(parse_name(name)?);
+        }
+        let aggregate = Aggregate::Agent(agent_id);
+        for _ in 0..ATTEMPTS {
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    &[Envelope::new(update.clone())],
+                    Expected::Sequence(expected),
+                    None,
+                )
+                .await
+            {
+                Ok(appended) => return Ok(self.written(appended.sequence).await),
+                // Profile changes do not depend on each other: re-apply on the newest state.
+                Err(AppendError::Conflict { .. }) => {
+                    expected = self.store.read(&aggregate).await?.last_sequence
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(
+            "busy",
+            "the agent keeps changing; retry",
+        ))
+    }
+
+    /// Registers agent-1..3 with their seed rates, once per stream, whatever the replicas.
+    pub async fn register_seed_agents(&self) -> Result<(), ApiError> {
+        for (id, rate) in aicp_events::domain::reputation::SEED_AGENTS {
+            let agent_id: AgentId = parse_id(id)?;
+            let event = AgentRegistered {
+                agent_id: agent_id.clone(),
+                name: id.to_owned(),
+                skills: BTreeSet::new(),
+                mode: AgentMode::Worker,
+                prior_rate_bp: rate,
+                prior_weight: PRIOR_WEIGHT,
+            };
+            let aggregate = Aggregate::Agent(agent_id);
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    &[Envelope::new(event)],
+                    Expected::NEW,
+                    Some(&format!("register:{id}")),
+                )
+                .await
+            {
+                Ok(_) | Err(AppendError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) until the read model has applied `sequence`.
+    pub async fn written(&self, sequence: u64) -> Written {
+        Written {
+            sequence,
+            visible: self.progress.wait_for(sequence, self.write_wait).await,
+        }
+    }
+
+    /// Waits (bounded) until `check` holds on the read model, re-checking as it moves.
+    pub async fn wait_until(&self, timeout: Duration, check: impl Fn() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check() {
+                return true;
+            }
+            let next = self.progress.applied() + 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !self.progress.wait_for(next, left).await {
+                return check();
+            }
+        }
+    }
+}
+
+fn parse_name(raw: String) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name must be 1 to 128 characters",
+        ));
+    }
+    Ok(name.to_owned())
+}

@@ -1,0 +1,68 @@
+//! Configuration: command-line flags, each with an environment-variable fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aicp_events::domain::assign::Policy;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The coordinator's settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aicp-coordinator",
+    version,
+    about = "AICP coordinator: REST API, process managers and read models"
+)]
+pub struct Config {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address the HTTP API listens on (port 0 picks a free one).
+    #[arg(long, env = "AICP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Directory of this replica's read models (sled).
+    #[arg(long, env = "AICP_DATA_DIR", default_value = ".data/coordinator")]
+    pub data_dir: PathBuf,
+    /// Prefix of stream names and subjects, to share a server between deployments.
+    #[arg(long, env = "AICP_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Default assignment policy: best-reputation, round-robin or least-loaded.
+    #[arg(long, env = "AICP_POLICY", default_value = "best-reputation")]
+    pub policy: Policy,
+    /// Do not register the seed agents agent-1..3 on first start.
+    #[arg(long, env = "AICP_NO_SEED_AGENTS")]
+    pub no_seed_agents: bool,
+    /// How long a command waits for its own write to be readable before answering 202.
+    #[arg(long, env = "AICP_WRITE_WAIT_MS", default_value_t = 2000)]
+    pub write_wait_ms: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "AICP_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS, comma-separated; `*` allows any.
+    #[arg(
+        long,
+        env = "AICP_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:8000,http://127.0.0.1:8000"
+    )]
+    pub cors_origins: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "AICP_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// [`Config::write_wait_ms`] as a duration.
+    pub fn write_wait(&self) -> Duration {
+        Duration::from_millis(self.write_wait_ms)
+    }
+}

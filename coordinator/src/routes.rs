@@ -1,0 +1,592 @@
+//! HTTP: the prototype's paths and JSON shapes, and the richer `/v1` API.
+//!
+//! Handlers only translate: JSON in, a command or a query, JSON out. Writes answer 200
+//! (or 201) once this replica's read model shows them, or 202 with the stream sequence if
+//! it did not within the configured wait.
+
+use std::time::Duration;
+
+use aicp_events::domain::assign::Policy;
+use aicp_events::domain::ledger::Account;
+use aicp_events::domain::task::TaskStatus;
+use aicp_events::event::{AgentMode, AgentUpdated};
+use aicp_events::id::{AgentId, TaskId};
+use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
+use aicp_projections::{PageRequest, TaskFilter};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::commands::{parse_id, SubmitTask, Written};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest page a list returns.
+pub const MAX_LIMIT: usize = 500;
+/// Page size when the client does not say.
+pub const DEFAULT_LIMIT: usize = 100;
+/// How long a completion waits for its payment to show before answering anyway.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/agents", get(seed_agents))
+        .route("/tasks", get(seed_tasks))
+        .route("/tasks/submit", post(seed_submit))
+        .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/complete", post(complete))
+        .route("/v1/tasks", get(list_tasks).post(submit))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/complete", post(complete))
+        .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/agents", get(list_agents).post(register_agent))
+        .route("/v1/agents/{id}", get(get_agent).patch(update_agent))
+        .route("/v1/quote", get(quote))
+        .route("/v1/buyers", get(list_buyers))
+        .route("/v1/buyers/{id}", get(get_buyer))
+        .route("/v1/ledger/{account}", get(ledger))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no_route", "no such path; see /docs")
+}
+
+async fn root() -> Json<serde_json::Value> {
+    Json(json!({"service": "AICP Coordinator", "status": "running"}))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "healthy"}))
+}
+
+/// Ready once NATS answers and the read model has caught up with the stream as it was at
+/// start-up; a load balancer sends no traffic to a replica still rebuilding.
+async fn ready(State(state): State<AppState>) -> ApiResult {
+    let applied = state.progress.applied();
+    let last = state.store.last_sequence().await?;
+    if applied < state.ready_at {
+        return Err(ApiError::unavailable(format!(
+            "read model is catching up: {applied} of {} applied",
+            state.ready_at
+        )));
+    }
+    Ok(
+        Json(json!({"status": "ready", "applied_sequence": applied, "stream_sequence": last}))
+            .into_response(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON shapes
+// ---------------------------------------------------------------------------------------
+
+/// A task as JSON: the prototype's fields first, then ours.
+#[derive(Debug, Serialize)]
+pub struct TaskJson {
+    id: TaskId,
+    description: String,
+    agent_name: Option<AgentId>,
+    price_satoshis: Option<u64>,
+    status: TaskStatus,
+    buyer_id: String,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    result: Option<String>,
+    reason: Option<String>,
+    complexity: u8,
+    required_skills: Vec<String>,
+    max_price_satoshis: Option<u64>,
+    deadline: Option<DateTime<Utc>>,
+    policy: Policy,
+    multiplier: Option<f64>,
+    payment: Option<aicp_events::domain::ledger::EscrowState>,
+    updated_at: DateTime<Utc>,
+    sequence: u64,
+}
+
+impl From<TaskView> for TaskJson {
+    fn from(v: TaskView) -> Self {
+        let t = v.task;
+        Self {
+            id: t.task_id,
+            description: t.description,
+            agent_name: t.agent_id,
+            price_satoshis: t.price_sats,
+            status: t.status,
+            buyer_id: t.buyer_id.to_string(),
+            created_at: v.created_at,
+            completed_at: v.finished_at,
+            result: t.result,
+            reason: t.reason,
+            complexity: t.complexity.get(),
+            required_skills: t.required_skills.into_iter().collect(),
+            max_price_satoshis: t.max_price_sats,
+            deadline: t.deadline,
+            policy: t.policy,
+            // Shown as a number for people; prices are computed from the integer thousandths.
+            multiplier: t.multiplier.map(|m| f64::from(m.get()) / 1000.0),
+            payment: v.payment,
+            updated_at: v.updated_at,
+            sequence: v.last_sequence,
+        }
+    }
+}
+
+/// An agent as JSON: the prototype's fields first, then ours.
+#[derive(Debug, Serialize)]
+pub struct AgentJson {
+    name: AgentId,
+    success_rate: f64,
+    reputation_multiplier: f64,
+    balance_satoshis: i64,
+    display_name: String,
+    skills: Vec<String>,
+    mode: AgentMode,
+    accepting: bool,
+    active_tasks: u32,
+    tasks_completed: u64,
+    tasks_failed: u64,
+    multiplier_milli: u32,
+    success_rate_bp: u32,
+}
+
+impl From<AgentView> for AgentJson {
+    fn from(a: AgentView) -> Self {
+        Self {
+            name: a.agent_id,
+            success_rate: f64::from(a.rate_bp) / 10_000.0,
+            reputation_multiplier: f64::from(a.multiplier.get()) / 1000.0,
+            balance_satoshis: a.balance_sats,
+            display_name: a.name,
+            skills: a.skills.into_iter().collect(),
+            mode: a.mode,
+            accepting: a.accepting,
+            active_tasks: a.active_tasks,
+            tasks_completed: a.tasks_completed,
+            tasks_failed: a.tasks_failed,
+            multiplier_milli: a.multiplier.get(),
+            success_rate_bp: a.rate_bp,
+        }
+    }
+}
+
+/// 200 with `body` if the write is visible, else 202 with its sequence.
+fn written(written: Written, ok: StatusCode, body: serde_json::Value) -> Response {
+    if written.visible {
+        (ok, Json(body)).into_response()
+    } else {
+        let mut body = body;
+        body["sequence"] = json!(written.sequence);
+        body["note"] = json!("accepted; not yet visible on this replica");
+        (StatusCode::ACCEPTED, Json(body)).into_response()
+    }
+}
+
+fn task_json(state: &AppState, id: &TaskId) -> Result<serde_json::Value, ApiError> {
+    Ok(json!(TaskJson::from(state.task(id)?)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tasks
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct SubmitBody {
+    description: String,
+    #[serde(default = "one")]
+    complexity: i64,
+    buyer_id: String,
+    #[serde(default)]
+    required_skills: Vec<String>,
+    max_price_satoshis: Option<u64>,
+    deadline: Option<DateTime<Utc>>,
+    policy: Option<Policy>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl From<SubmitBody> for SubmitTask {
+    fn from(b: SubmitBody) -> Self {
+        SubmitTask {
+            buyer_id: b.buyer_id,
+            description: b.description,
+            complexity: b.complexity,
+            required_skills: b.required_skills,
+            max_price_sats: b.max_price_satoshis,
+            deadline: b.deadline,
+            policy: b.policy,
+        }
+    }
+}
+
+/// `POST /tasks/submit`: the prototype's answer, `{task_id, agent_name, price_satoshis, status}`.
+async fn seed_submit(
+    State(state): State<AppState>,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let done = state.submit(body.into()).await?;
+    let body = json!({
+        "task_id": done.task_id,
+        "agent_name": done.choice.agent_id,
+        "price_satoshis": done.choice.price_sats,
+        "status": "assigned",
+    });
+    Ok(written(done.written, StatusCode::OK, body))
+}
+
+/// `POST /v1/tasks`: 201 with the whole task.
+async fn submit(
+    State(state): State<AppState>,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let done = state.submit(body.into()).await?;
+    let body = if done.written.visible {
+        task_json(&state, &done.task_id)?
+    } else {
+        json!({"id": done.task_id, "agent_name": done.choice.agent_id, "price_satoshis": done.choice.price_sats, "status": "assigned"})
+    };
+    Ok(written(done.written, StatusCode::CREATED, body))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    buyer: Option<String>,
+    agent: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+fn page(cursor: Option<String>, limit: Option<usize>) -> Result<PageRequest, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    Ok(PageRequest { cursor, limit })
+}
+
+fn task_page(state: &AppState, q: ListQuery) -> Result<(Vec<TaskJson>, Option<String>), ApiError> {
+    let filter = TaskFilter {
+        buyer: q.buyer.as_deref().map(parse_id).transpose()?,
+        agent: q.agent.as_deref().map(parse_id).transpose()?,
+        status: q
+            .status
+            .as_deref()
+            .map(|s| {
+                s.parse::<TaskStatus>()
+                    .map_err(|e| ApiError::bad_request("invalid_status", e))
+            })
+            .transpose()?,
+    };
+    let page = state.model.tasks(&filter, &page(q.cursor, q.limit)?)?;
+    Ok((
+        page.items.into_iter().map(TaskJson::from).collect(),
+        page.next_cursor,
+    ))
+}
+
+/// `GET /tasks`: the prototype's `{tasks, count}`, newest first.
+async fn seed_tasks(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let (tasks, next_cursor) = task_page(&state, q)?;
+    Ok(
+        Json(json!({"count": tasks.len(), "tasks": tasks, "next_cursor": next_cursor}))
+            .into_response(),
+    )
+}
+
+/// `GET /v1/tasks`: filtered and paged.
+async fn list_tasks(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let (tasks, next_cursor) = task_page(&state, q)?;
+    Ok(Json(json!({"tasks": tasks, "next_cursor": next_cursor})).into_response())
+}
+
+async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id: TaskId = parse_id(&id)?;
+    Ok(Json(task_json(&state, &id)?).into_response())
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct CompleteQuery {
+    success: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct CompleteBody {
+    success: Option<bool>,
+    #[serde(default)]
+    result: String,
+}
+
+/// `POST /tasks/{id}/complete`: `?success=true|false` or a JSON body `{success, result}`
+/// (both default to success, as in the prototype). Answers once the payment shows.
+async fn complete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<CompleteQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let Query(query) = query?;
+    let body = body?;
+    // The prototype's clients send either nothing (`?success=true`) or a JSON body.
+    let body: CompleteBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CompleteBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let success = body.success.or(query.success).unwrap_or(true);
+    let done = state.finish(&id, success, body.result).await?;
+    let task_id: TaskId = parse_id(&id)?;
+    if done.visible {
+        state
+            .wait_until(SETTLE_WAIT, || {
+                matches!(state.model.task(&task_id), Ok(Some(v)) if v.payment.is_some_and(|p| p != aicp_events::domain::ledger::EscrowState::Held))
+            })
+            .await;
+    }
+    let body = if done.visible {
+        task_json(&state, &task_id)?
+    } else {
+        json!({"id": task_id})
+    };
+    Ok(written(done, StatusCode::OK, body))
+}
+
+#[derive(Debug, Deserialize)]
+struct CancelBody {
+    buyer_id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<CancelBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let done = state.cancel(&id, &body.buyer_id, body.reason).await?;
+    let task_id: TaskId = parse_id(&id)?;
+    let body = if done.visible {
+        task_json(&state, &task_id)?
+    } else {
+        json!({"id": task_id})
+    };
+    Ok(written(done, StatusCode::OK, body))
+}
+
+// ---------------------------------------------------------------------------------------
+// Agents, quotes, buyers, ledger
+// ---------------------------------------------------------------------------------------
+
+/// `GET /agents`: the prototype's `{agents}`, every agent.
+async fn seed_agents(State(state): State<AppState>) -> ApiResult {
+    let agents: Vec<AgentJson> = state
+        .all_agents()?
+        .into_iter()
+        .map(AgentJson::from)
+        .collect();
+    Ok(Json(json!({"agents": agents})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_agents(
+    State(state): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let page = state.model.agents(&page(q.cursor, q.limit)?)?;
+    let agents: Vec<AgentJson> = page.items.into_iter().map(AgentJson::from).collect();
+    Ok(Json(json!({"agents": agents, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn get_agent(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id: AgentId = parse_id(&id)?;
+    Ok(Json(AgentJson::from(state.agent(&id)?)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterBody {
+    agent_id: String,
+    name: Option<String>,
+    #[serde(default)]
+    skills: Vec<String>,
+    #[serde(default)]
+    mode: AgentMode,
+}
+
+async fn register_agent(
+    State(state): State<AppState>,
+    body: Result<Json<RegisterBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let done = state
+        .register_agent(&body.agent_id, body.name, &body.skills, body.mode)
+        .await?;
+    let id: AgentId = parse_id(&body.agent_id)?;
+    let body = if done.visible {
+        json!(AgentJson::from(state.agent(&id)?))
+    } else {
+        json!({"name": id})
+    };
+    Ok(written(done, StatusCode::CREATED, body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    name: Option<String>,
+    skills: Option<Vec<String>>,
+    mode: Option<AgentMode>,
+    accepting: Option<bool>,
+}
+
+async fn update_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let agent_id: AgentId = parse_id(&id)?;
+    let update = AgentUpdated {
+        agent_id: agent_id.clone(),
+        name: body.name,
+        skills: body
+            .skills
+            .as_deref()
+            .map(crate::commands::parse_skills)
+            .transpose()?,
+        mode: body.mode,
+        accepting: body.accepting,
+    };
+    let done = state.update_agent(&id, update).await?;
+    let body = if done.visible {
+        json!(AgentJson::from(state.agent(&agent_id)?))
+    } else {
+        json!({"name": agent_id})
+    };
+    Ok(written(done, StatusCode::OK, body))
+}
+
+#[derive(Debug, Deserialize)]
+struct QuoteQuery {
+    complexity: i64,
+    /// Comma-separated.
+    skills: Option<String>,
+    max_price_satoshis: Option<u64>,
+    policy: Option<Policy>,
+}
+
+/// `GET /v1/quote`: the agent a task would get now, and its price.
+async fn quote(
+    State(state): State<AppState>,
+    q: Result<Query<QuoteQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let skills: Vec<String> = q
+        .skills
+        .as_deref()
+        .map(|s| {
+            s.split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let choice = state.quote(q.complexity, &skills, q.max_price_satoshis, q.policy)?;
+    Ok(Json(json!({
+        "agent_name": choice.agent_id,
+        "price_satoshis": choice.price_sats,
+        "multiplier": f64::from(choice.multiplier.get()) / 1000.0,
+        "multiplier_milli": choice.multiplier.get(),
+        "complexity": q.complexity,
+        "policy": q.policy.unwrap_or(state.policy),
+    }))
+    .into_response())
+}
+
+async fn list_buyers(
+    State(state): State<AppState>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let page = state.model.buyers(&page(q.cursor, q.limit)?)?;
+    Ok(Json(json!({"buyers": page.items, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn get_buyer(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let buyer = state.model.buyer(&id)?.unwrap_or(BuyerView {
+        buyer_id: id,
+        tasks_submitted: 0,
+        spent_sats: 0,
+        open_escrow_sats: 0,
+        refunded_sats: 0,
+    });
+    Ok(Json(json!(buyer)).into_response())
+}
+
+/// `GET /v1/ledger/{account}`: `escrow`, `buyer:<id>` or `agent:<id>`, newest first.
+async fn ledger(
+    State(state): State<AppState>,
+    Path(account): Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let account = match account.split_once(':') {
+        None if account == "escrow" => Account::Escrow,
+        Some(("buyer", id)) => Account::Buyer(parse_id(id)?),
+        Some(("agent", id)) => Account::Agent(parse_id(id)?),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_account",
+                format!("account {account:?} must be escrow, buyer:<id> or agent:<id>"),
+            ))
+        }
+    };
+    let balance = state.model.balance(&account)?;
+    let page = state.model.ledger(&account, &page(q.cursor, q.limit)?)?;
+    let entries: Vec<LedgerEntry> = page.items;
+    Ok(Json(json!({
+        "account": account.to_string(),
+        "balance_satoshis": balance,
+        "entries": entries,
+        "next_cursor": page.next_cursor,
+    }))
+    .into_response())
+}

@@ -1,0 +1,242 @@
+//! The settlement process manager: escrow, payment or refund, and the agent's reputation,
+//! for every task — exactly once, whatever is retried, redelivered or crashed.
+//!
+//! Every replica pulls task events from one shared durable consumer (`aicp-settlement`),
+//! so each event is handled by one replica at a time. Handling an event does not trust
+//! the event alone: it waits until the local read model has applied it, then *reconciles*
+//! the task — compares where the task is with where its money and its agent's record are,
+//! and appends the next missing step ([`next_step`], a pure function). Each step appends
+//! under the expected sequence of the aggregate it changes, with a deterministic msg id,
+//! so a step taken twice is stored once. Only when nothing is missing is the event acked;
+//! a crash before that means redelivery, and reconciling again finishes the job.
+
+use std::time::Duration;
+
+use aicp_events::domain::ledger::EscrowState;
+use aicp_events::domain::task::TaskStatus;
+use aicp_events::event::{AgentOutcomeRecorded, EscrowHeld, EscrowRefunded, EscrowReleased, Event};
+use aicp_events::id::TaskId;
+use aicp_events::store::AppendError;
+use aicp_events::{Aggregate, Envelope, Expected};
+use aicp_projections::views::{AgentView, TaskView};
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::AckKind;
+use futures::StreamExt;
+
+use crate::state::AppState;
+
+/// The durable consumer every replica shares.
+pub const CONSUMER: &str = "aicp-settlement";
+
+/// How long to wait for the local read model to apply the event being handled.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// A step that is missing for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The aggregate to append to.
+    pub aggregate: Aggregate,
+    /// The event to append.
+    pub event: Event,
+    /// The aggregate's last sequence as the read model knows it.
+    pub expected: u64,
+    /// De-duplicates a retried step.
+    pub msg_id: String,
+}
+
+/// The next step a task needs, if any: hold escrow once an agent and price are fixed,
+/// then release it on completion or refund it on failure, cancellation or expiry, and
+/// record a completion or failure on the agent's reputation.
+pub fn next_step(task: &TaskView, agent: Option<&AgentView>) -> Option<Step> {
+    let t = &task.task;
+    let id = &t.task_id;
+    let payment = |event: Event, msg_id: String| Step {
+        aggregate: Aggregate::Payment(id.clone()),
+        event,
+        expected: task.payment_sequence,
+        msg_id,
+    };
+    if let (Some(agent_id), Some(price)) = (&t.agent_id, t.price_sats) {
+        match task.payment {
+            None => {
+                return Some(payment(
+                    EscrowHeld {
+                        task_id: id.clone(),
+                        buyer_id: t.buyer_id.clone(),
+                        agent_id: agent_id.clone(),
+                        amount_sats: price,
+                    }
+                    .into(),
+                    format!("escrow:{id}"),
+                ))
+            }
+            Some(EscrowState::Held) if t.status == TaskStatus::Completed => {
+                return Some(payment(
+                    EscrowReleased {
+                        task_id: id.clone(),
+                        agent_id: agent_id.clone(),
+                        amount_sats: price,
+                    }
+                    .into(),
+                    format!("settle:{id}"),
+                ))
+            }
+            Some(EscrowState::Held) if t.status.is_terminal() => {
+                return Some(payment(
+                    EscrowRefunded {
+                        task_id: id.clone(),
+                        buyer_id: t.buyer_id.clone(),
+                        amount_sats: price,
+                        reason: format!("task {}", t.status),
+                    }
+                    .into(),
+                    format!("settle:{id}"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let success = match t.status {
+        TaskStatus::Completed => true,
+        TaskStatus::Failed => false,
+        _ => return None,
+    };
+    let agent = agent.filter(|a| Some(&a.agent_id) == t.agent_id.as_ref())?;
+    if task.outcome_recorded {
+        return None;
+    }
+    let reputation = agent.reputation.record(success);
+    Some(Step {
+        aggregate: Aggregate::Agent(agent.agent_id.clone()),
+        event: AgentOutcomeRecorded {
+            agent_id: agent.agent_id.clone(),
+            task_id: id.clone(),
+            success,
+            successes: reputation.successes,
+            failures: reputation.failures,
+            rate_bp: reputation.rate_bp(),
+            multiplier: reputation.multiplier(),
+        }
+        .into(),
+        expected: agent.last_sequence,
+        msg_id: format!("outcome:{id}"),
+    })
+}
+
+/// Why an event could not be handled now; it is redelivered later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(String);
+
+/// Takes every missing step for `task_id`, until none is missing.
+pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> {
+    for _ in 0..20 {
+        let task = state
+            .model
+            .task(task_id)
+            .map_err(|e| Retry(e.to_string()))?;
+        let Some(task) = task else {
+            // The read model refused this task's events: nothing to settle.
+            return Ok(());
+        };
+        let agent = match &task.task.agent_id {
+            Some(id) => state.model.agent(id).map_err(|e| Retry(e.to_string()))?,
+            None => None,
+        };
+        let Some(step) = next_step(&task, agent.as_ref()) else {
+            return Ok(());
+        };
+        let result = state
+            .store
+            .append(
+                &step.aggregate,
+                &[Envelope::new(step.event)],
+                Expected::Sequence(step.expected),
+                Some(&step.msg_id),
+            )
+            .await;
+        let wait_for = match result {
+            Ok(appended) => appended.sequence,
+            // The read model is behind the aggregate: let it catch up, then decide again.
+            Err(AppendError::Conflict { .. }) => state.progress.applied() + 1,
+            Err(e) => return Err(Retry(e.to_string())),
+        };
+        state.progress.wait_for(wait_for, CATCH_UP).await;
+    }
+    Err(Retry(format!(
+        "task {task_id} did not settle after 20 steps"
+    )))
+}
+
+/// Runs the process manager until `shutdown`; re-subscribes after a failure.
+pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            result = follow(&state) => {
+                if let Err(e) = result {
+                    tracing::warn!("settlement consumer stopped: {e}; restarting");
+                }
+            }
+            () = &mut shutdown => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let namespace = state.store.namespace();
+    let stream = state
+        .store
+        .jetstream()
+        .get_stream(namespace.events_stream())
+        .await?;
+    let consumer: consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                description: Some(
+                    "settlement process manager, shared by every coordinator".to_owned(),
+                ),
+                filter_subject: namespace.kind_wildcard("task"),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                deliver_policy: DeliverPolicy::All,
+                max_ack_pending: 1024,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let sequence = message.info()?.stream_sequence;
+        let task_id = match namespace.parse_aggregate(&message.subject) {
+            Some(Aggregate::Task(id)) => id,
+            _ => {
+                message.ack().await?;
+                continue;
+            }
+        };
+        // Decide only from a read model that has seen this event.
+        let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
+            reconcile(state, &task_id).await
+        } else {
+            Err(Retry(format!("read model has not reached {sequence}")))
+        };
+        match outcome {
+            Ok(()) => message.ack().await?,
+            Err(retry) => {
+                tracing::warn!(task = %task_id, sequence, "settlement retried later: {retry}");
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! What every handler and process manager shares.
+
+use std::time::{Duration, Instant};
+
+use aicp_events::domain::assign::Policy;
+use aicp_events::EventStore;
+use aicp_projections::projector::Progress;
+use aicp_projections::ReadModel;
+
+/// The coordinator's shared state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The event store: the only thing commands write to.
+    pub store: EventStore,
+    /// This replica's read model: the only thing queries read.
+    pub model: ReadModel,
+    /// How far the read model has applied the stream.
+    pub progress: Progress,
+    /// The default assignment policy.
+    pub policy: Policy,
+    /// How long a command waits to read its own write.
+    pub write_wait: Duration,
+    /// When this process started.
+    pub started_at: Instant,
+    /// The stream's last sequence at start: ready once the read model reaches it.
+    pub ready_at: u64,
+}

@@ -1,0 +1,475 @@
+//! The coordinator over HTTP, against a real `nats-server`, on port 0.
+
+use std::time::Duration;
+
+use aicp_coordinator::{App, Config};
+use aicp_events::testing::NatsServer;
+use anyhow::{ensure, Result};
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// A running coordinator and what it needs, torn down on drop.
+struct TestApp {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestApp {
+    async fn spawn(server: &NatsServer) -> Result<Self> {
+        let data = tempfile::tempdir()?;
+        let config = Config::try_parse_from([
+            "aicp-coordinator",
+            "--nats-url",
+            &server.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data.path().display().to_string(),
+            "--write-wait-ms",
+            "5000",
+        ])?;
+        let app = App::build(config).await?;
+        let base = format!("http://{}", app.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        let test = Self {
+            base,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+            _data: data,
+        };
+        test.wait_ready().await?;
+        Ok(test)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        for _ in 0..100 {
+            let agents = self.get("/agents").await?.1;
+            if agents["agents"].as_array().is_some_and(|a| a.len() == 3) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the seed agents never showed up")
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok((response.status(), response.json().await?))
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        Ok((response.status(), response.json().await?))
+    }
+
+    async fn submit(&self, buyer: &str, complexity: i64) -> Result<String> {
+        let (status, body) = self
+            .post("/tasks/submit", Some(json!({"description": "Process payment", "complexity": complexity, "buyer_id": buyer})))
+            .await?;
+        ensure!(status == StatusCode::OK, "submit: {status} {body}");
+        Ok(body["task_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn agent(&self, name: &str) -> Result<Value> {
+        Ok(self.get(&format!("/v1/agents/{name}")).await?.1)
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Polls `check` on fresh JSON from `path` until it holds (settlement is asynchronous
+/// across replicas; on the replica that took the command it is already visible).
+async fn eventually(app: &TestApp, path: &str, check: impl Fn(&Value) -> bool) -> Result<Value> {
+    for _ in 0..100 {
+        let (_, body) = app.get(path).await?;
+        if check(&body) {
+            return Ok(body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, body) = app.get(path).await?;
+    anyhow::bail!("{path} never satisfied the check: {body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prototype_stories_work_through_http() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+
+    assert_eq!(
+        app.get("/").await?.1,
+        json!({"service": "AICP Coordinator", "status": "running"})
+    );
+    assert_eq!(app.get("/health").await?.1, json!({"status": "healthy"}));
+    let agents = app.get("/agents").await?.1;
+    assert_eq!(agents["agents"][0]["name"], "agent-1");
+    assert_eq!(agents["agents"][0]["reputation_multiplier"], 2.0);
+    assert_eq!(agents["agents"][0]["success_rate"], 0.95);
+
+    // Story 1: a buyer submits; the best agent is chosen and priced.
+    let (status, submitted) = app
+        .post(
+            "/tasks/submit",
+            Some(
+                json!({"description": "Process payment", "complexity": 2, "buyer_id": "buyer-001"}),
+            ),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{submitted}");
+    assert_eq!(submitted["agent_name"], "agent-1");
+    assert_eq!(submitted["price_satoshis"], 400_000);
+    assert_eq!(submitted["status"], "assigned");
+    let id = submitted["task_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(id.len(), 8);
+
+    let (status, task) = app.get(&format!("/tasks/{id}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(task["description"], "Process payment");
+    assert_eq!(task["buyer_id"], "buyer-001");
+    let listed = app.get("/tasks").await?.1;
+    assert_eq!(listed["count"], 1);
+    eventually(&app, "/v1/buyers/buyer-001", |b| {
+        b["open_escrow_sats"] == 400_000
+    })
+    .await?;
+
+    // Story 2: the agent completes it; it is paid, the escrow is empty again.
+    let (status, done) = app
+        .post(&format!("/tasks/{id}/complete?success=true"), None)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["payment"], "released",
+        "the answer waits for the payment"
+    );
+    let agent = app.agent("agent-1").await?;
+    assert_eq!(agent["balance_satoshis"], 400_000);
+    let buyer = app.get("/v1/buyers/buyer-001").await?.1;
+    assert_eq!(
+        (
+            buyer["open_escrow_sats"].clone(),
+            buyer["spent_sats"].clone()
+        ),
+        (json!(0), json!(400_000))
+    );
+    let escrow = app.get("/v1/ledger/escrow").await?.1;
+    assert_eq!(escrow["balance_satoshis"], 0);
+    assert_eq!(
+        escrow["entries"].as_array().map(Vec::len),
+        Some(2),
+        "held, then released"
+    );
+    let ledger = app.get("/v1/ledger/agent:agent-1").await?.1;
+    assert_eq!(ledger["entries"][0]["amount_sats"], 400_000);
+
+    // The outcome counts toward agent-1's reputation (20 + 1 outcomes, all good).
+    eventually(&app, "/v1/agents/agent-1", |a| {
+        a["tasks_completed"] == 1 && a["success_rate_bp"] == 9523
+    })
+    .await?;
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_paid_once_however_often_it_is_completed() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+
+    let id = app.submit("buyer-001", 2).await?;
+    let (first, _) = app
+        .post(
+            &format!("/tasks/{id}/complete"),
+            Some(json!({"success": true, "result": "ok"})),
+        )
+        .await?;
+    assert_eq!(first, StatusCode::OK);
+    let (second, body) = app
+        .post(
+            &format!("/tasks/{id}/complete"),
+            Some(json!({"success": true})),
+        )
+        .await?;
+    assert_eq!(second, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "invalid_state");
+
+    // 20 concurrent completions of one task: exactly one wins.
+    let id = app.submit("buyer-002", 1).await?;
+    let mut requests = Vec::new();
+    for n in 0..20 {
+        let (http, url) = (
+            app.http.clone(),
+            format!("{}/tasks/{id}/complete", app.base),
+        );
+        requests.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"success": true, "result": format!("try {n}")}))
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await??);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let conflicts = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((ok, conflicts), (1, 19), "{statuses:?}");
+
+    // agent-1 was paid for each task once: 400,000 + 200,000.
+    eventually(&app, "/v1/agents/agent-1", |a| {
+        a["balance_satoshis"] == 600_000 && a["active_tasks"] == 0
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.agent("agent-1").await?["balance_satoshis"], 600_000);
+    let escrow = app.get("/v1/ledger/escrow").await?.1;
+    assert_eq!(escrow["balance_satoshis"], 0);
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_cancels_before_the_task_runs_and_is_refunded() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let id = app.submit("buyer-001", 2).await?;
+
+    let (status, body) = app
+        .post(
+            &format!("/v1/tasks/{id}/cancel"),
+            Some(json!({"buyer_id": "mallory"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/v1/tasks/{id}/cancel"),
+            Some(json!({"buyer_id": "buyer-001", "reason": "changed my mind"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "cancelled");
+
+    let buyer = eventually(&app, "/v1/buyers/buyer-001", |b| {
+        b["refunded_sats"] == 400_000
+    })
+    .await?;
+    assert_eq!(buyer["open_escrow_sats"], 0);
+    assert_eq!(
+        app.get("/v1/ledger/buyer:buyer-001").await?.1["balance_satoshis"],
+        0
+    );
+    let (status, _) = app.post(&format!("/tasks/{id}/complete"), None).await?;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a cancelled task cannot be completed"
+    );
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_status_and_one_error_shape_and_writes_nothing() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let submit = |body: Value| app.post("/tasks/submit", Some(body));
+
+    let cases = [
+        (
+            json!({"description": "", "complexity": 2, "buyer_id": "b"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_description",
+        ),
+        (
+            json!({"description": "x".repeat(4097), "complexity": 2, "buyer_id": "b"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_description",
+        ),
+        (
+            json!({"description": "x", "complexity": 0, "buyer_id": "b"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_complexity",
+        ),
+        (
+            json!({"description": "x", "complexity": 11, "buyer_id": "b"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_complexity",
+        ),
+        (
+            json!({"description": "x", "complexity": 2, "buyer_id": "a.b"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            json!({"description": "x", "complexity": 2}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            json!({"description": "x", "complexity": 2, "buyer_id": "b", "required_skills": ["telepathy"]}),
+            StatusCode::CONFLICT,
+            "no_eligible_agent",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, error) = submit(body.clone()).await?;
+        assert_eq!(
+            (got, error["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        assert!(error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+
+    let raw = app
+        .http
+        .post(format!("{}/tasks/submit", app.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    let huge = json!({"description": "x".repeat(1 << 20), "complexity": 2, "buyer_id": "b"});
+    let (status, error) = submit(huge).await?;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
+    );
+
+    assert_eq!(app.get("/tasks/deadbeef").await?.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get("/tasks/dead.beef").await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/v1/agents/agent-9").await?.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post("/tasks/deadbeef/complete", None).await?.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/v1/tasks?status=done").await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/v1/tasks?limit=0").await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/v1/tasks?cursor=zz").await?.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(app.get("/v1/ledger/bank").await?.0, StatusCode::BAD_REQUEST);
+    assert_eq!(app.get("/nope").await?.0, StatusCode::NOT_FOUND);
+
+    // Nothing was written by any of it.
+    assert_eq!(app.get("/tasks").await?.1["count"], 0);
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotes_agents_and_lists_follow_the_rules() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+
+    let quote = app.get("/v1/quote?complexity=2").await?.1;
+    assert_eq!(
+        (quote["agent_name"].clone(), quote["price_satoshis"].clone()),
+        (json!("agent-1"), json!(400_000))
+    );
+    let capped = app
+        .get("/v1/quote?complexity=2&max_price_satoshis=250000")
+        .await?
+        .1;
+    assert_eq!(capped["agent_name"], "agent-3");
+
+    let (status, agent) = app
+        .post(
+            "/v1/agents",
+            Some(json!({"agent_id": "translator", "skills": ["NLP"], "mode": "manual"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    assert_eq!(
+        (
+            agent["mode"].clone(),
+            agent["reputation_multiplier"].clone()
+        ),
+        (json!("manual"), json!(1.0))
+    );
+    assert_eq!(
+        app.post("/v1/agents", Some(json!({"agent_id": "translator"})))
+            .await?
+            .0,
+        StatusCode::CONFLICT
+    );
+    let skilled = app.get("/v1/quote?complexity=1&skills=nlp").await?.1;
+    assert_eq!(skilled["agent_name"], "translator");
+
+    let response = app
+        .http
+        .patch(format!("{}/v1/agents/agent-1", app.base))
+        .json(&json!({"accepting": false}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/v1/quote?complexity=2").await?.1["agent_name"],
+        "agent-2"
+    );
+
+    for n in 0..5 {
+        app.submit(if n % 2 == 0 { "even" } else { "odd" }, 1)
+            .await?;
+    }
+    let page = app.get("/v1/tasks?limit=2").await?.1;
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(2));
+    let cursor = page["next_cursor"].as_str().unwrap_or_default().to_owned();
+    let next = app
+        .get(&format!("/v1/tasks?limit=10&cursor={cursor}"))
+        .await?
+        .1;
+    assert_eq!(next["tasks"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        app.get("/v1/tasks?buyer=odd").await?.1["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        app.get("/v1/tasks?agent=agent-2&status=assigned").await?.1["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    app.shutdown().await
+}
