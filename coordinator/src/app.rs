@@ -16,8 +16,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::routes;
-use crate::settlement;
 use crate::state::AppState;
+use crate::{expiry, settlement};
 
 /// A coordinator bound to its port, ready to [`App::run`].
 pub struct App {
@@ -81,6 +81,7 @@ impl App {
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
         let manager = tokio::spawn(settlement::run(self.state.clone(), stopped()));
+        let expiry = tokio::spawn(expiry::run(self.state.clone(), stopped()));
 
         let app = routes::router(self.state.clone())
             .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
@@ -93,6 +94,7 @@ impl App {
 
         let _ = stop_tx.send(true);
         manager.await?;
+        expiry.await?;
         projector.await??;
         tracing::info!("coordinator stopped");
         Ok(())

@@ -14,7 +14,7 @@ use aicp_events::domain::reputation::{Reputation, PRIOR_WEIGHT};
 use aicp_events::domain::task::Task;
 use aicp_events::event::{
     AgentMode, AgentRegistered, AgentUpdated, Event, TaskAssigned, TaskCancelled, TaskCompleted,
-    TaskFailed, TaskSubmitted,
+    TaskExpired, TaskFailed, TaskSubmitted,
 };
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::AppendError;
@@ -316,6 +316,23 @@ impl AppState {
                 } else {
                     reason.clone()
                 },
+            }))
+        })
+        .await
+    }
+
+    /// Expires a task whose deadline has passed unfinished.
+    pub async fn expire(&self, task_id: &TaskId) -> Result<Written, ApiError> {
+        self.change_task(task_id, |task| {
+            let deadline = task.deadline.ok_or_else(|| {
+                ApiError::conflict(
+                    "invalid_state",
+                    format!("task {} has no deadline", task.task_id),
+                )
+            })?;
+            Ok(Event::TaskExpired(TaskExpired {
+                task_id: task.task_id.clone(),
+                deadline,
             }))
         })
         .await

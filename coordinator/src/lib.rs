@@ -8,6 +8,7 @@ pub mod app;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod expiry;
 pub mod routes;
 pub mod settlement;
 pub mod state;

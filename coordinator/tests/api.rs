@@ -1,116 +1,14 @@
 //! The coordinator over HTTP, against a real `nats-server`, on port 0.
 
+mod common;
+
 use std::time::Duration;
 
-use aicp_coordinator::{App, Config};
 use aicp_events::testing::NatsServer;
-use anyhow::{ensure, Result};
-use clap::Parser;
+use anyhow::Result;
+use common::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-
-/// A running coordinator and what it needs, torn down on drop.
-struct TestApp {
-    base: String,
-    http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _data: tempfile::TempDir,
-}
-
-impl TestApp {
-    async fn spawn(server: &NatsServer) -> Result<Self> {
-        let data = tempfile::tempdir()?;
-        let config = Config::try_parse_from([
-            "aicp-coordinator",
-            "--nats-url",
-            &server.url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data.path().display().to_string(),
-            "--write-wait-ms",
-            "5000",
-        ])?;
-        let app = App::build(config).await?;
-        let base = format!("http://{}", app.local_addr()?);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async move {
-            let _ = stopped.await;
-        }));
-        let test = Self {
-            base,
-            http: reqwest::Client::new(),
-            stop: Some(stop),
-            task: Some(task),
-            _data: data,
-        };
-        test.wait_ready().await?;
-        Ok(test)
-    }
-
-    async fn wait_ready(&self) -> Result<()> {
-        for _ in 0..100 {
-            let agents = self.get("/agents").await?.1;
-            if agents["agents"].as_array().is_some_and(|a| a.len() == 3) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("the seed agents never showed up")
-    }
-
-    async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
-        Ok((response.status(), response.json().await?))
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
-        let mut request = self.http.post(format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        Ok((response.status(), response.json().await?))
-    }
-
-    async fn submit(&self, buyer: &str, complexity: i64) -> Result<String> {
-        let (status, body) = self
-            .post("/tasks/submit", Some(json!({"description": "Process payment", "complexity": complexity, "buyer_id": buyer})))
-            .await?;
-        ensure!(status == StatusCode::OK, "submit: {status} {body}");
-        Ok(body["task_id"].as_str().unwrap_or_default().to_owned())
-    }
-
-    async fn agent(&self, name: &str) -> Result<Value> {
-        Ok(self.get(&format!("/v1/agents/{name}")).await?.1)
-    }
-
-    async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await??;
-        }
-        Ok(())
-    }
-}
-
-/// Polls `check` on fresh JSON from `path` until it holds (settlement is asynchronous
-/// across replicas; on the replica that took the command it is already visible).
-async fn eventually(app: &TestApp, path: &str, check: impl Fn(&Value) -> bool) -> Result<Value> {
-    for _ in 0..100 {
-        let (_, body) = app.get(path).await?;
-        if check(&body) {
-            return Ok(body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, body) = app.get(path).await?;
-    anyhow::bail!("{path} never satisfied the check: {body}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prototype_stories_work_through_http() -> Result<()> {
@@ -470,6 +368,37 @@ async fn quotes_agents_and_lists_follow_the_rules() -> Result<()> {
             .as_array()
             .map(Vec::len),
         Some(5)
+    );
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_deadline_expires_and_is_refunded() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let deadline = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (status, task) = app
+        .post("/v1/tasks", Some(json!({"description": "soon", "complexity": 1, "buyer_id": "b1", "deadline": deadline})))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    let (status, _) = app
+        .post("/v1/tasks", Some(json!({"description": "too late", "complexity": 1, "buyer_id": "b1", "deadline": "2020-01-01T00:00:00Z"})))
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let expired = eventually(&app, &format!("/tasks/{id}"), |t| {
+        t["payment"] == "refunded"
+    })
+    .await?;
+    assert_eq!(expired["status"], "expired");
+    let buyer = app.get("/v1/buyers/b1").await?.1;
+    assert_eq!(
+        (
+            buyer["open_escrow_sats"].clone(),
+            buyer["refunded_sats"].clone()
+        ),
+        (json!(0), json!(200_000))
     );
     app.shutdown().await
 }

@@ -14,7 +14,7 @@ use aicp_events::store::{PoisonMessage, StoredBatch};
 use aicp_events::Envelope;
 use chrono::{DateTime, Utc};
 
-use crate::tables::{index_key, Changes, ProjectionError, ReadModel, Table};
+use crate::tables::{deadline_key, index_key, Changes, ProjectionError, ReadModel, Table};
 use crate::views::{
     AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, PoisonRecord, TaskView,
 };
@@ -213,6 +213,10 @@ impl Writer<'_> {
             index_key(TaskStatus::Submitted.as_str(), seq),
             &id,
         )?;
+        if let Some(deadline) = e.deadline {
+            self.changes
+                .put(Table::Deadlines, deadline_key(deadline, id), &id)?;
+        }
         self.buyer_changed(&e.buyer_id, |buyer| buyer.tasks_submitted += 1)?;
         self.counters.submitted += 1;
         self.minute_changed(|m| m.submitted += 1)?;
@@ -258,6 +262,10 @@ impl Writer<'_> {
         }
         if after.is_terminal() {
             view.finished_at = Some(self.at);
+            if let Some(deadline) = view.task.deadline {
+                self.changes
+                    .remove(Table::Deadlines, deadline_key(deadline, id));
+            }
             let was_active = matches!(before, TaskStatus::Assigned | TaskStatus::Running);
             if let (Some(agent_id), true) = (view.task.agent_id.clone(), was_active) {
                 self.update_agent(&agent_id, |agent| {

@@ -262,6 +262,20 @@ impl ReadModel {
         Ok(out)
     }
 
+    /// Unfinished tasks whose deadline is at or before `now`, soonest first.
+    pub fn due(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<TaskId>, QueryError> {
+        let end = crate::tables::deadline_key(now, "\u{7f}");
+        let mut due = Vec::new();
+        for row in self.tree(Table::Deadlines).range(..end) {
+            let (_, value) = row?;
+            let id: String = decode(Table::Deadlines, b"", &value)?;
+            if let Ok(id) = id.parse() {
+                due.push(id);
+            }
+        }
+        Ok(due)
+    }
+
     /// Poison messages, newest first.
     pub fn poison(&self, page: &PageRequest) -> Result<Page<PoisonRecord>, QueryError> {
         newest_first(

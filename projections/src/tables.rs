@@ -64,11 +64,13 @@ pub enum Table {
     Series,
     /// seq -> PoisonRecord.
     Poison,
+    /// deadline (µs since the epoch), task id -> task id: unfinished tasks with a deadline.
+    Deadlines,
 }
 
 impl Table {
     /// Every table, in index order.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Meta,
         Table::Tasks,
         Table::TasksByTime,
@@ -83,6 +85,7 @@ impl Table {
         Table::Counters,
         Table::Series,
         Table::Poison,
+        Table::Deadlines,
     ];
 
     /// The sled tree's name.
@@ -102,6 +105,7 @@ impl Table {
             Table::Counters => "counters",
             Table::Series => "series",
             Table::Poison => "poison",
+            Table::Deadlines => "deadlines",
         }
     }
 }
@@ -300,5 +304,14 @@ pub fn index_key(prefix: &str, sequence: u64) -> Vec<u8> {
 pub fn index_prefix(prefix: &str) -> Vec<u8> {
     let mut key = prefix.as_bytes().to_vec();
     key.push(0);
+    key
+}
+
+/// Key of a task in [`Table::Deadlines`]: its deadline, then its id, so a range scan up to
+/// "now" finds every task that is due.
+pub fn deadline_key(deadline: chrono::DateTime<chrono::Utc>, task_id: &str) -> Vec<u8> {
+    let micros = deadline.timestamp_micros().max(0) as u64;
+    let mut key = micros.to_be_bytes().to_vec();
+    key.extend_from_slice(task_id.as_bytes());
     key
 }

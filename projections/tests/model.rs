@@ -453,3 +453,43 @@ fn a_poison_message_is_kept_counted_and_passed() -> Result<()> {
 fn bytes_of(b: &[u8]) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(b)
 }
+
+#[test]
+fn unfinished_tasks_with_a_deadline_are_due_once_it_passes() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let deadline = chrono::Utc::now() + chrono::Duration::minutes(5);
+    for task in ["early", "late"] {
+        let mut submit = submitted(task, "b1");
+        submit.deadline = Some(if task == "early" {
+            deadline
+        } else {
+            deadline + chrono::Duration::minutes(1)
+        });
+        h.push(vec![
+            submit.into(),
+            assigned(task, "agent-1", 2000, 400_000).into(),
+        ])?;
+    }
+    let before = deadline - chrono::Duration::seconds(1);
+    assert!(h.model.due(before)?.is_empty());
+    assert_eq!(h.model.due(deadline)?, vec![tid("early")]);
+    let much_later = deadline + chrono::Duration::hours(1);
+    assert_eq!(h.model.due(much_later)?, vec![tid("early"), tid("late")]);
+
+    h.push(vec![TaskExpired {
+        task_id: tid("early"),
+        deadline,
+    }
+    .into()])?;
+    h.push(vec![completed("late", "agent-1").into()])?;
+    assert!(
+        h.model.due(much_later)?.is_empty(),
+        "finished tasks are no longer due"
+    );
+    assert_eq!(
+        h.model.task(&tid("early"))?.expect("task").task.status,
+        TaskStatus::Expired
+    );
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Shared by the coordinator's HTTP tests: a coordinator on port 0 against a test server.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aicp_coordinator::{App, Config};
+use aicp_events::testing::NatsServer;
+use anyhow::{ensure, Result};
+use clap::Parser;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// A running coordinator and what it needs, torn down on drop.
+pub struct TestApp {
+    pub api: Api,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn(server: &NatsServer) -> Result<Self> {
+        Self::spawn_in(server, tempfile::tempdir()?).await
+    }
+
+    /// A coordinator whose read model lives in `data` (reuse it to restart one).
+    pub async fn spawn_in(server: &NatsServer, data: tempfile::TempDir) -> Result<Self> {
+        let config = Config::try_parse_from([
+            "aicp-coordinator",
+            "--nats-url",
+            &server.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data.path().display().to_string(),
+            "--write-wait-ms",
+            "5000",
+        ])?;
+        let app = App::build(config).await?;
+        let base = format!("http://{}", app.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        let test = Self {
+            api: Api::new(base),
+            stop: Some(stop),
+            task: Some(task),
+            _data: data,
+        };
+        test.wait_ready().await?;
+        Ok(test)
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        for _ in 0..100 {
+            let agents = self.get("/agents").await?.1;
+            if agents["agents"].as_array().is_some_and(|a| a.len() == 3) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the seed agents never showed up")
+    }
+
+    pub async fn shutdown(self) -> Result<()> {
+        self.stop().await.map(|_| ())
+    }
+
+    /// Stops the coordinator gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> Result<tempfile::TempDir> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(std::mem::replace(&mut self._data, tempfile::tempdir()?))
+    }
+}
+
+/// An HTTP client of one coordinator.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok((response.status(), response.json().await?))
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        Ok((response.status(), response.json().await?))
+    }
+
+    pub async fn submit(&self, buyer: &str, complexity: i64) -> Result<String> {
+        let (status, body) = self
+            .post("/tasks/submit", Some(json!({"description": "Process payment", "complexity": complexity, "buyer_id": buyer})))
+            .await?;
+        ensure!(status == StatusCode::OK, "submit: {status} {body}");
+        Ok(body["task_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn agent(&self, name: &str) -> Result<Value> {
+        Ok(self.get(&format!("/v1/agents/{name}")).await?.1)
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl std::ops::Deref for CoordinatorProcess {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Polls `check` on fresh JSON from `path` until it holds (settlement is asynchronous
+/// across replicas; on the replica that took the command it is already visible).
+pub async fn eventually(app: &Api, path: &str, check: impl Fn(&Value) -> bool) -> Result<Value> {
+    for _ in 0..100 {
+        let (_, body) = app.get(path).await?;
+        if check(&body) {
+            return Ok(body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, body) = app.get(path).await?;
+    anyhow::bail!("{path} never satisfied the check: {body}")
+}
+
+/// The `aicp-coordinator` binary as a child process, to kill it as a crash would.
+pub struct CoordinatorProcess {
+    child: std::process::Child,
+    pub api: Api,
+}
+
+impl CoordinatorProcess {
+    /// Starts the binary against `server` with its read model in `data_dir`.
+    pub async fn start(server: &NatsServer, data_dir: &std::path::Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_aicp-coordinator"))
+            .args([
+                "--nats-url",
+                &server.url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let process = Self {
+            child,
+            api: Api::new(format!("http://127.0.0.1:{port}")),
+        };
+        for _ in 0..200 {
+            if let Ok(response) = process
+                .http
+                .get(format!("{}/ready", process.base))
+                .send()
+                .await
+            {
+                if response.status() == StatusCode::OK {
+                    return Ok(process);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the coordinator did not become ready")
+    }
+
+    /// SIGKILL: no graceful shutdown, no final flush.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn terminate(mut self) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let exit = self.child.wait()?;
+        ensure!(exit.success(), "the coordinator exited with {exit}");
+        Ok(())
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

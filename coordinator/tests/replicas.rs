@@ -1,0 +1,134 @@
+//! Several coordinators on one stream, and one that crashes mid-load.
+
+mod common;
+
+use std::time::Duration;
+
+use aicp_events::testing::NatsServer;
+use aicp_events::Namespace;
+use aicp_projections::projector::Projector;
+use aicp_projections::ReadModel;
+use anyhow::{ensure, Result};
+use common::{eventually, CoordinatorProcess, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_on_one_stream_agree_and_settle_once() -> Result<()> {
+    let server = NatsServer::start()?;
+    let a = TestApp::spawn(&server).await?;
+    let b = TestApp::spawn(&server).await?;
+
+    let id = a.submit("buyer-001", 2).await?;
+    let seen = eventually(&b, &format!("/tasks/{id}"), |t| t["status"] == "assigned").await?;
+    assert_eq!(seen["agent_name"], "agent-1");
+
+    let (status, done) = b.post(&format!("/tasks/{id}/complete"), None).await?;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    let (status, _) = a.post(&format!("/tasks/{id}/complete"), None).await?;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    for app in [&a, &b] {
+        eventually(app, "/v1/agents/agent-1", |x| {
+            x["balance_satoshis"] == 400_000 && x["tasks_completed"] == 1
+        })
+        .await?;
+        eventually(app, "/v1/ledger/escrow", |x| x["balance_satoshis"] == 0).await?;
+    }
+    // Both replicas' settlement managers saw the completion; the money moved once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = a.get("/v1/ledger/agent:agent-1").await?.1;
+    assert_eq!(entries["entries"].as_array().map(Vec::len), Some(1));
+    a.shutdown().await?;
+    b.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<()> {
+    let server = NatsServer::start()?;
+    let data = tempfile::tempdir()?;
+    let first = CoordinatorProcess::start(&server, data.path()).await?;
+    eventually(&first, "/agents", |a| {
+        a["agents"].as_array().is_some_and(|a| a.len() == 3)
+    })
+    .await?;
+
+    // Load from a second task while the first one kills the coordinator.
+    let api = first.api.clone();
+    let load = tokio::spawn(async move {
+        let mut submitted = 0;
+        for n in 0..200 {
+            let body = json!({"description": format!("job {n}"), "complexity": 1 + n % 10, "buyer_id": format!("buyer-{}", n % 7)});
+            match api
+                .http
+                .post(format!("{}/tasks/submit", api.base))
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {
+                    submitted += 1;
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        let id = v["task_id"].as_str().unwrap_or_default().to_owned();
+                        let _ = api
+                            .http
+                            .post(format!(
+                                "{}/tasks/{id}/complete?success={}",
+                                api.base,
+                                n % 3 != 0
+                            ))
+                            .send()
+                            .await;
+                    }
+                }
+                _ => break,
+            }
+        }
+        submitted
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    first.kill()?;
+    let submitted = load.await?;
+    ensure!(submitted > 0, "no load got through before the kill");
+
+    // Restarted on the same read model, it resumes and finishes what was in flight.
+    let second = CoordinatorProcess::start(&server, data.path()).await?;
+    for n in 0..10 {
+        second.submit(&format!("late-{n}"), 3).await?;
+    }
+    eventually(&second, "/v1/ledger/escrow", |e| {
+        e["balance_satoshis"].as_i64().is_some()
+    })
+    .await?;
+    second.terminate()?;
+
+    // The live read model equals one rebuilt from sequence 1.
+    let store = server.event_store(Namespace::default()).await?;
+    let last = store.last_sequence().await?;
+    let live = ReadModel::open(data.path())?;
+    ensure!(
+        live.last_sequence()? == last,
+        "live model at {} of {last}",
+        live.last_sequence()?
+    );
+    let rebuilt_dir = tempfile::tempdir()?;
+    let rebuilt = ReadModel::open(rebuilt_dir.path())?;
+    let (projector, progress) = Projector::new(rebuilt.clone(), store.clone())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(projector.run(async move {
+        let _ = stopped.await;
+    }));
+    ensure!(
+        progress.wait_for(last, Duration::from_secs(20)).await,
+        "rebuild did not finish"
+    );
+    let _ = stop.send(());
+    running.await??;
+    assert_eq!(rebuilt.digest()?, live.digest()?);
+
+    // And the books balance: every account sums to zero, nothing left in escrow for
+    // finished tasks.
+    let total: i64 = live.balances()?.iter().map(|(_, b)| b).sum();
+    assert_eq!(total, 0);
+    Ok(())
+}
