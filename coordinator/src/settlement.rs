@@ -240,3 +240,215 @@ async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aicp_events::domain::assign::Policy;
+    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+    use aicp_events::domain::reputation::Reputation;
+    use aicp_events::domain::task::Task;
+    use aicp_events::event::{
+        AgentMode, TaskAssigned, TaskCancelled, TaskCompleted, TaskFailed, TaskSubmitted,
+    };
+    use chrono::Utc;
+
+    fn view(events: &[Event], payment: Option<EscrowState>, outcome_recorded: bool) -> TaskView {
+        let task = Task::replay(events).expect("legal events").expect("a task");
+        TaskView {
+            task,
+            submitted_seq: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            finished_at: None,
+            payment,
+            payment_sequence: if payment.is_some() { 7 } else { 0 },
+            outcome_recorded,
+            last_sequence: 3,
+        }
+    }
+
+    fn submitted() -> Event {
+        TaskSubmitted {
+            task_id: "t1".parse().expect("id"),
+            buyer_id: "b1".parse().expect("id"),
+            description: "x".into(),
+            complexity: Complexity::new(2).expect("valid"),
+            required_skills: Default::default(),
+            max_price_sats: None,
+            deadline: None,
+            policy: Policy::BestReputation,
+        }
+        .into()
+    }
+
+    fn assigned() -> Event {
+        TaskAssigned {
+            task_id: "t1".parse().expect("id"),
+            agent_id: "agent-1".parse().expect("id"),
+            multiplier: MultiplierMilli(2000),
+            price_sats: 400_000,
+            assignment: 1,
+        }
+        .into()
+    }
+
+    fn completed() -> Event {
+        TaskCompleted {
+            task_id: "t1".parse().expect("id"),
+            agent_id: "agent-1".parse().expect("id"),
+            result: "ok".into(),
+        }
+        .into()
+    }
+
+    fn failed() -> Event {
+        TaskFailed {
+            task_id: "t1".parse().expect("id"),
+            agent_id: "agent-1".parse().expect("id"),
+            reason: "no".into(),
+        }
+        .into()
+    }
+
+    fn cancelled() -> Event {
+        TaskCancelled {
+            task_id: "t1".parse().expect("id"),
+            buyer_id: "b1".parse().expect("id"),
+            reason: String::new(),
+        }
+        .into()
+    }
+
+    fn agent() -> AgentView {
+        let reputation = Reputation::seeded(9500).expect("valid");
+        AgentView {
+            agent_id: "agent-1".parse().expect("id"),
+            name: "agent-1".into(),
+            skills: Default::default(),
+            mode: AgentMode::Worker,
+            accepting: true,
+            reputation,
+            rate_bp: reputation.rate_bp(),
+            multiplier: reputation.multiplier(),
+            balance_sats: 0,
+            active_tasks: 1,
+            tasks_completed: 0,
+            tasks_failed: 0,
+            tasks_assigned: 1,
+            registered_at: Utc::now(),
+            last_sequence: 11,
+        }
+    }
+
+    fn kind(step: Option<Step>) -> Option<(&'static str, u64, String)> {
+        step.map(|s| (s.event.event_type(), s.expected, s.msg_id))
+    }
+
+    #[test]
+    fn an_assigned_task_gets_its_escrow_held_once() {
+        let task = view(&[submitted(), assigned()], None, false);
+        assert_eq!(
+            kind(next_step(&task, Some(&agent()))),
+            Some(("EscrowHeld", 0, "escrow:t1".into()))
+        );
+        let held = view(&[submitted(), assigned()], Some(EscrowState::Held), false);
+        assert_eq!(
+            next_step(&held, Some(&agent())),
+            None,
+            "nothing to do while it runs"
+        );
+    }
+
+    #[test]
+    fn completion_releases_then_records_a_success() {
+        let done = view(
+            &[submitted(), assigned(), completed()],
+            Some(EscrowState::Held),
+            false,
+        );
+        assert_eq!(
+            kind(next_step(&done, Some(&agent()))),
+            Some(("EscrowReleased", 7, "settle:t1".into()))
+        );
+        let paid = view(
+            &[submitted(), assigned(), completed()],
+            Some(EscrowState::Released),
+            false,
+        );
+        let step = next_step(&paid, Some(&agent())).expect("an outcome to record");
+        assert_eq!((step.expected, step.msg_id.as_str()), (11, "outcome:t1"));
+        let Event::AgentOutcomeRecorded(outcome) = step.event else {
+            panic!("not an outcome")
+        };
+        assert_eq!(
+            (outcome.success, outcome.successes, outcome.rate_bp),
+            (true, 1, 9523)
+        );
+        let recorded = view(
+            &[submitted(), assigned(), completed()],
+            Some(EscrowState::Released),
+            true,
+        );
+        assert_eq!(next_step(&recorded, Some(&agent())), None);
+    }
+
+    #[test]
+    fn failure_refunds_then_records_a_failure() {
+        let failed = view(
+            &[submitted(), assigned(), failed()],
+            Some(EscrowState::Held),
+            false,
+        );
+        assert_eq!(
+            kind(next_step(&failed, Some(&agent()))).map(|k| k.0),
+            Some("EscrowRefunded")
+        );
+        let refunded = view(
+            &[submitted(), assigned(), self::failed()],
+            Some(EscrowState::Refunded),
+            false,
+        );
+        let Some(Step {
+            event: Event::AgentOutcomeRecorded(o),
+            ..
+        }) = next_step(&refunded, Some(&agent()))
+        else {
+            panic!("expected an outcome")
+        };
+        assert_eq!(
+            (o.success, o.failures, o.multiplier),
+            (false, 1, MultiplierMilli(1800))
+        );
+    }
+
+    #[test]
+    fn a_cancellation_is_refunded_and_is_nobodys_outcome() {
+        let cancelled = view(
+            &[submitted(), assigned(), cancelled()],
+            Some(EscrowState::Held),
+            false,
+        );
+        assert_eq!(
+            kind(next_step(&cancelled, Some(&agent()))).map(|k| k.0),
+            Some("EscrowRefunded")
+        );
+        let refunded = view(
+            &[submitted(), assigned(), self::cancelled()],
+            Some(EscrowState::Refunded),
+            false,
+        );
+        assert_eq!(next_step(&refunded, Some(&agent())), None);
+    }
+
+    #[test]
+    fn a_crash_before_escrow_is_repaired_in_order() {
+        // Completed, but the escrow was never held (the coordinator died in between):
+        // hold first; the release follows on the next step.
+        let done = view(&[submitted(), assigned(), completed()], None, false);
+        assert_eq!(
+            kind(next_step(&done, Some(&agent()))).map(|k| k.0),
+            Some("EscrowHeld")
+        );
+    }
+}
