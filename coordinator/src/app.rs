@@ -45,6 +45,7 @@ impl App {
             write_wait: config.write_wait(),
             started_at: Instant::now(),
             ready_at,
+            metrics: crate::metrics::Metrics::new()?,
         };
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {

@@ -236,7 +236,6 @@ impl AppState {
             let aggregate = Aggregate::Task(task_id.clone());
             let msg_id = format!("submit:{task_id}");
             match self
-                .store
                 .append(
                     &aggregate,
                     &[submitted, assigned],
@@ -352,7 +351,6 @@ impl AppState {
             let event = decide(&task)?;
             task.check(&event)?;
             match self
-                .store
                 .append(
                     &aggregate,
                     &[Envelope::new(event)],
@@ -417,7 +415,6 @@ impl AppState {
         };
         let aggregate = Aggregate::Agent(agent_id.clone());
         match self
-            .store
             .append(&aggregate, &[Envelope::new(event)], Expected::NEW, None)
             .await
         {
@@ -445,7 +442,6 @@ impl AppState {
         let aggregate = Aggregate::Agent(agent_id);
         for _ in 0..ATTEMPTS {
             match self
-                .store
                 .append(
                     &aggregate,
                     &[Envelope::new(update.clone())],
@@ -482,7 +478,6 @@ impl AppState {
             };
             let aggregate = Aggregate::Agent(agent_id);
             match self
-                .store
                 .append(
                     &aggregate,
                     &[Envelope::new(event)],

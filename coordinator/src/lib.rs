@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod expiry;
+pub mod metrics;
 pub mod routes;
 pub mod settlement;
 pub mod state;

@@ -58,6 +58,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/buyers", get(list_buyers))
         .route("/v1/buyers/{id}", get(get_buyer))
         .route("/v1/ledger/{account}", get(ledger))
+        .route("/metrics", get(crate::metrics::render))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .fallback(not_found)
         .with_state(state)
 }

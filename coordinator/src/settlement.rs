@@ -147,7 +147,6 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
             return Ok(());
         };
         let result = state
-            .store
             .append(
                 &step.aggregate,
                 &[Envelope::new(step.event)],
@@ -156,7 +155,10 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
             )
             .await;
         let wait_for = match result {
-            Ok(appended) => appended.sequence,
+            Ok(appended) => {
+                state.metrics.settlement_steps.inc();
+                appended.sequence
+            }
             // The read model is behind the aggregate: let it catch up, then decide again.
             Err(AppendError::Conflict { .. }) => state.progress.applied() + 1,
             Err(e) => return Err(Retry(e.to_string())),
@@ -185,6 +187,17 @@ pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()
             () = &mut shutdown => return,
         }
     }
+}
+
+/// Task events the settlement manager has not finished: pending plus unacknowledged.
+pub async fn pending(state: &AppState) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = state
+        .store
+        .jetstream()
+        .get_stream(state.store.namespace().events_stream())
+        .await?;
+    let info = stream.consumer_info(CONSUMER).await?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
 }
 
 async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use aicp_events::domain::assign::Policy;
-use aicp_events::EventStore;
+use aicp_events::store::{AppendError, Appended};
+use aicp_events::{Aggregate, Envelope, EventStore, Expected};
 use aicp_projections::projector::Progress;
 use aicp_projections::ReadModel;
 
@@ -24,4 +25,27 @@ pub struct AppState {
     pub started_at: Instant,
     /// The stream's last sequence at start: ready once the read model reaches it.
     pub ready_at: u64,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl AppState {
+    /// Appends through the store, counting the outcome.
+    pub async fn append(
+        &self,
+        aggregate: &Aggregate,
+        events: &[Envelope],
+        expected: Expected,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        let result = self.store.append(aggregate, events, expected, msg_id).await;
+        let outcome = match &result {
+            Ok(a) if a.duplicate => "duplicate",
+            Ok(_) => "ok",
+            Err(AppendError::Conflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        self.metrics.appends.with_label_values(&[outcome]).inc();
+        result
+    }
 }

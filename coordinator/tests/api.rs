@@ -402,3 +402,42 @@ async fn a_task_past_its_deadline_expires_and_is_refunded() -> Result<()> {
     );
     app.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_describe_the_coordinator() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let id = app.submit("buyer-001", 2).await?;
+    app.post(&format!("/tasks/{id}/complete"), None).await?;
+    app.get("/tasks/deadbeef").await?;
+    // Settlement is done once the outcome is on the agent's record; nothing appends after.
+    eventually(&app, "/v1/agents/agent-1", |a| a["success_rate_bp"] == 9523).await?;
+
+    let ready = app.get("/ready").await?;
+    assert_eq!(ready.0, StatusCode::OK, "{}", ready.1);
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for expected in [
+        r#"aicp_http_request_duration_seconds_count{method="POST",route="/tasks/submit",status="200"} 1"#,
+        r#"aicp_http_request_duration_seconds_count{method="GET",route="/tasks/{id}",status="404"} 1"#,
+        r#"aicp_events_appended_total{outcome="ok"}"#,
+        "aicp_projection_applied_sequence ",
+        "aicp_projection_lag_events ",
+        "aicp_settlement_pending_events ",
+        "aicp_settlement_steps_total ",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // The read model has applied the whole stream, so the lag is zero.
+    let lag = text
+        .lines()
+        .find(|l| l.starts_with("aicp_projection_lag_events "))
+        .unwrap_or_default();
+    assert_eq!(lag, "aicp_projection_lag_events 0");
+    app.shutdown().await
+}
