@@ -39,12 +39,8 @@ $(NATS_LATEST_DIR)/bin/nats-server:
 fixtures: ## Write schema fixtures for new event types or versions (never overwrites)
 	AICP_WRITE_FIXTURES=1 $(CARGO) test -p aicp-events --test fixtures
 
-run: ## Run the whole stack (not built yet: see README.md)
-	@echo "make run: not built yet." >&2
-	@echo "  The event-sourced core (events crate) is done; the coordinator (issue 3)," >&2
-	@echo "  the workers (issue 4) and the local stack (issue 5) are still to come." >&2
-	@echo "  Today, 'make test' runs the core's tests against a real nats-server." >&2
-	@exit 1
+run: ## Run the local stack: NATS (if none answers), the coordinator; Ctrl-C stops it
+	@bash ops/scripts/run-local.sh
 
 # Tests start their own nats-server (ephemeral port, temporary store), so one must be
 # installed: NATS_SERVER_BIN, else `nats-server` on the PATH, else we install Debian's.
