@@ -7,6 +7,7 @@
 //! - an append that a retry could repeat carries a deterministic `Nats-Msg-Id`, and the
 //!   stream's duplicate window stores it once (the retry gets the first sequence back).
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -539,6 +540,34 @@ impl EventStore {
             .await
             .map_err(|e| StoreError::jetstream("stream info", e))?;
         Ok(info.state.last_sequence)
+    }
+
+    /// Work waiting or in flight per agent: the messages on each `aicp.work.<agent>`
+    /// subject. In a work-queue stream a message stays until a worker acks it, so this is
+    /// a consumer's `num_pending + num_ack_pending`: the figure KEDA scales workers on.
+    pub async fn work_queue_depths(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let name = self.namespace.work_stream();
+        let stream = match self.js.get_stream(&name).await {
+            Ok(stream) => stream,
+            Err(e) if is_stream_not_found(&e) => {
+                return Err(StoreError::StreamNotFound { stream: name })
+            }
+            Err(e) => return Err(StoreError::jetstream("stream lookup", e)),
+        };
+        let mut subjects = stream
+            .info_with_subjects(self.namespace.work_wildcard())
+            .await
+            .map_err(|e| StoreError::jetstream("stream info", e))?;
+        let prefix = self.namespace.work_wildcard();
+        let prefix = prefix.trim_end_matches('>');
+        let mut depths = BTreeMap::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.map_err(|e| StoreError::jetstream("stream info", e))?;
+            if let Some(agent) = subject.strip_prefix(prefix) {
+                depths.insert(agent.to_owned(), count as u64);
+            }
+        }
+        Ok(depths)
     }
 
     async fn events_stream(&self) -> Result<stream::Stream, StoreError> {

@@ -598,3 +598,24 @@ async fn a_read_of_a_long_busy_aggregate_returns_a_complete_prefix() -> Result<(
     assert!(read.poison.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn work_queue_depth_counts_pending_and_in_flight_work_per_agent() -> Result<()> {
+    let server = NatsServer::start()?;
+    let store = server.event_store(Namespace::default()).await?;
+    assert!(store.work_queue_depths().await?.is_empty());
+    let js = async_nats::jetstream::new(server.client().await?);
+    for (agent, n) in [("agent-1", 3), ("agent-2", 1)] {
+        for _ in 0..n {
+            js.publish(format!("aicp.work.{agent}"), "work".into())
+                .await?
+                .await?;
+        }
+    }
+    let depths = store.work_queue_depths().await?;
+    assert_eq!(
+        depths,
+        BTreeMap::from([("agent-1".to_owned(), 3), ("agent-2".to_owned(), 1)])
+    );
+    Ok(())
+}
