@@ -7,6 +7,7 @@
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod docs;
 pub mod error;
 pub mod expiry;
 pub mod metrics;

@@ -10,8 +10,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::ApiError;
@@ -33,6 +33,7 @@ pub struct Metrics {
     poison: IntGauge,
     /// Settlement steps taken by this process.
     pub settlement_steps: IntCounter,
+    queue_depth: IntGaugeVec,
 }
 
 impl Metrics {
@@ -86,6 +87,13 @@ impl Metrics {
                 "settlement_steps_total",
                 "Payment and reputation steps appended",
             )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "queue_depth",
+                    "Work pending or in flight per agent (what KEDA scales workers on)",
+                ),
+                &["agent"],
+            )?,
             registry,
         };
         metrics
@@ -108,6 +116,9 @@ impl Metrics {
         metrics
             .registry
             .register(Box::new(metrics.settlement_steps.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.queue_depth.clone()))?;
         Ok(metrics)
     }
 }
@@ -142,6 +153,14 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     }
     if let Ok(pending) = crate::settlement::pending(&state).await {
         m.manager_pending.set(as_i64(pending));
+    }
+    if let Ok(depths) = state.store.work_queue_depths().await {
+        for agent in state.all_agents()? {
+            let depth = depths.get(agent.agent_id.as_str()).copied().unwrap_or(0);
+            m.queue_depth
+                .with_label_values(&[agent.agent_id.as_str()])
+                .set(as_i64(depth));
+        }
     }
     let counters = state.model.counters()?;
     m.events_applied.set(as_i64(counters.events_applied));

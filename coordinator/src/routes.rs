@@ -59,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/buyers/{id}", get(get_buyer))
         .route("/v1/ledger/{account}", get(ledger))
         .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(crate::docs::openapi))
+        .route("/docs", get(crate::docs::docs))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,

@@ -430,6 +430,7 @@ async fn metrics_and_readiness_describe_the_coordinator() -> Result<()> {
         "aicp_projection_lag_events ",
         "aicp_settlement_pending_events ",
         "aicp_settlement_steps_total ",
+        r#"aicp_queue_depth{agent="agent-1"} 0"#,
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
