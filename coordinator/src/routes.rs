@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use aicp_events::domain::assign::Policy;
-use aicp_events::domain::ledger::Account;
+use aicp_events::domain::ledger::{Account, EscrowState, InvalidAccount};
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::{AgentMode, AgentUpdated};
 use aicp_events::id::{AgentId, TaskId};
@@ -66,11 +66,16 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such path; see /docs")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
 }
 
 async fn root() -> Json<serde_json::Value> {
@@ -121,7 +126,7 @@ pub struct TaskJson {
     deadline: Option<DateTime<Utc>>,
     policy: Policy,
     multiplier: Option<f64>,
-    payment: Option<aicp_events::domain::ledger::EscrowState>,
+    payment: Option<EscrowState>,
     updated_at: DateTime<Utc>,
     sequence: u64,
 }
@@ -188,6 +193,54 @@ impl From<AgentView> for AgentJson {
             tasks_failed: a.tasks_failed,
             multiplier_milli: a.multiplier.get(),
             success_rate_bp: a.rate_bp,
+        }
+    }
+}
+
+/// A buyer's money as JSON.
+#[derive(Debug, Serialize)]
+pub struct BuyerJson {
+    buyer_id: String,
+    tasks_submitted: u64,
+    spent_satoshis: u64,
+    open_escrow_satoshis: u64,
+    refunded_satoshis: u64,
+}
+
+impl From<BuyerView> for BuyerJson {
+    fn from(b: BuyerView) -> Self {
+        Self {
+            buyer_id: b.buyer_id.to_string(),
+            tasks_submitted: b.tasks_submitted,
+            spent_satoshis: b.spent_sats,
+            open_escrow_satoshis: b.open_escrow_sats,
+            refunded_satoshis: b.refunded_sats,
+        }
+    }
+}
+
+/// One ledger entry as JSON.
+#[derive(Debug, Serialize)]
+pub struct LedgerEntryJson {
+    sequence: u64,
+    task_id: TaskId,
+    account: Account,
+    counterparty: Account,
+    amount_satoshis: i64,
+    balance_satoshis: i64,
+    at: DateTime<Utc>,
+}
+
+impl From<LedgerEntry> for LedgerEntryJson {
+    fn from(e: LedgerEntry) -> Self {
+        Self {
+            sequence: e.sequence,
+            task_id: e.task_id,
+            account: e.account,
+            counterparty: e.counterparty,
+            amount_satoshis: e.amount_sats,
+            balance_satoshis: e.balance_sats,
+            at: e.at,
         }
     }
 }
@@ -294,6 +347,17 @@ fn page(cursor: Option<String>, limit: Option<usize>) -> Result<PageRequest, Api
     Ok(PageRequest { cursor, limit })
 }
 
+/// Lists in id order page on the last id shown: a cursor that is no id was not ours.
+fn id_cursor<T: std::str::FromStr>(cursor: &Option<String>) -> Result<(), ApiError> {
+    match cursor {
+        Some(c) if c.parse::<T>().is_err() => Err(ApiError::bad_request(
+            "invalid_cursor",
+            format!("invalid cursor {c:?}: pass the next_cursor of the previous page"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn task_page(state: &AppState, q: ListQuery) -> Result<(Vec<TaskJson>, Option<String>), ApiError> {
     let filter = TaskFilter {
         buyer: q.buyer.as_deref().map(parse_id).transpose()?,
@@ -374,19 +438,25 @@ async fn complete(
     let success = body.success.or(query.success).unwrap_or(true);
     let done = state.finish(&id, success, body.result).await?;
     let task_id: TaskId = parse_id(&id)?;
-    if done.visible {
-        state
-            .wait_until(SETTLE_WAIT, || {
-                matches!(state.model.task(&task_id), Ok(Some(v)) if v.payment.is_some_and(|p| p != aicp_events::domain::ledger::EscrowState::Held))
-            })
-            .await;
-    }
+    wait_settled(&state, &task_id, done).await;
     let body = if done.visible {
         task_json(&state, &task_id)?
     } else {
         json!({"id": task_id})
     };
     Ok(written(done, StatusCode::OK, body))
+}
+
+/// Waits (bounded) until a finished task's money has moved, so that the answer, and the
+/// next read, show the payment or refund.
+async fn wait_settled(state: &AppState, task_id: &TaskId, done: Written) {
+    if done.visible {
+        state
+            .wait_until(SETTLE_WAIT, || {
+                matches!(state.model.task(task_id), Ok(Some(v)) if v.payment.is_some_and(|p| p != EscrowState::Held))
+            })
+            .await;
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,6 +474,7 @@ async fn cancel(
     let Json(body) = body?;
     let done = state.cancel(&id, &body.buyer_id, body.reason).await?;
     let task_id: TaskId = parse_id(&id)?;
+    wait_settled(&state, &task_id, done).await;
     let body = if done.visible {
         task_json(&state, &task_id)?
     } else {
@@ -437,6 +508,7 @@ async fn list_agents(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
+    id_cursor::<AgentId>(&q.cursor)?;
     let page = state.model.agents(&page(q.cursor, q.limit)?)?;
     let agents: Vec<AgentJson> = page.items.into_iter().map(AgentJson::from).collect();
     Ok(Json(json!({"agents": agents, "next_cursor": page.next_cursor})).into_response())
@@ -490,6 +562,16 @@ async fn update_agent(
 ) -> ApiResult {
     let Json(body) = body?;
     let agent_id: AgentId = parse_id(&id)?;
+    if body.name.is_none()
+        && body.skills.is_none()
+        && body.mode.is_none()
+        && body.accepting.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "empty_update",
+            "nothing to change: give name, skills, mode or accepting",
+        ));
+    }
     let update = AgentUpdated {
         agent_id: agent_id.clone(),
         name: body.name,
@@ -552,8 +634,10 @@ async fn list_buyers(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
+    id_cursor::<aicp_events::id::BuyerId>(&q.cursor)?;
     let page = state.model.buyers(&page(q.cursor, q.limit)?)?;
-    Ok(Json(json!({"buyers": page.items, "next_cursor": page.next_cursor})).into_response())
+    let buyers: Vec<BuyerJson> = page.items.into_iter().map(BuyerJson::from).collect();
+    Ok(Json(json!({"buyers": buyers, "next_cursor": page.next_cursor})).into_response())
 }
 
 async fn get_buyer(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
@@ -565,7 +649,7 @@ async fn get_buyer(State(state): State<AppState>, Path(id): Path<String>) -> Api
         open_escrow_sats: 0,
         refunded_sats: 0,
     });
-    Ok(Json(json!(buyer)).into_response())
+    Ok(Json(BuyerJson::from(buyer)).into_response())
 }
 
 /// `GET /v1/ledger/{account}`: `escrow`, `buyer:<id>` or `agent:<id>`, newest first.
@@ -575,20 +659,12 @@ async fn ledger(
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let account = match account.split_once(':') {
-        None if account == "escrow" => Account::Escrow,
-        Some(("buyer", id)) => Account::Buyer(parse_id(id)?),
-        Some(("agent", id)) => Account::Agent(parse_id(id)?),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_account",
-                format!("account {account:?} must be escrow, buyer:<id> or agent:<id>"),
-            ))
-        }
-    };
+    let account: Account = account
+        .parse()
+        .map_err(|e: InvalidAccount| ApiError::bad_request("invalid_account", e.to_string()))?;
     let balance = state.model.balance(&account)?;
     let page = state.model.ledger(&account, &page(q.cursor, q.limit)?)?;
-    let entries: Vec<LedgerEntry> = page.items;
+    let entries: Vec<LedgerEntryJson> = page.items.into_iter().map(LedgerEntryJson::from).collect();
     Ok(Json(json!({
         "account": account.to_string(),
         "balance_satoshis": balance,

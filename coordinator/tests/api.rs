@@ -48,7 +48,7 @@ async fn the_prototype_stories_work_through_http() -> Result<()> {
     let listed = app.get("/tasks").await?.1;
     assert_eq!(listed["count"], 1);
     eventually(&app, "/v1/buyers/buyer-001", |b| {
-        b["open_escrow_sats"] == 400_000
+        b["open_escrow_satoshis"] == 400_000
     })
     .await?;
 
@@ -67,8 +67,8 @@ async fn the_prototype_stories_work_through_http() -> Result<()> {
     let buyer = app.get("/v1/buyers/buyer-001").await?.1;
     assert_eq!(
         (
-            buyer["open_escrow_sats"].clone(),
-            buyer["spent_sats"].clone()
+            buyer["open_escrow_satoshis"].clone(),
+            buyer["spent_satoshis"].clone()
         ),
         (json!(0), json!(400_000))
     );
@@ -80,7 +80,7 @@ async fn the_prototype_stories_work_through_http() -> Result<()> {
         "held, then released"
     );
     let ledger = app.get("/v1/ledger/agent:agent-1").await?.1;
-    assert_eq!(ledger["entries"][0]["amount_sats"], 400_000);
+    assert_eq!(ledger["entries"][0]["amount_satoshis"], 400_000);
 
     // The outcome counts toward agent-1's reputation (20 + 1 outcomes, all good).
     eventually(&app, "/v1/agents/agent-1", |a| {
@@ -174,10 +174,10 @@ async fn a_buyer_cancels_before_the_task_runs_and_is_refunded() -> Result<()> {
     assert_eq!(body["status"], "cancelled");
 
     let buyer = eventually(&app, "/v1/buyers/buyer-001", |b| {
-        b["refunded_sats"] == 400_000
+        b["refunded_satoshis"] == 400_000
     })
     .await?;
-    assert_eq!(buyer["open_escrow_sats"], 0);
+    assert_eq!(buyer["open_escrow_satoshis"], 0);
     assert_eq!(
         app.get("/v1/ledger/buyer:buyer-001").await?.1["balance_satoshis"],
         0
@@ -395,8 +395,8 @@ async fn a_task_past_its_deadline_expires_and_is_refunded() -> Result<()> {
     let buyer = app.get("/v1/buyers/b1").await?.1;
     assert_eq!(
         (
-            buyer["open_escrow_sats"].clone(),
-            buyer["refunded_sats"].clone()
+            buyer["open_escrow_satoshis"].clone(),
+            buyer["refunded_satoshis"].clone()
         ),
         (json!(0), json!(200_000))
     );
@@ -440,5 +440,37 @@ async fn metrics_and_readiness_describe_the_coordinator() -> Result<()> {
         .find(|l| l.starts_with("aicp_projection_lag_events "))
         .unwrap_or_default();
     assert_eq!(lag, "aicp_projection_lag_events 0");
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_and_methods_refuse_what_they_did_not_hand_out() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let delete = app
+        .http
+        .delete(format!("{}/health", app.base))
+        .send()
+        .await?;
+    assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = delete.json().await?;
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    for path in ["/v1/agents?cursor=a.b", "/v1/buyers?cursor=%20"] {
+        let (status, body) = app.get(path).await?;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_cursor")),
+            "{path}"
+        );
+    }
+    let empty = app
+        .http
+        .patch(format!("{}/v1/agents/agent-1", app.base))
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    let entry = app.get("/v1/ledger/agent:agent-1").await?.1;
+    assert_eq!(entry["account"], "agent:agent-1");
     app.shutdown().await
 }

@@ -157,7 +157,7 @@ pub struct PoisonRecord {
     pub payload: Vec<u8>,
 }
 
-/// One page of a list, newest first, with the cursor of the next page.
+/// One page of a list (by sequence newest first, or by id), with the cursor of the next page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Page<T> {
     /// The items.

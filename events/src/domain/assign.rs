@@ -121,7 +121,7 @@ pub enum NoEligibleAgent {
     NoneAccepting,
     /// No accepting agent has every required skill.
     #[error(
-        "no agent has all of the skills [{skills}]",
+        "no agent accepting tasks has all of the skills [{skills}]",
         skills = .required.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
     )]
     MissingSkills {
@@ -409,7 +409,10 @@ mod tests {
                 required: skills(&["x", "y"])
             }
         );
-        assert_eq!(err.to_string(), "no agent has all of the skills [x, y]");
+        assert_eq!(
+            err.to_string(),
+            "no agent accepting tasks has all of the skills [x, y]"
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 use crate::id::{AgentId, BuyerId, TaskId};
 
-/// An account money can be held in.
+/// An account money can be held in; written as `buyer:<id>`, `escrow` or `agent:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Account {
     /// What a buyer has paid in (negative) or been refunded.
     Buyer(BuyerId),
@@ -31,6 +32,37 @@ impl fmt::Display for Account {
             Self::Escrow => f.write_str("escrow"),
             Self::Agent(id) => write!(f, "agent:{id}"),
         }
+    }
+}
+
+/// A string that is not `escrow`, `buyer:<id>` or `agent:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("account {0:?} must be escrow, buyer:<id> or agent:<id>")]
+pub struct InvalidAccount(pub String);
+
+impl std::str::FromStr for Account {
+    type Err = InvalidAccount;
+    fn from_str(s: &str) -> Result<Self, InvalidAccount> {
+        let invalid = || InvalidAccount(s.to_owned());
+        match s.split_once(':') {
+            None if s == "escrow" => Ok(Account::Escrow),
+            Some(("buyer", id)) => id.parse().map(Account::Buyer).map_err(|_| invalid()),
+            Some(("agent", id)) => id.parse().map(Account::Agent).map_err(|_| invalid()),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl TryFrom<String> for Account {
+    type Error = InvalidAccount;
+    fn try_from(s: String) -> Result<Self, InvalidAccount> {
+        s.parse()
+    }
+}
+
+impl From<Account> for String {
+    fn from(account: Account) -> String {
+        account.to_string()
     }
 }
 
@@ -414,6 +446,21 @@ fn check_settlement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accounts_are_written_and_parsed_as_text() {
+        for text in ["escrow", "buyer:b1", "agent:agent-1"] {
+            let account: Account = text.parse().expect("valid account");
+            assert_eq!(account.to_string(), text);
+            assert_eq!(
+                serde_json::to_string(&account).expect("serializes"),
+                format!("\"{text}\"")
+            );
+        }
+        for bad in ["bank", "buyer:", "agent:a.b", "escrow:x", ""] {
+            assert!(bad.parse::<Account>().is_err(), "{bad}");
+        }
+    }
 
     mod events {
         use super::*;
