@@ -13,8 +13,8 @@ use aicp_events::domain::pricing::Complexity;
 use aicp_events::domain::reputation::{Reputation, PRIOR_WEIGHT};
 use aicp_events::domain::task::Task;
 use aicp_events::event::{
-    AgentMode, AgentRegistered, AgentUpdated, Event, TaskAssigned, TaskCancelled, TaskCompleted,
-    TaskExpired, TaskFailed, TaskSubmitted,
+    AgentMode, AgentRegistered, AgentUpdated, Event, ExecutorSettings, TaskAssigned, TaskCancelled,
+    TaskCompleted, TaskExpired, TaskFailed, TaskSubmitted,
 };
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::AppendError;
@@ -400,9 +400,11 @@ impl AppState {
         name: Option<String>,
         skills: &[String],
         mode: AgentMode,
+        executor: Option<ExecutorSettings>,
     ) -> Result<Written, ApiError> {
         let agent_id: AgentId = parse_id(agent_id)?;
         let skills = parse_skills(skills)?;
+        let executor = executor.map(parse_executor).transpose()?;
         let name = parse_name(name.unwrap_or_else(|| agent_id.to_string()))?;
         let prior = Reputation::newcomer();
         let event = AgentRegistered {
@@ -412,6 +414,7 @@ impl AppState {
             mode,
             prior_rate_bp: prior.prior_rate_bp,
             prior_weight: prior.prior_weight,
+            executor,
         };
         let aggregate = Aggregate::Agent(agent_id.clone());
         match self
@@ -439,6 +442,7 @@ impl AppState {
         if let Some(name) = update.name.take() {
             update.name = Some(parse_name(name)?);
         }
+        update.executor = update.executor.take().map(parse_executor).transpose()?;
         let aggregate = Aggregate::Agent(agent_id);
         for _ in 0..ATTEMPTS {
             match self
@@ -475,6 +479,7 @@ impl AppState {
                 mode: AgentMode::Worker,
                 prior_rate_bp: rate,
                 prior_weight: PRIOR_WEIGHT,
+                executor: None,
             };
             let aggregate = Aggregate::Agent(agent_id);
             match self
@@ -514,6 +519,36 @@ impl AppState {
                 return check();
             }
         }
+    }
+}
+
+/// Longest executor timeout: an hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Checks executor settings: a command to run, an http(s) URL, timeouts of at most an hour.
+pub fn parse_executor(executor: ExecutorSettings) -> Result<ExecutorSettings, ApiError> {
+    let bad = |message: String| Err(ApiError::bad_request("invalid_executor", message));
+    let timeout_ok = |t: u64| (1..=MAX_TIMEOUT_MS).contains(&t);
+    match &executor {
+        ExecutorSettings::Simulate { mean_duration_ms } if *mean_duration_ms > MAX_TIMEOUT_MS => {
+            bad(format!("mean_duration_ms must be at most {MAX_TIMEOUT_MS}"))
+        }
+        ExecutorSettings::Exec { command, .. }
+            if command.is_empty() || command[0].trim().is_empty() =>
+        {
+            bad("exec needs a command: [program, args...]".to_owned())
+        }
+        ExecutorSettings::Http { url, .. }
+            if !(url.starts_with("http://") || url.starts_with("https://")) =>
+        {
+            bad(format!("url {url:?} must start with http:// or https://"))
+        }
+        ExecutorSettings::Exec { timeout_ms, .. } | ExecutorSettings::Http { timeout_ms, .. }
+            if !timeout_ok(*timeout_ms) =>
+        {
+            bad(format!("timeout_ms must be 1 to {MAX_TIMEOUT_MS}"))
+        }
+        _ => Ok(executor),
     }
 }
 

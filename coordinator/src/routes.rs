@@ -9,7 +9,7 @@ use std::time::Duration;
 use aicp_events::domain::assign::Policy;
 use aicp_events::domain::ledger::{Account, EscrowState, InvalidAccount};
 use aicp_events::domain::task::TaskStatus;
-use aicp_events::event::{AgentMode, AgentUpdated};
+use aicp_events::event::{AgentMode, AgentUpdated, ExecutorSettings};
 use aicp_events::id::{AgentId, TaskId};
 use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
 use aicp_projections::{PageRequest, TaskFilter};
@@ -170,6 +170,7 @@ pub struct AgentJson {
     skills: Vec<String>,
     mode: AgentMode,
     accepting: bool,
+    executor: Option<ExecutorSettings>,
     active_tasks: u32,
     tasks_completed: u64,
     tasks_failed: u64,
@@ -188,6 +189,7 @@ impl From<AgentView> for AgentJson {
             skills: a.skills.into_iter().collect(),
             mode: a.mode,
             accepting: a.accepting,
+            executor: a.executor,
             active_tasks: a.active_tasks,
             tasks_completed: a.tasks_completed,
             tasks_failed: a.tasks_failed,
@@ -527,6 +529,7 @@ struct RegisterBody {
     skills: Vec<String>,
     #[serde(default)]
     mode: AgentMode,
+    executor: Option<ExecutorSettings>,
 }
 
 async fn register_agent(
@@ -535,7 +538,13 @@ async fn register_agent(
 ) -> ApiResult {
     let Json(body) = body?;
     let done = state
-        .register_agent(&body.agent_id, body.name, &body.skills, body.mode)
+        .register_agent(
+            &body.agent_id,
+            body.name,
+            &body.skills,
+            body.mode,
+            body.executor,
+        )
         .await?;
     let id: AgentId = parse_id(&body.agent_id)?;
     let body = if done.visible {
@@ -553,6 +562,7 @@ struct UpdateBody {
     skills: Option<Vec<String>>,
     mode: Option<AgentMode>,
     accepting: Option<bool>,
+    executor: Option<ExecutorSettings>,
 }
 
 async fn update_agent(
@@ -566,6 +576,7 @@ async fn update_agent(
         && body.skills.is_none()
         && body.mode.is_none()
         && body.accepting.is_none()
+        && body.executor.is_none()
     {
         return Err(ApiError::bad_request(
             "empty_update",
@@ -582,6 +593,7 @@ async fn update_agent(
             .transpose()?,
         mode: body.mode,
         accepting: body.accepting,
+        executor: body.executor,
     };
     let done = state.update_agent(&id, update).await?;
     let body = if done.visible {

@@ -341,6 +341,7 @@ mod tests {
             skills: Default::default(),
             mode: AgentMode::Worker,
             accepting: true,
+            executor: None,
             reputation,
             rate_bp: reputation.rate_bp(),
             multiplier: reputation.multiplier(),

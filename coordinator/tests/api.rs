@@ -474,3 +474,59 @@ async fn lists_and_methods_refuse_what_they_did_not_hand_out() -> Result<()> {
     assert_eq!(entry["account"], "agent:agent-1");
     app.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_carry_executor_settings() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let http = json!({"kind": "http", "url": "http://127.0.0.1:9000/run", "timeout_ms": 30000});
+    let (status, agent) = app
+        .post(
+            "/v1/agents",
+            Some(json!({"agent_id": "remote", "skills": ["nlp"], "executor": http})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    assert_eq!(agent["executor"], http);
+
+    let exec = json!({"kind": "exec", "command": ["python3", "agent.py"], "timeout_ms": 5000});
+    let response = app
+        .http
+        .patch(format!("{}/v1/agents/remote", app.base))
+        .json(&json!({"executor": exec}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(app.agent("remote").await?["executor"], exec);
+    assert_eq!(
+        app.agent("agent-1").await?["executor"],
+        Value::Null,
+        "seed agents use the workers' default"
+    );
+
+    for bad in [
+        json!({"kind": "exec", "command": [], "timeout_ms": 5000}),
+        json!({"kind": "http", "url": "ftp://x", "timeout_ms": 5000}),
+        json!({"kind": "http", "url": "http://x", "timeout_ms": 0}),
+    ] {
+        let (status, body) = app
+            .post(
+                "/v1/agents",
+                Some(json!({"agent_id": "other", "executor": bad})),
+            )
+            .await?;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_executor")),
+            "{bad}"
+        );
+    }
+    let (status, _) = app
+        .post(
+            "/v1/agents",
+            Some(json!({"agent_id": "other", "executor": {"kind": "magic"}})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    app.shutdown().await
+}

@@ -34,6 +34,32 @@ pub enum AgentMode {
     Manual,
 }
 
+/// How a worker executes an agent's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ExecutorSettings {
+    /// Built in, for demos, tests and benchmarks: a task takes about `mean_duration_ms`
+    /// and succeeds as often as the agent's success rate says.
+    Simulate {
+        /// Mean duration of a task, in milliseconds (0 for benchmarks).
+        mean_duration_ms: u64,
+    },
+    /// Runs a command with the task as JSON on stdin; its stdout is the result.
+    Exec {
+        /// The program and its arguments.
+        command: Vec<String>,
+        /// A task running longer fails.
+        timeout_ms: u64,
+    },
+    /// POSTs the task as JSON to the agent's endpoint; a 2xx body is the result.
+    Http {
+        /// The endpoint.
+        url: String,
+        /// A task taking longer fails.
+        timeout_ms: u64,
+    },
+}
+
 // ---------------------------------------------------------------------------------------
 // Task events, on `aicp.evt.task.<task_id>`.
 // ---------------------------------------------------------------------------------------
@@ -148,6 +174,8 @@ pub struct AgentRegistered {
     pub prior_rate_bp: u32,
     /// How many outcomes that starting rate is worth.
     pub prior_weight: u32,
+    /// How workers execute its tasks (`None`: the workers' default).
+    pub executor: Option<ExecutorSettings>,
 }
 
 /// A task outcome changed an agent's record; carries the figures after the outcome.
@@ -182,6 +210,8 @@ pub struct AgentUpdated {
     pub mode: Option<AgentMode>,
     /// Whether it takes new tasks (false pauses it).
     pub accepting: Option<bool>,
+    /// New executor settings.
+    pub executor: Option<ExecutorSettings>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,9 +334,9 @@ catalogue! {
     TaskFailed => 1,
     TaskCancelled => 1,
     TaskExpired => 1,
-    AgentRegistered => 1,
+    AgentRegistered => 2,
     AgentOutcomeRecorded => 1,
-    AgentUpdated => 1,
+    AgentUpdated => 2,
     EscrowHeld => 1,
     EscrowReleased => 1,
     EscrowRefunded => 1,

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::assign::Policy;
 use crate::domain::pricing::Complexity;
-use crate::event::{Event, EventData, TaskSubmitted};
-use crate::id::{BuyerId, TaskId};
+use std::collections::BTreeSet;
+
+use crate::event::{AgentMode, AgentRegistered, AgentUpdated, Event, EventData, TaskSubmitted};
+use crate::id::{AgentId, BuyerId, TaskId};
 
 /// `TaskSubmitted` v1: the prototype's task (description, complexity, buyer), before
 /// skills, price caps, deadlines and policies existed.
@@ -42,8 +44,73 @@ impl From<TaskSubmittedV1> for TaskSubmitted {
     }
 }
 
+/// `AgentRegistered` v1: before agents had executor settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRegisteredV1 {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its display name.
+    pub name: String,
+    /// What it can do.
+    pub skills: BTreeSet<String>,
+    /// Whether workers or people do its tasks.
+    pub mode: AgentMode,
+    /// The success rate it starts from, in basis points.
+    pub prior_rate_bp: u32,
+    /// How many outcomes that starting rate is worth.
+    pub prior_weight: u32,
+}
+
+impl From<AgentRegisteredV1> for AgentRegistered {
+    /// A v1 agent used the workers' default executor.
+    fn from(v1: AgentRegisteredV1) -> Self {
+        AgentRegistered {
+            agent_id: v1.agent_id,
+            name: v1.name,
+            skills: v1.skills,
+            mode: v1.mode,
+            prior_rate_bp: v1.prior_rate_bp,
+            prior_weight: v1.prior_weight,
+            executor: None,
+        }
+    }
+}
+
+/// `AgentUpdated` v1: before executor settings could change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUpdatedV1 {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// New display name.
+    pub name: Option<String>,
+    /// New skill set.
+    pub skills: Option<BTreeSet<String>>,
+    /// New mode.
+    pub mode: Option<AgentMode>,
+    /// Whether it takes new tasks.
+    pub accepting: Option<bool>,
+}
+
+impl From<AgentUpdatedV1> for AgentUpdated {
+    /// A v1 update left the executor as it was.
+    fn from(v1: AgentUpdatedV1) -> Self {
+        AgentUpdated {
+            agent_id: v1.agent_id,
+            name: v1.name,
+            skills: v1.skills,
+            mode: v1.mode,
+            accepting: v1.accepting,
+            executor: None,
+        }
+    }
+}
+
 /// Every old `(event type, version)` we can still read; the fixture test checks each.
-pub const OLD_VERSIONS: &[(&str, u16)] = &[(TaskSubmitted::TYPE, 1)];
+pub const OLD_VERSIONS: &[(&str, u16)] = &[
+    (TaskSubmitted::TYPE, 1),
+    (AgentRegistered::TYPE, 1),
+    (AgentUpdated::TYPE, 1),
+];
 
 /// Decodes and upcasts an old version, or `None` if `(event_type, version)` is not one.
 pub(crate) fn decode_old(
@@ -55,6 +122,13 @@ pub(crate) fn decode_old(
         (TaskSubmitted::TYPE, 1) => Some(
             rmp_serde::from_slice::<TaskSubmittedV1>(data)
                 .map(|v1| Event::TaskSubmitted(v1.into())),
+        ),
+        (AgentRegistered::TYPE, 1) => Some(
+            rmp_serde::from_slice::<AgentRegisteredV1>(data)
+                .map(|v1| Event::AgentRegistered(v1.into())),
+        ),
+        (AgentUpdated::TYPE, 1) => Some(
+            rmp_serde::from_slice::<AgentUpdatedV1>(data).map(|v1| Event::AgentUpdated(v1.into())),
         ),
         _ => None,
     }

@@ -8,6 +8,8 @@
 //! A new event type or version needs its fixture: run
 //! `AICP_WRITE_FIXTURES=1 cargo test -p aicp-events --test fixtures`, which writes the
 //! missing ones (and only those) from `aicp_events::testing::sample_events`, then commit them.
+//! When a new version changes what an old one upcasts to, delete the old version's `.json`
+//! (never its `.msgpack`) and run the same command: the diff shows what old events now mean.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -64,15 +66,23 @@ fn write_missing_fixtures() -> Result<()> {
     for (event_type, version) in all_versions() {
         let stem = stem(&event_type, version);
         let bin = dir().join(format!("{stem}.msgpack"));
-        if bin.exists() {
-            continue;
-        }
-        let payload = payload_for(&event_type, version)?;
+        let json_path = dir().join(format!("{stem}.json"));
+        // The bytes are never rewritten; a missing .json is (re)written from them, which
+        // is how an old version's expected meaning is updated after a new upcast.
+        let payload = if bin.exists() {
+            if json_path.exists() {
+                continue;
+            }
+            fs::read(&bin)?
+        } else {
+            let payload = payload_for(&event_type, version)?;
+            fs::write(&bin, &payload)?;
+            payload
+        };
         let decoded = decode_batch(Some(CONTENT_TYPE), &payload)?;
         let json = serde_json::to_string_pretty(&decoded[0].to_json())?;
-        fs::write(&bin, &payload)?;
-        fs::write(dir().join(format!("{stem}.json")), json + "\n")?;
-        eprintln!("wrote fixture {}", bin.display());
+        fs::write(&json_path, json + "\n")?;
+        eprintln!("wrote fixture {}", json_path.display());
     }
     Ok(())
 }

@@ -166,6 +166,9 @@ impl Writer<'_> {
                 if let Some(accepting) = e.accepting {
                     agent.accepting = accepting;
                 }
+                if let Some(executor) = &e.executor {
+                    agent.executor = Some(executor.clone());
+                }
             }),
             Event::EscrowHeld(_) | Event::EscrowReleased(_) | Event::EscrowRefunded(_) => {
                 self.payment(&envelope.event)
@@ -319,6 +322,7 @@ impl Writer<'_> {
             skills: e.skills.clone(),
             mode: e.mode,
             accepting: true,
+            executor: e.executor.clone(),
             reputation,
             rate_bp: reputation.rate_bp(),
             multiplier: reputation.multiplier(),

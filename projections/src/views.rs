@@ -6,7 +6,7 @@ use aicp_events::domain::ledger::{Account, EscrowState};
 use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::domain::reputation::Reputation;
 use aicp_events::domain::task::Task;
-use aicp_events::event::AgentMode;
+use aicp_events::event::{AgentMode, ExecutorSettings};
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,8 @@ pub struct AgentView {
     pub mode: AgentMode,
     /// Whether it takes new tasks.
     pub accepting: bool,
+    /// How workers execute its tasks (`None`: the workers' default).
+    pub executor: Option<ExecutorSettings>,
     /// Prior and outcomes.
     pub reputation: Reputation,
     /// Success rate in basis points, prior included.

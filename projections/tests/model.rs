@@ -54,6 +54,7 @@ impl Harness {
                 mode: AgentMode::Worker,
                 prior_rate_bp: rate,
                 prior_weight: 20,
+                executor: None,
             }
             .into()])?;
         }

@@ -66,6 +66,7 @@ async fn write_history(store: &EventStore, tasks: std::ops::Range<usize>) -> Res
         mode: AgentMode::Worker,
         prior_rate_bp: 9500,
         prior_weight: 20,
+        executor: None,
     };
     // Registration is idempotent by msg id, like the coordinator's seeding.
     let agg = aicp_events::Aggregate::Agent(agent());

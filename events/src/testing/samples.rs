@@ -99,6 +99,9 @@ pub fn sample_events() -> Vec<Envelope> {
             mode: AgentMode::Worker,
             prior_rate_bp: 9500,
             prior_weight: 20,
+            executor: Some(ExecutorSettings::Simulate {
+                mean_duration_ms: 250,
+            }),
         }
         .into(),
         AgentOutcomeRecorded {
@@ -117,6 +120,10 @@ pub fn sample_events() -> Vec<Envelope> {
             skills: Some(skills),
             mode: Some(AgentMode::Manual),
             accepting: Some(false),
+            executor: Some(ExecutorSettings::Http {
+                url: "http://127.0.0.1:9000/run".into(),
+                timeout_ms: 30_000,
+            }),
         }
         .into(),
         EscrowHeld {
