@@ -28,6 +28,11 @@ use crate::state::AppState;
 /// The durable consumer every replica shares.
 pub const CONSUMER: &str = "aicp-settlement";
 
+/// How long a delivered event stays with a replica before JetStream gives it to another:
+/// after a crash, what the dead replica held is settled this much later. Handling takes
+/// milliseconds; a handler that overruns is harmless (the work is idempotent).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// How long to wait for the local read model to apply the event being handled.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
@@ -207,22 +212,18 @@ async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send
         .jetstream()
         .get_stream(namespace.events_stream())
         .await?;
+    // Create, or update an existing one to this configuration (every replica agrees).
     let consumer: consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                description: Some(
-                    "settlement process manager, shared by every coordinator".to_owned(),
-                ),
-                filter_subject: namespace.kind_wildcard("task"),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                deliver_policy: DeliverPolicy::All,
-                max_ack_pending: 1024,
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(CONSUMER.to_owned()),
+            description: Some("settlement process manager, shared by every coordinator".to_owned()),
+            filter_subject: namespace.kind_wildcard("task"),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            deliver_policy: DeliverPolicy::All,
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
         .await?;
     let mut messages = consumer.messages().await?;
     while let Some(message) = messages.next().await {
