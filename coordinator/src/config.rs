@@ -20,6 +20,7 @@ pub enum LogFormat {
 #[command(
     name = "aicp-coordinator",
     version,
+    args_override_self = true,
     about = "AICP coordinator: REST API, process managers and read models"
 )]
 pub struct Config {

@@ -89,6 +89,13 @@ async fn health() -> Json<serde_json::Value> {
 /// Ready once NATS answers and the read model has caught up with the stream as it was at
 /// start-up; a load balancer sends no traffic to a replica still rebuilding.
 async fn ready(State(state): State<AppState>) -> ApiResult {
+    // Answer at once while disconnected rather than wait for a request to time out.
+    let connection = state.store.jetstream().client().connection_state();
+    if connection != async_nats::connection::State::Connected {
+        return Err(ApiError::unavailable(format!(
+            "NATS is not connected ({connection})"
+        )));
+    }
     let applied = state.progress.applied();
     let last = state.store.last_sequence().await?;
     if applied < state.ready_at {

@@ -226,7 +226,13 @@ async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send
         })
         .await?;
     let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            // Pull requests in flight were lost with the old connection: pull afresh.
+            () = state.store.reconnected() => return Err("reconnected to NATS".into()),
+        };
+        let Some(message) = message else { break };
         let message = message?;
         let sequence = message.info()?.stream_sequence;
         let task_id = match namespace.parse_aggregate(&message.subject) {

@@ -530,3 +530,94 @@ async fn agents_carry_executor_settings() -> Result<()> {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     app.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_not_yet_visible_answers_202_with_its_sequence() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn_with(&server, tempfile::tempdir()?, &["--write-wait-ms", "0"]).await?;
+    let mut accepted = 0;
+    for _ in 0..20 {
+        let (status, body) = app
+            .post(
+                "/tasks/submit",
+                Some(json!({"description": "x", "complexity": 1, "buyer_id": "b1"})),
+            )
+            .await?;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::ACCEPTED => {
+                accepted += 1;
+                assert!(body["sequence"].as_u64().is_some_and(|s| s > 0), "{body}");
+                let id = body["task_id"].as_str().unwrap_or_default().to_owned();
+                eventually(&app, &format!("/tasks/{id}"), |t| t["status"] == "assigned").await?;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        accepted > 0,
+        "with no wait at all, some write should have been ahead of the read model"
+    );
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_the_coordinator_is_not_ready_and_writes_get_503() -> Result<()> {
+    let mut server = NatsServer::start()?;
+    let app = TestApp::spawn_with(&server, tempfile::tempdir()?, &[]).await?;
+    server.kill()?;
+    let (status, body) = app.get("/ready").await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
+    let (status, body) = app
+        .post(
+            "/tasks/submit",
+            Some(json!({"description": "x", "complexity": 1, "buyer_id": "b1"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // Reads keep working from the read model.
+    assert_eq!(app.get("/agents").await?.0, StatusCode::OK);
+
+    server.restart()?;
+    eventually(&app, "/ready", |r| r["status"] == "ready").await?;
+    app.submit("b1", 1).await?;
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_the_configured_origins_only() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn_with(
+        &server,
+        tempfile::tempdir()?,
+        &["--cors-origins", "http://ui.example"],
+    )
+    .await?;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/tasks/submit", app.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let allowed = preflight("http://ui.example").await?;
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("http://ui.example")
+    );
+    let refused = preflight("http://evil.example").await?;
+    assert!(refused
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    app.shutdown().await
+}

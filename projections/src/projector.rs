@@ -101,7 +101,12 @@ impl Projector {
             Ok(messages) => messages,
             Err(e) => return Stop::Stream(e.to_string()),
         };
-        while let Some(item) = messages.next().await {
+        loop {
+            let item = tokio::select! {
+                item = messages.next() => item,
+                () = self.store.reconnected() => return Stop::Stream("reconnected to NATS".into()),
+            };
+            let Some(item) = item else { break };
             let model = self.model.clone();
             let result = match item {
                 Ok(batch) => {

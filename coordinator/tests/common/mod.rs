@@ -26,17 +26,30 @@ impl TestApp {
 
     /// A coordinator whose read model lives in `data` (reuse it to restart one).
     pub async fn spawn_in(server: &NatsServer, data: tempfile::TempDir) -> Result<Self> {
-        let config = Config::try_parse_from([
-            "aicp-coordinator",
-            "--nats-url",
-            &server.url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data.path().display().to_string(),
-            "--write-wait-ms",
-            "5000",
-        ])?;
+        Self::spawn_with(server, data, &[]).await
+    }
+
+    /// A coordinator with extra command-line flags.
+    pub async fn spawn_with(
+        server: &NatsServer,
+        data: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let config = Config::try_parse_from(
+            [
+                "aicp-coordinator",
+                "--nats-url",
+                &server.url(),
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data.path().display().to_string(),
+                "--write-wait-ms",
+                "5000",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
+        )?;
         let app = App::build(config).await?;
         let base = format!("http://{}", app.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
