@@ -538,7 +538,11 @@ impl EventStore {
         // Count connections rather than watch the state: an outage shorter than the poll
         // interval is still seen.
         let statistics = self.js.client().statistics();
-        let connects = || statistics.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let connects = || {
+            statistics
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
         let before = connects();
         while connects() == before {
             tokio::time::sleep(Duration::from_millis(200)).await;
