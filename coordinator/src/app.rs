@@ -56,6 +56,11 @@ impl App {
         })
     }
 
+    /// The shared state, for tests that drive commands directly.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
     /// The address the API listens on (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()

@@ -211,8 +211,7 @@ impl AppState {
         let counter = self.model.counters()?.submitted;
         let choice = assign::assign(policy, &request, &self.candidates()?, counter)?;
 
-        for _ in 0..ATTEMPTS {
-            let task_id = TaskId::generate();
+        self.store_submission(std::iter::repeat_with(TaskId::generate), |task_id| {
             let submitted = Envelope::new(TaskSubmitted {
                 task_id: task_id.clone(),
                 buyer_id: buyer_id.clone(),
@@ -233,29 +232,56 @@ impl AppState {
                     assignment: 1,
                 },
             );
+            vec![submitted, assigned]
+        })
+        .await
+        .map(|(task_id, written)| Submitted {
+            task_id,
+            choice,
+            written,
+        })
+    }
+
+    /// Stores a new task's events under the first free id `ids` yields.
+    ///
+    /// An id that is taken is a conflict (the append expects no task there), and the next
+    /// id is tried. The msg id is the attempt's own first event id, so a retry after a lost
+    /// acknowledgement is recognised as this attempt, while another task that drew the
+    /// same id is not mistaken for it.
+    pub async fn store_submission(
+        &self,
+        ids: impl IntoIterator<Item = TaskId>,
+        events_for: impl Fn(&TaskId) -> Vec<Envelope>,
+    ) -> Result<(TaskId, Written), ApiError> {
+        'ids: for task_id in ids.into_iter().take(ATTEMPTS) {
+            let events = events_for(&task_id);
+            let msg_id = match events.first() {
+                Some(first) => format!("submit:{}", first.event_id),
+                None => return Err(ApiError::internal("a submission without events")),
+            };
             let aggregate = Aggregate::Task(task_id.clone());
-            let msg_id = format!("submit:{task_id}");
-            match self
-                .append(
-                    &aggregate,
-                    &[submitted, assigned],
-                    Expected::NEW,
-                    Some(&msg_id),
-                )
-                .await
-            {
-                Ok(appended) => {
-                    let written = self.written(appended.sequence).await;
-                    return Ok(Submitted {
-                        task_id,
-                        choice,
-                        written,
-                    });
+            // A publish whose acknowledgement was lost may or may not be stored: retrying
+            // the very same message is safe, and tells.
+            let mut lost = None;
+            for _ in 0..3 {
+                match self
+                    .append(&aggregate, &events, Expected::NEW, Some(&msg_id))
+                    .await
+                {
+                    Ok(appended) => {
+                        let written = self.written(appended.sequence).await;
+                        return Ok((task_id, written));
+                    }
+                    // Eight hex characters of randomness collide now and then: another id.
+                    Err(AppendError::Conflict { .. }) => continue 'ids,
+                    Err(e @ AppendError::Publish { .. }) => lost = Some(e),
+                    Err(e) => return Err(e.into()),
                 }
-                // Eight hex characters of randomness collide now and then: take another id.
-                Err(AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
             }
+            return Err(ApiError::unavailable(format!(
+                "task {task_id} may or may not have been stored ({}); check GET /tasks/{task_id} before submitting again",
+                lost.map(|e| e.to_string()).unwrap_or_default()
+            )));
         }
         Err(ApiError::internal("could not find a free task id"))
     }

@@ -621,3 +621,52 @@ async fn cors_allows_the_configured_origins_only() -> Result<()> {
         .is_none());
     app.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_that_is_taken_is_never_confused_with_the_new_task() -> Result<()> {
+    use aicp_events::domain::assign::Policy;
+    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+    use aicp_events::event::{TaskAssigned, TaskSubmitted};
+    use aicp_events::Envelope;
+
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let taken = app.submit("alice", 2).await?;
+    let events = |id: &aicp_events::id::TaskId| {
+        let submitted = Envelope::new(TaskSubmitted {
+            task_id: id.clone(),
+            buyer_id: "bob".parse().expect("valid id"),
+            description: "bob's task".into(),
+            complexity: Complexity::new(1).expect("valid"),
+            required_skills: Default::default(),
+            max_price_sats: None,
+            deadline: None,
+            policy: Policy::BestReputation,
+        });
+        let assigned = Envelope::caused_by(
+            &submitted,
+            TaskAssigned {
+                task_id: id.clone(),
+                agent_id: "agent-1".parse().expect("valid id"),
+                multiplier: MultiplierMilli(2000),
+                price_sats: 200_000,
+                assignment: 1,
+            },
+        );
+        vec![submitted, assigned]
+    };
+    let ids = [taken.parse()?, "b0b0b0b0".parse()?];
+    let (id, written) = app
+        .state
+        .store_submission(ids, events)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    assert_eq!(id.as_str(), "b0b0b0b0", "the taken id was skipped");
+    assert!(written.visible);
+    assert_eq!(
+        app.get(&format!("/tasks/{taken}")).await?.1["buyer_id"],
+        "alice"
+    );
+    assert_eq!(app.get("/tasks/b0b0b0b0").await?.1["buyer_id"], "bob");
+    app.shutdown().await
+}

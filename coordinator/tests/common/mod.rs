@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 /// A running coordinator and what it needs, torn down on drop.
 pub struct TestApp {
     pub api: Api,
+    /// The coordinator's state, to call commands directly.
+    pub state: aicp_coordinator::state::AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _data: tempfile::TempDir,
@@ -52,12 +54,14 @@ impl TestApp {
         )?;
         let app = App::build(config).await?;
         let base = format!("http://{}", app.local_addr()?);
+        let state = app.state();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
         let test = Self {
             api: Api::new(base),
+            state,
             stop: Some(stop),
             task: Some(task),
             _data: data,
