@@ -73,21 +73,43 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
+        let stopped = move || stop_signal(stop_rx.clone());
+
+        // A read model that cannot be written is fatal: stop serving, exit non-zero.
+        let (fatal_tx, mut fatal_rx) = watch::channel(false);
+        let projector = {
+            let run = self.projector.run(stopped());
+            tokio::spawn(async move {
+                let result = run.await;
+                if let Err(e) = &result {
+                    tracing::error!("read model failed: {e}; shutting down");
+                    let _ = fatal_tx.send(true);
+                }
+                result
+            })
         };
-        let projector = tokio::spawn(self.projector.run(stopped()));
         if !self.config.no_seed_agents {
             self.state
                 .register_seed_agents()
                 .await
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
-        let manager = tokio::spawn(settlement::run(self.state.clone(), stopped()));
-        let expiry = tokio::spawn(expiry::run(self.state.clone(), stopped()));
+        // The process managers decide from the read model: they start once it has caught up
+        // with the stream as it was at start-up, not while it is still rebuilding.
+        let managers = {
+            let state = self.state.clone();
+            let (caught_up_stop, settlement_stop, expiry_stop) = (stopped(), stopped(), stopped());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = caught_up(&state) => {}
+                    () = caught_up_stop => return,
+                }
+                tokio::join!(
+                    settlement::run(state.clone(), settlement_stop),
+                    expiry::run(state, expiry_stop)
+                );
+            })
+        };
 
         let app = routes::router(self.state.clone())
             .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
@@ -95,15 +117,39 @@ impl App {
             .layer(tower_http::trace::TraceLayer::new_for_http());
         tracing::info!(addr = %self.listener.local_addr()?, "coordinator listening");
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    _ = fatal_rx.wait_for(|fatal| *fatal) => {}
+                }
+            })
             .await?;
 
         let _ = stop_tx.send(true);
-        manager.await?;
-        expiry.await?;
+        managers.await?;
         projector.await??;
         tracing::info!("coordinator stopped");
         Ok(())
+    }
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Completes once the read model has applied the stream as it was at start-up.
+async fn caught_up(state: &AppState) {
+    while !state
+        .progress
+        .wait_for(state.ready_at, std::time::Duration::from_secs(60))
+        .await
+    {
+        tracing::info!(
+            applied = state.progress.applied(),
+            target = state.ready_at,
+            "read model still catching up"
+        );
     }
 }
 

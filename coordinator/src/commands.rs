@@ -388,7 +388,12 @@ impl AppState {
                 Ok(appended) => return Ok(self.written(appended.sequence).await),
                 Err(AppendError::Conflict { .. }) => {
                     let stored = self.store.read(&aggregate).await?;
-                    task = Task::replay(stored.events().map(|e| &e.event))?.ok_or_else(|| {
+                    let (folded, skipped) =
+                        Task::replay_skipping_refused(stored.events().map(|e| &e.event));
+                    if skipped > 0 {
+                        tracing::warn!(task = %task_id, skipped, "task history holds refused events");
+                    }
+                    task = folded.ok_or_else(|| {
                         ApiError::not_found(
                             "unknown_task",
                             format!("task {task_id} does not exist"),
@@ -536,10 +541,11 @@ impl AppState {
     pub async fn wait_until(&self, timeout: Duration, check: impl Fn() -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Read the position before checking, so an apply in between is not waited for.
+            let next = self.progress.applied() + 1;
             if check() {
                 return true;
             }
-            let next = self.progress.applied() + 1;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() || !self.progress.wait_for(next, left).await {
                 return check();

@@ -147,6 +147,12 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let m = &state.metrics;
     let applied = state.progress.applied();
     m.applied.set(as_i64(applied));
+    // While disconnected, serve what is known now rather than wait for timeouts.
+    let connected = state.store.jetstream().client().connection_state()
+        == async_nats::connection::State::Connected;
+    if !connected {
+        return encode(m);
+    }
     if let Ok(last) = state.store.last_sequence().await {
         m.stream_last.set(as_i64(last));
         m.lag.set(as_i64(last.saturating_sub(applied)));
@@ -166,6 +172,10 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     m.events_applied.set(as_i64(counters.events_applied));
     m.events_rejected.set(as_i64(counters.events_rejected));
     m.poison.set(as_i64(counters.poison));
+    encode(m)
+}
+
+fn encode(m: &Metrics) -> Result<Response, ApiError> {
     let mut body = Vec::new();
     TextEncoder::new()
         .encode(&m.registry.gather(), &mut body)

@@ -14,7 +14,7 @@ use aicp_events::id::{AgentId, TaskId};
 use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
 use aicp_projections::{PageRequest, TaskFilter};
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -95,6 +95,9 @@ async fn ready(State(state): State<AppState>) -> ApiResult {
         return Err(ApiError::unavailable(format!(
             "NATS is not connected ({connection})"
         )));
+    }
+    if !state.progress.is_running() {
+        return Err(ApiError::unavailable("the read model has stopped"));
     }
     let applied = state.progress.applied();
     let last = state.store.last_sequence().await?;
@@ -410,7 +413,11 @@ async fn list_tasks(
     Ok(Json(json!({"tasks": tasks, "next_cursor": next_cursor})).into_response())
 }
 
-async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn get_task(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = path?;
     let id: TaskId = parse_id(&id)?;
     Ok(Json(task_json(&state, &id)?).into_response())
 }
@@ -431,10 +438,11 @@ struct CompleteBody {
 /// (both default to success, as in the prototype). Answers once the payment shows.
 async fn complete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Result<Query<CompleteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    let Path(id) = path?;
     let Query(query) = query?;
     let body = body?;
     // The prototype's clients send either nothing (`?success=true`) or a JSON body.
@@ -477,9 +485,10 @@ struct CancelBody {
 
 async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<CancelBody>, JsonRejection>,
 ) -> ApiResult {
+    let Path(id) = path?;
     let Json(body) = body?;
     let done = state.cancel(&id, &body.buyer_id, body.reason).await?;
     let task_id: TaskId = parse_id(&id)?;
@@ -523,7 +532,11 @@ async fn list_agents(
     Ok(Json(json!({"agents": agents, "next_cursor": page.next_cursor})).into_response())
 }
 
-async fn get_agent(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn get_agent(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = path?;
     let id: AgentId = parse_id(&id)?;
     Ok(Json(AgentJson::from(state.agent(&id)?)).into_response())
 }
@@ -574,9 +587,10 @@ struct UpdateBody {
 
 async fn update_agent(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<UpdateBody>, JsonRejection>,
 ) -> ApiResult {
+    let Path(id) = path?;
     let Json(body) = body?;
     let agent_id: AgentId = parse_id(&id)?;
     if body.name.is_none()
@@ -659,7 +673,11 @@ async fn list_buyers(
     Ok(Json(json!({"buyers": buyers, "next_cursor": page.next_cursor})).into_response())
 }
 
-async fn get_buyer(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn get_buyer(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = path?;
     let id = parse_id(&id)?;
     let buyer = state.model.buyer(&id)?.unwrap_or(BuyerView {
         buyer_id: id,
@@ -674,9 +692,10 @@ async fn get_buyer(State(state): State<AppState>, Path(id): Path<String>) -> Api
 /// `GET /v1/ledger/{account}`: `escrow`, `buyer:<id>` or `agent:<id>`, newest first.
 async fn ledger(
     State(state): State<AppState>,
-    Path(account): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Path(account) = path?;
     let Query(q) = q?;
     let account: Account = account
         .parse()

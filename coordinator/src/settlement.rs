@@ -135,7 +135,9 @@ pub struct Retry(String);
 
 /// Takes every missing step for `task_id`, until none is missing.
 pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> {
-    for _ in 0..20 {
+    // A task needs at most four steps (hold, settle, outcome, and a repeat after a race).
+    let mut conflicted: Option<Step> = None;
+    for _ in 0..8 {
         let task = state
             .model
             .task(task_id)
@@ -148,13 +150,23 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
             Some(id) => state.model.agent(id).map_err(|e| Retry(e.to_string()))?,
             None => None,
         };
+        if agent.is_none() && task.task.agent_id.is_some() {
+            tracing::warn!(task = %task_id, "the task's agent is not in the read model; its outcome cannot be recorded");
+        }
         let Some(step) = next_step(&task, agent.as_ref()) else {
             return Ok(());
         };
+        if conflicted.as_ref() == Some(&step) {
+            // Caught up with the stream and still the same decision: not ours to force.
+            return Err(Retry(format!(
+                "{} keeps conflicting at sequence {}",
+                step.msg_id, step.expected
+            )));
+        }
         let result = state
             .append(
                 &step.aggregate,
-                &[Envelope::new(step.event)],
+                &[Envelope::new(step.event.clone())],
                 Expected::Sequence(step.expected),
                 Some(&step.msg_id),
             )
@@ -162,16 +174,27 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
         let wait_for = match result {
             Ok(appended) => {
                 state.metrics.settlement_steps.inc();
+                conflicted = None;
                 appended.sequence
             }
-            // The read model is behind the aggregate: let it catch up, then decide again.
-            Err(AppendError::Conflict { .. }) => state.progress.applied() + 1,
+            // Someone appended to the aggregate since the read model saw it: catch up
+            // with the stream as it is now, then decide again.
+            Err(AppendError::Conflict { .. }) => {
+                conflicted = Some(step);
+                state
+                    .store
+                    .last_sequence()
+                    .await
+                    .map_err(|e| Retry(e.to_string()))?
+            }
             Err(e) => return Err(Retry(e.to_string())),
         };
-        state.progress.wait_for(wait_for, CATCH_UP).await;
+        if !state.progress.wait_for(wait_for, CATCH_UP).await {
+            return Err(Retry(format!("read model has not reached {wait_for}")));
+        }
     }
     Err(Retry(format!(
-        "task {task_id} did not settle after 20 steps"
+        "task {task_id} did not settle after 8 steps"
     )))
 }
 
@@ -226,11 +249,13 @@ async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send
         })
         .await?;
     let mut messages = consumer.messages().await?;
+    let reconnected = state.store.reconnected();
+    tokio::pin!(reconnected);
     loop {
         let message = tokio::select! {
             message = messages.next() => message,
             // Pull requests in flight were lost with the old connection: pull afresh.
-            () = state.store.reconnected() => return Err("reconnected to NATS".into()),
+            () = &mut reconnected => return Err("reconnected to NATS".into()),
         };
         let Some(message) = message else { break };
         let message = message?;

@@ -225,7 +225,7 @@ async fn bad_input_gets_its_status_and_one_error_shape_and_writes_nothing() -> R
         ),
         (
             json!({"description": "x", "complexity": 2}),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::BAD_REQUEST,
             "invalid_json",
         ),
         (
@@ -262,6 +262,11 @@ async fn bad_input_gets_its_status_and_one_error_shape_and_writes_nothing() -> R
     );
 
     assert_eq!(app.get("/tasks/deadbeef").await?.0, StatusCode::NOT_FOUND);
+    let (status, body) = app.get("/tasks/%FF").await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_path"))
+    );
     assert_eq!(
         app.get("/tasks/dead.beef").await?.0,
         StatusCode::BAD_REQUEST
@@ -527,7 +532,7 @@ async fn agents_carry_executor_settings() -> Result<()> {
             Some(json!({"agent_id": "other", "executor": {"kind": "magic"}})),
         )
         .await?;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     app.shutdown().await
 }
 

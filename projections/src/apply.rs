@@ -11,7 +11,7 @@ use aicp_events::domain::task::{Task, TaskStatus};
 use aicp_events::event::Event;
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::{PoisonMessage, StoredBatch};
-use aicp_events::Envelope;
+use aicp_events::{Aggregate, Envelope};
 use chrono::{DateTime, Utc};
 
 use crate::tables::{deadline_key, index_key, Changes, ProjectionError, ReadModel, Table};
@@ -86,11 +86,56 @@ fn apply_batch(model: &ReadModel, batch: &StoredBatch) -> Result<Applied, Projec
             }
         }
     }
-    counters.events_applied += applied as u64;
-    counters.events_rejected += rejected as u64;
+    if let Some(first) = batch.events.first() {
+        touch(
+            model,
+            &mut changes,
+            &first.event.aggregate(),
+            batch.sequence,
+        )?;
+    }
+    counters.events_applied = counters.events_applied.saturating_add(applied as u64);
+    counters.events_rejected = counters.events_rejected.saturating_add(rejected as u64);
     changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
     model.commit(changes, batch.sequence)?;
     Ok(Applied::Events { applied, rejected })
+}
+
+/// Moves the aggregate's last sequence in the read model to `sequence`, whatever the
+/// message did: even a refused or undecodable message is on the aggregate's subject, so the
+/// next append must expect it, or every later command on the aggregate would conflict.
+fn touch(
+    model: &ReadModel,
+    changes: &mut Changes,
+    aggregate: &Aggregate,
+    sequence: u64,
+) -> Result<(), ProjectionError> {
+    match aggregate {
+        Aggregate::Task(id) | Aggregate::Payment(id) => {
+            let key = id.as_str().as_bytes();
+            if let Some(mut view) = changes.get::<TaskView>(model, Table::Tasks, key)? {
+                match aggregate {
+                    Aggregate::Task(_) => view.last_sequence = sequence,
+                    _ => view.payment_sequence = sequence,
+                }
+                changes.put(Table::Tasks, key.to_vec(), &view)?;
+            }
+        }
+        Aggregate::Agent(id) => {
+            let key = id.as_str().as_bytes();
+            if let Some(mut view) = changes.get::<AgentView>(model, Table::Agents, key)? {
+                view.last_sequence = sequence;
+                changes.put(Table::Agents, key.to_vec(), &view)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The aggregate a subject names, whatever the namespace prefix before `aicp.evt.`.
+fn aggregate_of(subject: &str) -> Option<Aggregate> {
+    let start = subject.find("aicp.evt.")?;
+    aicp_events::Namespace::default().parse_aggregate(&subject[start..])
 }
 
 fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, ProjectionError> {
@@ -105,7 +150,7 @@ fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, Pr
     );
     let mut changes = Changes::default();
     let mut counters: Counters = model.get(Table::Counters, COUNTERS)?.unwrap_or_default();
-    counters.poison += 1;
+    counters.poison = counters.poison.saturating_add(1);
     changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
     let record = PoisonRecord {
         sequence: poison.sequence,
@@ -118,6 +163,9 @@ fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, Pr
         poison.sequence.to_be_bytes().to_vec(),
         &record,
     )?;
+    if let Some(aggregate) = aggregate_of(&poison.subject) {
+        touch(model, &mut changes, &aggregate, poison.sequence)?;
+    }
     model.commit(changes, poison.sequence)?;
     Ok(Applied::Events {
         applied: 0,
@@ -227,7 +275,7 @@ impl Writer<'_> {
     }
 
     fn task_changed(&mut self, event: &Event) -> Outcome {
-        let aicp_events::Aggregate::Task(task_id) = event.aggregate() else {
+        let Aggregate::Task(task_id) = event.aggregate() else {
             return Ok(Err(Rejected(format!(
                 "{} is not a task event",
                 event.event_type()
@@ -411,13 +459,28 @@ impl Writer<'_> {
 
     /// Books a payment event through the domain ledger, seeded with this task's escrow.
     fn payment(&mut self, event: &Event) -> Outcome {
-        let aicp_events::Aggregate::Payment(task_id) = event.aggregate() else {
+        let Aggregate::Payment(task_id) = event.aggregate() else {
             return Ok(Err(Rejected(format!(
                 "{} is not a payment event",
                 event.event_type()
             ))));
         };
         let key = task_id.as_str().as_bytes().to_vec();
+        if let Event::EscrowHeld(held) = event {
+            // Escrow must hold the task's own price, from its own buyer, for its own agent.
+            if let Some(view) = self.get::<TaskView>(Table::Tasks, &key)? {
+                let t = &view.task;
+                let matches = t.price_sats == Some(held.amount_sats)
+                    && t.agent_id.as_ref() == Some(&held.agent_id)
+                    && t.buyer_id == held.buyer_id;
+                if !matches {
+                    return Ok(Err(Rejected(format!(
+                        "escrow of {} sat for {} from {} does not match task {task_id}",
+                        held.amount_sats, held.agent_id, held.buyer_id
+                    ))));
+                }
+            }
+        }
         let stored: Option<Escrow> = self.get(Table::Escrows, &key)?;
         let mut ledger = match ledger_with(&task_id, stored.as_ref()) {
             Ok(ledger) => ledger,
@@ -438,25 +501,27 @@ impl Writer<'_> {
         let amount = transfer.amount_sats;
         match escrow.state {
             EscrowState::Held => {
-                self.buyer_changed(&escrow.buyer_id, |b| b.open_escrow_sats += amount)?;
+                self.buyer_changed(&escrow.buyer_id, |b| {
+                    b.open_escrow_sats = b.open_escrow_sats.saturating_add(amount)
+                })?;
             }
             EscrowState::Released => {
                 self.buyer_changed(&escrow.buyer_id, |b| {
                     b.open_escrow_sats = b.open_escrow_sats.saturating_sub(amount);
-                    b.spent_sats += amount;
+                    b.spent_sats = b.spent_sats.saturating_add(amount);
                 })?;
                 let balance = self.balance(&Account::Agent(escrow.agent_id.clone()))?;
                 // An agent paid before it registered picks its balance up at registration.
                 self.update_agent(&escrow.agent_id, |a| a.balance_sats = balance)?;
-                self.counters.settled_sats += amount;
-                self.minute_changed(|m| m.settled_sats += amount)?;
+                self.counters.settled_sats = self.counters.settled_sats.saturating_add(amount);
+                self.minute_changed(|m| m.settled_sats = m.settled_sats.saturating_add(amount))?;
             }
             EscrowState::Refunded => {
                 self.buyer_changed(&escrow.buyer_id, |b| {
                     b.open_escrow_sats = b.open_escrow_sats.saturating_sub(amount);
-                    b.refunded_sats += amount;
+                    b.refunded_sats = b.refunded_sats.saturating_add(amount);
                 })?;
-                self.counters.refunded_sats += amount;
+                self.counters.refunded_sats = self.counters.refunded_sats.saturating_add(amount);
             }
         }
         let sequence = self.sequence;

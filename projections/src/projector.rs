@@ -29,6 +29,11 @@ impl Progress {
         *self.applied.borrow()
     }
 
+    /// False once the projector has stopped (shut down or failed).
+    pub fn is_running(&self) -> bool {
+        self.applied.has_changed().is_ok()
+    }
+
     /// Waits until `sequence` is applied; false if `timeout` passes first.
     pub async fn wait_for(&self, sequence: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.clone();
@@ -101,10 +106,12 @@ impl Projector {
             Ok(messages) => messages,
             Err(e) => return Stop::Stream(e.to_string()),
         };
+        let reconnected = self.store.reconnected();
+        tokio::pin!(reconnected);
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
-                () = self.store.reconnected() => return Stop::Stream("reconnected to NATS".into()),
+                () = &mut reconnected => return Stop::Stream("reconnected to NATS".into()),
             };
             let Some(item) = item else { break };
             let model = self.model.clone();

@@ -494,3 +494,78 @@ fn unfinished_tasks_with_a_deadline_are_due_once_it_passes() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn refused_and_undecodable_messages_still_move_their_aggregates_sequence() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    h.submit("t1", "b1", "agent-1", 2000)?;
+    // A completion by the wrong agent is refused, but it is on t1's subject: the next
+    // append to t1 must expect it.
+    let (_, refused) = h.push(vec![completed("t1", "agent-2").into()])?;
+    assert_eq!(
+        refused,
+        Applied::Events {
+            applied: 0,
+            rejected: 1
+        }
+    );
+    assert_eq!(
+        h.model.task(&tid("t1"))?.expect("task").last_sequence,
+        h.sequence
+    );
+
+    h.sequence += 1;
+    let poison = PoisonMessage {
+        sequence: h.sequence,
+        subject: "staging.aicp.evt.payment.t1".into(),
+        error: aicp_events::codec::decode_batch(None, b"junk").expect_err("not a batch"),
+        payload: bytes_of(b"junk"),
+    };
+    h.model.apply_poison(&poison)?;
+    let view = h.model.task(&tid("t1"))?.expect("task");
+    assert_eq!(
+        view.payment_sequence, h.sequence,
+        "the poison was on t1's payment subject"
+    );
+    assert_eq!(
+        view.task.status,
+        TaskStatus::Assigned,
+        "nothing else changed"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_escrow_that_does_not_match_its_task_is_refused() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    h.push(vec![
+        submitted("t1", "b1").into(),
+        assigned("t1", "agent-1", 2000, 400_000).into(),
+    ])?;
+    for (amount, agent_id, buyer) in [
+        (1, "agent-1", "b1"),
+        (400_000, "agent-2", "b1"),
+        (400_000, "agent-1", "b2"),
+    ] {
+        let (_, outcome) = h.push(vec![EscrowHeld {
+            task_id: tid("t1"),
+            buyer_id: buyer.parse()?,
+            agent_id: agent(agent_id),
+            amount_sats: amount,
+        }
+        .into()])?;
+        assert_eq!(
+            outcome,
+            Applied::Events {
+                applied: 0,
+                rejected: 1
+            },
+            "{amount} {agent_id} {buyer}"
+        );
+    }
+    assert_eq!(h.model.task(&tid("t1"))?.expect("task").payment, None);
+    assert_eq!(h.model.balance(&Account::Escrow)?, 0);
+    Ok(())
+}

@@ -279,6 +279,26 @@ impl Task {
         Ok(task)
     }
 
+    /// Folds a task's events as a projection does: an event the rules refuse is skipped
+    /// (and counted), not fatal, so one bad event in the stream cannot make a task
+    /// unreadable forever. Returns the task, if any, and how many events were skipped.
+    pub fn replay_skipping_refused<'a>(
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> (Option<Task>, usize) {
+        let mut task: Option<Task> = None;
+        let mut skipped = 0;
+        for event in events {
+            let result = match &mut task {
+                None => Task::start(event).map(|t| task = Some(t)),
+                Some(t) => t.apply(event),
+            };
+            if result.is_err() {
+                skipped += 1;
+            }
+        }
+        (task, skipped)
+    }
+
     /// The task a first event creates; only `TaskSubmitted` can.
     pub fn start(event: &Event) -> Result<Task, TransitionError> {
         match event {
@@ -640,6 +660,28 @@ mod tests {
             task.apply(&other),
             Err(TransitionError::NotThisTask { .. })
         ));
+    }
+
+    #[test]
+    fn a_lenient_replay_skips_what_the_rules_refuse() {
+        let events = [
+            submitted(),
+            assigned(1, 1),
+            completed(2),
+            completed(1),
+            completed(1),
+        ];
+        let (task, skipped) = Task::replay_skipping_refused(&events);
+        assert_eq!(task.map(|t| t.status), Some(TaskStatus::Completed));
+        assert_eq!(
+            skipped, 2,
+            "the wrong agent's completion and the second completion"
+        );
+        assert!(
+            Task::replay(&events).is_err(),
+            "the strict replay refuses the same history"
+        );
+        assert_eq!(Task::replay_skipping_refused(&[assigned(1, 1)]), (None, 1));
     }
 
     #[test]
