@@ -274,7 +274,14 @@ impl AppState {
                     }
                     // Eight hex characters of randomness collide now and then: another id.
                     Err(AppendError::Conflict { .. }) => continue 'ids,
-                    Err(e @ AppendError::Publish { .. }) => lost = Some(e),
+                    Err(e @ AppendError::Publish { .. }) => {
+                        lost = Some(e);
+                        // Without a connection a retry would only wait out another timeout.
+                        let client = self.store.jetstream().client();
+                        if client.connection_state() != async_nats::connection::State::Connected {
+                            break;
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
