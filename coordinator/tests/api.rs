@@ -144,10 +144,16 @@ async fn a_task_is_paid_once_however_often_it_is_completed() -> Result<()> {
         a["balance_satoshis"] == 600_000 && a["active_tasks"] == 0
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.agent("agent-1").await?["balance_satoshis"], 600_000);
     let escrow = app.get("/v1/ledger/escrow").await?.1;
     assert_eq!(escrow["balance_satoshis"], 0);
+    // The stream itself holds each task's money moving exactly twice: held, released.
+    let store =
+        aicp_events::EventStore::new(server.client().await?, aicp_events::Namespace::default());
+    let payment = store
+        .read(&aicp_events::Aggregate::Payment(id.parse()?))
+        .await?;
+    let kinds: Vec<&str> = payment.events().map(|e| e.event.event_type()).collect();
+    assert_eq!(kinds, ["EscrowHeld", "EscrowReleased"]);
     app.shutdown().await
 }
 

@@ -37,8 +37,14 @@ async fn two_coordinators_on_one_stream_agree_and_settle_once() -> Result<()> {
         .await?;
         eventually(app, "/v1/ledger/escrow", |x| x["balance_satoshis"] == 0).await?;
     }
-    // Both replicas' settlement managers saw the completion; the money moved once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both replicas' settlement managers saw the completion; the money moved once, as
+    // the stream itself shows.
+    let store = aicp_events::EventStore::new(server.client().await?, Namespace::default());
+    let payment = store
+        .read(&aicp_events::Aggregate::Payment(id.parse()?))
+        .await?;
+    let kinds: Vec<&str> = payment.events().map(|e| e.event.event_type()).collect();
+    assert_eq!(kinds, ["EscrowHeld", "EscrowReleased"]);
     let entries = a.get("/v1/ledger/agent:agent-1").await?.1;
     assert_eq!(entries["entries"].as_array().map(Vec::len), Some(1));
     a.shutdown().await?;
@@ -165,7 +171,26 @@ async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<
             view.task.task_id,
             view.task.status
         );
+        let outcome = matches!(view.task.status, TaskStatus::Completed | TaskStatus::Failed);
+        assert_eq!(
+            view.outcome_recorded, outcome,
+            "task {} outcome",
+            view.task.task_id
+        );
     }
+    // Every outcome is on its agent's record, once.
+    let (completed, failed) = tasks
+        .items
+        .iter()
+        .fold((0, 0), |(c, f), v| match v.task.status {
+            TaskStatus::Completed => (c + 1, f),
+            TaskStatus::Failed => (c, f + 1),
+            _ => (c, f),
+        });
+    let agents = live.agents(&PageRequest::first(100))?;
+    let successes: u64 = agents.items.iter().map(|a| a.reputation.successes).sum();
+    let failures: u64 = agents.items.iter().map(|a| a.reputation.failures).sum();
+    assert_eq!((successes, failures), (completed, failed));
     assert_eq!(live.balance(&Account::Escrow)?, open as i64);
     ensure!(tasks.items.len() >= submitted + 10, "tasks went missing");
     Ok(())

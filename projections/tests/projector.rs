@@ -165,11 +165,12 @@ async fn the_projector_catches_up_resumes_from_its_checkpoint_and_equals_a_rebui
     running.stop().await?;
 
     // More history while it is stopped; on restart it resumes from its checkpoint.
+    let stopped_at = last;
     let last = write_history(&store, 20..30).await?;
     let running = Running::start(live_dir.path(), &store)?;
     ensure!(
-        running.progress.applied() < last,
-        "started past what it had applied"
+        running.progress.applied() == stopped_at,
+        "did not start from its checkpoint {stopped_at}"
     );
     ensure!(
         running.progress.wait_for(last, WAIT).await,
