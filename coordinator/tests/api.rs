@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use aicp_events::testing::NatsServer;
 use anyhow::Result;
 use common::{eventually, TestApp};
