@@ -110,6 +110,13 @@ impl Table {
     }
 }
 
+/// Version of the read model's record layout; bump it when a view or key format changes,
+/// and every replica rebuilds its read model from the stream on start.
+pub const LAYOUT_VERSION: u64 = 1;
+
+/// Key of the layout version in [`Table::Meta`].
+const LAYOUT_VERSION_KEY: &[u8] = b"layout_version";
+
 /// Key of the checkpoint in [`Table::Meta`].
 pub const LAST_SEQUENCE: &[u8] = b"last_sequence";
 
@@ -122,13 +129,34 @@ pub struct ReadModel {
 
 impl ReadModel {
     /// Opens (or creates) the read model in `dir`.
+    ///
+    /// A read model written by another version of the record layout is emptied, so that
+    /// the projector rebuilds it from sequence 1 instead of failing on records it cannot
+    /// decode: the stream, not the read model, is the system of record.
     pub fn open(dir: &Path) -> Result<Self, ProjectionError> {
         let db = sled::open(dir)?;
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { db, trees })
+        let model = Self { db, trees };
+        let meta = model.tree(Table::Meta);
+        let stored = meta.get(LAYOUT_VERSION_KEY)?.map(|v| decode_u64(&v));
+        if stored != Some(LAYOUT_VERSION) {
+            if stored.is_some() || model.last_sequence()? > 0 {
+                tracing::warn!(
+                    ?stored,
+                    current = LAYOUT_VERSION,
+                    "read model layout changed; rebuilding from the stream"
+                );
+            }
+            for tree in &model.trees {
+                tree.clear()?;
+            }
+            meta.insert(LAYOUT_VERSION_KEY, &LAYOUT_VERSION.to_be_bytes())?;
+            model.db.flush()?;
+        }
+        Ok(model)
     }
 
     /// One tree.

@@ -62,7 +62,7 @@ pub struct AgentView {
     pub active_tasks: u32,
     /// Tasks completed.
     pub tasks_completed: u64,
-    /// Tasks failed (or expired while assigned to it).
+    /// Tasks it reported failed (an expiry is not counted against the agent).
     pub tasks_failed: u64,
     /// Tasks assigned to it so far.
     pub tasks_assigned: u64,

@@ -569,3 +569,42 @@ fn an_escrow_that_does_not_match_its_task_is_refused() -> Result<()> {
     assert_eq!(h.model.balance(&Account::Escrow)?, 0);
     Ok(())
 }
+
+#[test]
+fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let model = ReadModel::open(dir.path())?;
+        let mut h = Harness {
+            _dir: tempfile::tempdir()?,
+            model,
+            sequence: 0,
+        };
+        h.seed_agents()?;
+        assert_eq!(h.model.last_sequence()?, 3);
+        // Pretend an older version wrote it.
+        h.model
+            .tree(aicp_projections::Table::Meta)
+            .insert("layout_version", &0u64.to_be_bytes())?;
+        h.model.flush()?;
+    }
+    let reopened = ReadModel::open(dir.path())?;
+    assert_eq!(
+        reopened.last_sequence()?,
+        0,
+        "emptied: the projector starts from sequence 1"
+    );
+    assert!(reopened.agent(&agent("agent-1"))?.is_none());
+    drop(reopened);
+    // The same layout is kept as it is.
+    let model = ReadModel::open(dir.path())?;
+    let mut h = Harness {
+        _dir: tempfile::tempdir()?,
+        model,
+        sequence: 0,
+    };
+    h.seed_agents()?;
+    drop(h);
+    assert_eq!(ReadModel::open(dir.path())?.last_sequence()?, 3);
+    Ok(())
+}
