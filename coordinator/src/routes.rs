@@ -454,26 +454,22 @@ async fn complete(
     };
     let success = body.success.or(query.success).unwrap_or(true);
     let done = state.finish(&id, success, body.result).await?;
-    let task_id: TaskId = parse_id(&id)?;
-    wait_settled(&state, &task_id, done).await;
-    let body = if done.visible {
-        task_json(&state, &task_id)?
-    } else {
-        json!({"id": task_id})
-    };
-    Ok(written(done, StatusCode::OK, body))
+    finished(&state, &id, done).await
 }
 
-/// Waits (bounded) until a finished task's money has moved, so that the answer, and the
-/// next read, show the payment or refund.
-async fn wait_settled(state: &AppState, task_id: &TaskId, done: Written) {
-    if done.visible {
-        state
-            .wait_until(SETTLE_WAIT, || {
-                matches!(state.model.task(task_id), Ok(Some(v)) if v.payment.is_some_and(|p| p != EscrowState::Held))
-            })
-            .await;
+/// The answer to a command that finished a task: waits (bounded) until its money has
+/// moved, so that the answer, and the next read, show the payment or refund.
+async fn finished(state: &AppState, id: &str, done: Written) -> ApiResult {
+    let task_id: TaskId = parse_id(id)?;
+    if !done.visible {
+        return Ok(written(done, StatusCode::OK, json!({"id": task_id})));
     }
+    state
+        .wait_until(SETTLE_WAIT, || {
+            matches!(state.model.task(&task_id), Ok(Some(v)) if v.payment.is_some_and(|p| p != EscrowState::Held))
+        })
+        .await;
+    Ok(written(done, StatusCode::OK, task_json(state, &task_id)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -491,14 +487,7 @@ async fn cancel(
     let Path(id) = path?;
     let Json(body) = body?;
     let done = state.cancel(&id, &body.buyer_id, body.reason).await?;
-    let task_id: TaskId = parse_id(&id)?;
-    wait_settled(&state, &task_id, done).await;
-    let body = if done.visible {
-        task_json(&state, &task_id)?
-    } else {
-        json!({"id": task_id})
-    };
-    Ok(written(done, StatusCode::OK, body))
+    finished(&state, &id, done).await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -125,15 +125,13 @@ fn by_id<T: DeserializeOwned>(
     let mut last_key = None;
     let mut more = false;
     for row in model.tree(table).range(start..) {
-        let (key, _) = row?;
+        let (key, value) = row?;
         if items.len() == page.limit {
             more = true;
             break;
         }
-        if let Some(item) = model.get(table, &key)? {
-            items.push(item);
-            last_key = Some(String::from_utf8_lossy(&key).into_owned());
-        }
+        items.push(decode(table, &key, &value)?);
+        last_key = Some(String::from_utf8_lossy(&key).into_owned());
     }
     Ok(Page {
         items,

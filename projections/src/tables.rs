@@ -134,7 +134,7 @@ impl ReadModel {
     /// the projector rebuilds it from sequence 1 instead of failing on records it cannot
     /// decode: the stream, not the read model, is the system of record.
     pub fn open(dir: &Path) -> Result<Self, ProjectionError> {
-        let db = sled::open(dir)?;
+        let db = open_db(dir)?;
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
@@ -256,6 +256,24 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     }
     // Length-prefix-free concatenation is ambiguous; mixing in the length is not.
     hash ^ bytes.len() as u64
+}
+
+/// Opens sled, waiting a moment for the lock: a database dropped in this process releases
+/// it from a background thread, shortly after.
+fn open_db(dir: &Path) -> Result<sled::Db, ProjectionError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(dir) {
+            // sled reports the lock as a plain I/O error with this message.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Writes computed for one stream message, readable before they are committed so that
