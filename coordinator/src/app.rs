@@ -17,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::config::Config;
 use crate::routes;
 use crate::state::AppState;
-use crate::{expiry, settlement};
+use crate::{dispatch, expiry, settlement};
 
 /// A coordinator bound to its port, ready to [`App::run`].
 pub struct App {
@@ -98,7 +98,8 @@ impl App {
         // with the stream as it was at start-up, not while it is still rebuilding.
         let managers = {
             let state = self.state.clone();
-            let (caught_up_stop, settlement_stop, expiry_stop) = (stopped(), stopped(), stopped());
+            let (caught_up_stop, settlement_stop, expiry_stop, dispatch_stop) =
+                (stopped(), stopped(), stopped(), stopped());
             tokio::spawn(async move {
                 tokio::select! {
                     () = caught_up(&state) => {}
@@ -106,6 +107,7 @@ impl App {
                 }
                 tokio::join!(
                     settlement::run(state.clone(), settlement_stop),
+                    dispatch::run(state.clone(), dispatch_stop),
                     expiry::run(state, expiry_stop)
                 );
             })

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod dispatch;
 pub mod docs;
 pub mod error;
 pub mod expiry;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod routes;
 pub mod settlement;
 pub mod state;
+pub mod task_consumer;
 
 pub use app::App;
 pub use config::Config;

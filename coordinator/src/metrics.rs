@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Settlement steps taken by this process.
     pub settlement_steps: IntCounter,
     queue_depth: IntGaugeVec,
+    /// Work messages this process put on the work queues.
+    pub dispatched: IntCounter,
+    dispatch_pending: IntGauge,
 }
 
 impl Metrics {
@@ -87,6 +90,14 @@ impl Metrics {
                 "settlement_steps_total",
                 "Payment and reputation steps appended",
             )?,
+            dispatched: IntCounter::new(
+                "work_dispatched_total",
+                "Work messages put on agents' queues",
+            )?,
+            dispatch_pending: IntGauge::new(
+                "dispatch_pending_events",
+                "Task events the dispatcher has not finished (pending + unacknowledged)",
+            )?,
             queue_depth: IntGaugeVec::new(
                 Opts::new(
                     "queue_depth",
@@ -119,6 +130,12 @@ impl Metrics {
         metrics
             .registry
             .register(Box::new(metrics.queue_depth.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.dispatched.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(metrics.dispatch_pending.clone()))?;
         Ok(metrics)
     }
 }
@@ -157,8 +174,12 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         m.stream_last.set(as_i64(last));
         m.lag.set(as_i64(last.saturating_sub(applied)));
     }
-    if let Ok(pending) = crate::settlement::pending(&state).await {
+    if let Ok(pending) = crate::task_consumer::pending(&state, crate::settlement::SETTLEMENT).await
+    {
         m.manager_pending.set(as_i64(pending));
+    }
+    if let Ok(pending) = crate::task_consumer::pending(&state, crate::dispatch::DISPATCH).await {
+        m.dispatch_pending.set(as_i64(pending));
     }
     if let Ok(depths) = state.store.work_queue_depths().await {
         for agent in state.all_agents()? {

@@ -1,16 +1,14 @@
 //! The settlement process manager: escrow, payment or refund, and the agent's reputation,
 //! for every task — exactly once, whatever is retried, redelivered or crashed.
 //!
-//! Every replica pulls task events from one shared durable consumer (`aicp-settlement`),
-//! so each event is handled by one replica at a time. Handling an event does not trust
+//! Every replica pulls task events from one shared durable consumer (`aicp-settlement`,
+//! see [`crate::task_consumer`]), so each event is handled by one replica at a time. Handling an event does not trust
 //! the event alone: it waits until the local read model has applied it, then *reconciles*
 //! the task — compares where the task is with where its money and its agent's record are,
 //! and appends the next missing step ([`next_step`], a pure function). Each step appends
 //! under the expected sequence of the aggregate it changes, with a deterministic msg id,
 //! so a step taken twice is stored once. Only when nothing is missing is the event acked;
 //! a crash before that means redelivery, and reconciling again finishes the job.
-
-use std::time::Duration;
 
 use aicp_events::domain::ledger::EscrowState;
 use aicp_events::domain::task::TaskStatus;
@@ -19,22 +17,13 @@ use aicp_events::id::TaskId;
 use aicp_events::store::AppendError;
 use aicp_events::{Aggregate, Envelope, Expected};
 use aicp_projections::views::{AgentView, TaskView};
-use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::AckKind;
-use futures::StreamExt;
 
 use crate::state::AppState;
 
 /// The durable consumer every replica shares.
 pub const CONSUMER: &str = "aicp-settlement";
 
-/// How long a delivered event stays with a replica before JetStream gives it to another:
-/// after a crash, what the dead replica held is settled this much later. Handling takes
-/// milliseconds; a handler that overruns is harmless (the work is idempotent).
-pub const ACK_WAIT: Duration = Duration::from_secs(10);
-
-/// How long to wait for the local read model to apply the event being handled.
-const CATCH_UP: Duration = Duration::from_secs(5);
+use crate::task_consumer::{self, Retry, TaskConsumer, CATCH_UP};
 
 /// A step that is missing for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,11 +117,6 @@ pub fn next_step(task: &TaskView, agent: Option<&AgentView>) -> Option<Step> {
     })
 }
 
-/// Why an event could not be handled now; it is redelivered later.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Retry(String);
-
 /// Takes every missing step for `task_id`, until none is missing.
 pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> {
     // A task needs at most four steps (hold, settle, outcome, and a repeat after a race).
@@ -198,92 +182,21 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
     )))
 }
 
-/// Runs the process manager until `shutdown`; re-subscribes after a failure.
+/// The shared durable consumer of the settlement manager.
+pub const SETTLEMENT: TaskConsumer = TaskConsumer {
+    name: CONSUMER,
+    description: "settlement process manager, shared by every coordinator",
+};
+
+/// Runs the process manager until `shutdown`.
 pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            result = follow(&state) => {
-                if let Err(e) = result {
-                    tracing::warn!("settlement consumer stopped: {e}; restarting");
-                }
-            }
-            () = &mut shutdown => return,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = &mut shutdown => return,
-        }
-    }
-}
-
-/// Task events the settlement manager has not finished: pending plus unacknowledged.
-pub async fn pending(state: &AppState) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = state
-        .store
-        .jetstream()
-        .get_stream(state.store.namespace().events_stream())
-        .await?;
-    let info = stream.consumer_info(CONSUMER).await?;
-    Ok(info.num_pending + info.num_ack_pending as u64)
-}
-
-async fn follow(state: &AppState) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let namespace = state.store.namespace();
-    let stream = state
-        .store
-        .jetstream()
-        .get_stream(namespace.events_stream())
-        .await?;
-    // Create, or update an existing one to this configuration (every replica agrees).
-    let consumer: consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(CONSUMER.to_owned()),
-            description: Some("settlement process manager, shared by every coordinator".to_owned()),
-            filter_subject: namespace.kind_wildcard("task"),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            deliver_policy: DeliverPolicy::All,
-            max_ack_pending: 1024,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let reconnected = state.store.reconnected();
-    tokio::pin!(reconnected);
-    loop {
-        let message = tokio::select! {
-            message = messages.next() => message,
-            // Pull requests in flight were lost with the old connection: pull afresh.
-            () = &mut reconnected => return Err("reconnected to NATS".into()),
-        };
-        let Some(message) = message else { break };
-        let message = message?;
-        let sequence = message.info()?.stream_sequence;
-        let task_id = match namespace.parse_aggregate(&message.subject) {
-            Some(Aggregate::Task(id)) => id,
-            _ => {
-                message.ack().await?;
-                continue;
-            }
-        };
-        // Decide only from a read model that has seen this event.
-        let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
-            reconcile(state, &task_id).await
-        } else {
-            Err(Retry(format!("read model has not reached {sequence}")))
-        };
-        match outcome {
-            Ok(()) => message.ack().await?,
-            Err(retry) => {
-                tracing::warn!(task = %task_id, sequence, "settlement retried later: {retry}");
-                message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await?;
-            }
-        }
-    }
-    Ok(())
+    task_consumer::run(
+        state,
+        SETTLEMENT,
+        |state, task_id| async move { reconcile(&state, &task_id).await },
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -439,7 +439,11 @@ async fn metrics_and_readiness_describe_the_coordinator() -> Result<()> {
         "aicp_projection_lag_events ",
         "aicp_settlement_pending_events ",
         "aicp_settlement_steps_total ",
-        r#"aicp_queue_depth{agent="agent-1"} 0"#,
+        // The task was dispatched to agent-1's queue; no worker ran to take it.
+        r#"aicp_queue_depth{agent="agent-1"} 1"#,
+        r#"aicp_queue_depth{agent="agent-2"} 0"#,
+        "aicp_work_dispatched_total 1",
+        "aicp_dispatch_pending_events ",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

@@ -3,7 +3,8 @@
 //! - [`event`]: the catalogue of facts, [`envelope`]: their metadata, [`codec`]: the wire
 //!   format, [`upcast`]: older schema versions.
 //! - [`domain`]: the pure rules (task state machine, pricing, reputation, ledger, assignment).
-//! - [`subject`]: stream and subject names, [`store`]: the JetStream event store.
+//! - [`subject`]: stream and subject names, [`store`]: the JetStream event store,
+//!   [`work`]: the work messages of `AICP_WORK`.
 //! - `testing` (feature `testing`): a real `nats-server` for tests.
 //!
 //! Deciding and appending with optimistic concurrency:
@@ -51,6 +52,7 @@ pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
+pub mod work;
 
 pub use envelope::Envelope;
 pub use event::Event;

@@ -19,6 +19,7 @@ use futures::{Stream, StreamExt};
 use crate::codec::{self, DecodeError, EncodeError};
 use crate::envelope::Envelope;
 use crate::subject::{Aggregate, Namespace};
+use crate::work::{WorkItem, WORK_CONTENT_TYPE};
 
 /// How long reading one aggregate may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,6 +99,9 @@ pub enum AppendError {
     /// The batch could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A work item could not be encoded.
+    #[error("could not encode work item: {0}")]
+    Work(String),
     /// The batch is larger than the server's maximum message size.
     #[error("event batch of {bytes} bytes is larger than the server accepts")]
     TooLarge {
@@ -374,9 +378,45 @@ impl EventStore {
         }
         let subject = self.namespace.aggregate_subject(aggregate);
         let payload = codec::encode_batch(events)?;
+        let published = self
+            .publish(subject, codec::CONTENT_TYPE, payload, expected, msg_id)
+            .await;
+        match published {
+            Err(AppendError::Conflict { subject, expected }) => match msg_id {
+                Some(id) => self.find_retried_append(subject, expected, id).await,
+                None => Err(AppendError::Conflict { subject, expected }),
+            },
+            other => other,
+        }
+    }
+
+    /// Puts one work item on its agent's queue in `AICP_WORK`, de-duplicated by task and
+    /// assignment.
+    pub async fn dispatch(&self, item: &WorkItem) -> Result<Appended, AppendError> {
+        let subject = self.namespace.work_subject(&item.agent_id);
+        let payload = serde_json::to_vec(item).map_err(|e| AppendError::Work(e.to_string()))?;
+        self.publish(
+            subject,
+            WORK_CONTENT_TYPE,
+            payload,
+            Expected::Any,
+            Some(&item.msg_id()),
+        )
+        .await
+    }
+
+    /// Publishes one message and waits for the stream to store it.
+    async fn publish(
+        &self,
+        subject: String,
+        content_type: &str,
+        payload: Vec<u8>,
+        expected: Expected,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
         let size = payload.len();
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE_HEADER, codec::CONTENT_TYPE);
+        headers.insert(CONTENT_TYPE_HEADER, content_type);
         let mut publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(payload))
             .headers(headers);
@@ -407,17 +447,10 @@ impl EventStore {
             Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
-        match published.map_err(map_err) {
-            Ok(ack) => Ok(Appended {
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
-            Err(AppendError::Conflict { subject, expected }) => match msg_id {
-                Some(id) => self.find_retried_append(subject, expected, id).await,
-                None => Err(AppendError::Conflict { subject, expected }),
-            },
-            Err(other) => Err(other),
-        }
+        published.map_err(map_err).map(|ack| Appended {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
     }
 
     /// After a conflict on an append with a `Nats-Msg-Id`: was the conflict our own earlier

@@ -1,0 +1,147 @@
+//! A durable consumer of task events, shared by every coordinator replica: the engine of
+//! the process managers.
+//!
+//! Every replica binds to the same durable consumer, so each task event is delivered to one
+//! replica at a time. A handler runs only once the local read model has applied the event,
+//! so it decides from a view at least as new as the event. The event is acked when the
+//! handler succeeds and nak'ed (redelivered a second later) when it asks to retry; what a
+//! crashed replica held is redelivered after [`ACK_WAIT`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use aicp_events::id::TaskId;
+use aicp_events::Aggregate;
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::AckKind;
+use futures::StreamExt;
+
+use crate::state::AppState;
+
+/// How long a delivered event stays with a replica before JetStream gives it to another:
+/// after a crash, what the dead replica held is handled this much later. Handling takes
+/// milliseconds; a handler that overruns is harmless (handlers are idempotent).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// How long to wait for the local read model to apply the event being handled.
+pub const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Why an event could not be handled now; it is redelivered later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(pub String);
+
+/// A named durable consumer of task events.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskConsumer {
+    /// The durable name every replica binds to.
+    pub name: &'static str,
+    /// What it is for, shown by `nats consumer info`.
+    pub description: &'static str,
+}
+
+/// Handles the task events of `consumer` with `handle` until `shutdown`; re-subscribes
+/// after a failure or a reconnection.
+pub async fn run<F>(
+    state: AppState,
+    consumer: TaskConsumer,
+    handle: impl Fn(AppState, TaskId) -> F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Future<Output = Result<(), Retry>>,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            result = follow(&state, consumer, &handle) => {
+                if let Err(e) = result {
+                    tracing::warn!(consumer = consumer.name, "consumer stopped: {e}; restarting");
+                }
+            }
+            () = &mut shutdown => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// Task events `consumer` has not finished: pending plus unacknowledged.
+pub async fn pending(
+    state: &AppState,
+    consumer: TaskConsumer,
+) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = state
+        .store
+        .jetstream()
+        .get_stream(state.store.namespace().events_stream())
+        .await?;
+    let info = stream.consumer_info(consumer.name).await?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
+}
+
+async fn follow<F>(
+    state: &AppState,
+    consumer: TaskConsumer,
+    handle: &impl Fn(AppState, TaskId) -> F,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    F: Future<Output = Result<(), Retry>>,
+{
+    let namespace = state.store.namespace();
+    let stream = state
+        .store
+        .jetstream()
+        .get_stream(namespace.events_stream())
+        .await?;
+    // Create, or update an existing one to this configuration (every replica agrees).
+    let durable: consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(consumer.name.to_owned()),
+            description: Some(consumer.description.to_owned()),
+            filter_subject: namespace.kind_wildcard("task"),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            deliver_policy: DeliverPolicy::All,
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = durable.messages().await?;
+    let reconnected = state.store.reconnected();
+    tokio::pin!(reconnected);
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            // Pull requests in flight were lost with the old connection: pull afresh.
+            () = &mut reconnected => return Err("reconnected to NATS".into()),
+        };
+        let Some(message) = message else { break };
+        let message = message?;
+        let sequence = message.info()?.stream_sequence;
+        let task_id = match namespace.parse_aggregate(&message.subject) {
+            Some(Aggregate::Task(id)) => id,
+            _ => {
+                message.ack().await?;
+                continue;
+            }
+        };
+        // Decide only from a read model that has seen this event.
+        let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
+            handle(state.clone(), task_id.clone()).await
+        } else {
+            Err(Retry(format!("read model has not reached {sequence}")))
+        };
+        match outcome {
+            Ok(()) => message.ack().await?,
+            Err(retry) => {
+                tracing::warn!(consumer = consumer.name, task = %task_id, sequence, "retried later: {retry}");
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
