@@ -1,3 +1,10 @@
-//! The AICP agent worker: pulls assigned tasks from `AICP_WORK`, executes and reports them.
-//!
-//! Not built yet (issue 4): this crate holds the place the workspace layout gives it.
+//! The AICP agent worker: pulls assigned tasks from `AICP_WORK`, executes them with the
+//! agent's executor (`simulate`, `exec` or `http`), reports the outcome as an event, and
+//! acks only once the outcome is durable. Stateless: run as many as the queues need.
+
+pub mod config;
+pub mod executor;
+pub mod worker;
+
+pub use config::Config;
+pub use worker::Worker;

@@ -1,0 +1,85 @@
+//! Worker settings: command-line flags with environment-variable fallbacks.
+
+use std::time::Duration;
+
+use aicp_events::event::ExecutorSettings;
+
+/// The worker's settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aicp-worker",
+    version,
+    args_override_self = true,
+    about = "AICP agent worker: pulls tasks from AICP_WORK, executes them, reports the outcome"
+)]
+pub struct Config {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Prefix of stream names and subjects (as the coordinator's).
+    #[arg(long, env = "AICP_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Agents this worker serves, comma-separated (e.g. agent-1,agent-2).
+    #[arg(long, env = "AICP_AGENTS", value_delimiter = ',', required = true)]
+    pub agents: Vec<String>,
+    /// Tasks executed at the same time.
+    #[arg(long, env = "AICP_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Default executor, for agents without executor settings: `simulate`.
+    #[arg(long, env = "AICP_EXECUTOR", default_value = "simulate")]
+    pub executor: String,
+    /// The simulator's mean task duration, in milliseconds.
+    #[arg(long, env = "AICP_SIMULATE_MS", default_value_t = 500)]
+    pub simulate_ms: u64,
+    /// Seed of the simulator's draws (the same seed draws the same outcomes).
+    #[arg(long, env = "AICP_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// How long a pulled task may go without an ack before it is redelivered, in ms.
+    /// Long work sends progress acks, so this bounds how soon a crash is noticed.
+    #[arg(long, env = "AICP_ACK_WAIT_MS", default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+    /// Deliveries of one work message before its task is failed with `max-deliveries`.
+    #[arg(long, env = "AICP_MAX_DELIVER", default_value_t = 5)]
+    pub max_deliver: i64,
+    /// Work messages pulled but not yet acked, per agent, across all its workers.
+    #[arg(long, env = "AICP_MAX_ACK_PENDING", default_value_t = 1000)]
+    pub max_ack_pending: i64,
+    /// On SIGTERM, how long in-flight tasks get to finish before they are handed back.
+    #[arg(long, env = "AICP_GRACE_MS", default_value_t = 20_000)]
+    pub grace_ms: u64,
+    /// This worker's name in TaskStarted events (default: host and process id).
+    #[arg(long, env = "AICP_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl Config {
+    /// The executor for agents without settings of their own.
+    pub fn default_executor(&self) -> anyhow::Result<ExecutorSettings> {
+        match self.executor.as_str() {
+            "simulate" => Ok(ExecutorSettings::Simulate {
+                mean_duration_ms: self.simulate_ms,
+            }),
+            other => anyhow::bail!(
+                "unknown default executor {other:?}: only simulate can be a default (exec and http are per agent)"
+            ),
+        }
+    }
+
+    /// [`Config::ack_wait_ms`] as a duration.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
+    }
+
+    /// [`Config::grace_ms`] as a duration.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+
+    /// The worker's id.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+            format!("{}:{}", host.trim(), std::process::id())
+        })
+    }
+}

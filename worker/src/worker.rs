@@ -1,0 +1,369 @@
+//! The worker: pulls work messages, starts, executes and reports each task, acks.
+//!
+//! Per task: read the task from the stream; if it finished, was reassigned or cancelled,
+//! ack and do nothing; else append TaskStarted under the task's last sequence (a
+//! redelivered message after a crash starts it again), execute with progress acks so long
+//! work is not redelivered, append TaskCompleted or TaskFailed under the sequence of our
+//! start, and only then ack: the outcome is durable before the message goes. If another
+//! worker reported first, ours conflicts and the message is simply acked. The last
+//! delivery a message is allowed fails its task with `max-deliveries` instead of running
+//! it again, and the coordinator refunds it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aicp_events::domain::task::Task;
+use aicp_events::event::{Event, ExecutorSettings, TaskCompleted, TaskFailed, TaskStarted};
+use aicp_events::id::AgentId;
+use aicp_events::store::{AppendError, StoreError};
+use aicp_events::work::WorkItem;
+use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::executor::{self, Outcome};
+
+/// The reason a task gets when its work message runs out of deliveries.
+pub const MAX_DELIVERIES: &str = "max-deliveries";
+
+/// How long one pull waits for a message before asking again.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// The durable consumer every worker of `agent` shares.
+pub fn consumer_name(agent: &AgentId) -> String {
+    format!("worker-{agent}")
+}
+
+/// Why a task could not be reported now; its message is redelivered.
+#[derive(Debug, thiserror::Error)]
+enum NotReported {
+    /// An append failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Reading the task failed.
+    #[error(transparent)]
+    Read(#[from] StoreError),
+    /// Others kept changing the task.
+    #[error("the task kept changing")]
+    Busy,
+}
+
+/// What became of one work message.
+enum Handled {
+    /// Reported (or nothing to do): ack.
+    Done,
+    /// Shutting down before it finished: hand it back at once.
+    Abandoned,
+}
+
+/// One worker process.
+#[derive(Clone)]
+pub struct Worker {
+    store: EventStore,
+    default_executor: ExecutorSettings,
+    worker_id: String,
+    seed: u64,
+    ack_wait: Duration,
+    max_deliver: i64,
+}
+
+impl Worker {
+    /// Runs a worker with `config` until `shutdown`, then finishes in-flight tasks within
+    /// the grace period and hands back the rest.
+    pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let namespace = Namespace::new(&config.prefix)?;
+        let store = EventStore::connect(&config.nats_url, namespace).await?;
+        // Workers may start before any coordinator: make sure the streams exist.
+        store.provision().await?;
+        let agents = config
+            .agents
+            .iter()
+            .map(|a| a.trim().parse::<AgentId>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let worker = Worker {
+            store,
+            default_executor: config.default_executor()?,
+            worker_id: config.worker_id(),
+            seed: config.seed,
+            ack_wait: config.ack_wait(),
+            max_deliver: config.max_deliver,
+        };
+        let mut consumers = Vec::new();
+        for agent in &agents {
+            consumers.push(worker.consumer(agent, &config).await?);
+        }
+        tracing::info!(worker = %worker.worker_id, agents = ?config.agents, "worker started");
+
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (abandon_tx, abandon_rx) = watch::channel(false);
+        let mut pullers = JoinSet::new();
+        let in_flight = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        for consumer in consumers {
+            let (worker, slots, in_flight) = (worker.clone(), slots.clone(), in_flight.clone());
+            let (stop, abandon) = (stop_rx.clone(), abandon_rx.clone());
+            pullers
+                .spawn(async move { worker.pull(consumer, slots, in_flight, stop, abandon).await });
+        }
+
+        shutdown.await;
+        tracing::info!("stopping: no new work; finishing what is in flight");
+        let _ = stop_tx.send(true);
+        while pullers.join_next().await.is_some() {}
+        let mut in_flight = std::mem::take(&mut *in_flight.lock().await);
+        let finished = tokio::time::timeout(config.grace(), async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                left = in_flight.len(),
+                "grace period over: handing back unfinished tasks"
+            );
+            let _ = abandon_tx.send(true);
+            while in_flight.join_next().await.is_some() {}
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// Creates (or updates) and binds the agent's shared durable consumer.
+    async fn consumer(
+        &self,
+        agent: &AgentId,
+        config: &Config,
+    ) -> anyhow::Result<Consumer<pull::Config>> {
+        let namespace = self.store.namespace();
+        let stream = self
+            .store
+            .jetstream()
+            .get_stream(namespace.work_stream())
+            .await?;
+        let name = consumer_name(agent);
+        Ok(stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name),
+                description: Some(format!("workers of {agent}")),
+                filter_subject: namespace.work_subject(agent),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.ack_wait(),
+                max_deliver: config.max_deliver,
+                max_ack_pending: config.max_ack_pending,
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Pulls one message at a time, whenever a slot is free, until told to stop.
+    async fn pull(
+        self,
+        consumer: Consumer<pull::Config>,
+        slots: Arc<Semaphore>,
+        in_flight: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+        mut stop: watch::Receiver<bool>,
+        abandon: watch::Receiver<bool>,
+    ) {
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            // One message per slot: nothing waits in this process that another worker
+            // could be doing.
+            let batch = consumer
+                .batch()
+                .max_messages(1)
+                .expires(PULL_EXPIRES)
+                .messages();
+            let next = tokio::select! {
+                batch = batch => batch,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let message = match next {
+                Ok(mut batch) => match batch.next().await {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        tracing::debug!("pull failed: {e}");
+                        continue;
+                    }
+                    None => continue,
+                },
+                Err(e) => {
+                    tracing::warn!("cannot pull work: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let worker = self.clone();
+            let abandon = abandon.clone();
+            in_flight.lock().await.spawn(async move {
+                worker.handle(message, abandon).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Handles one work message, then acks it, hands it back, or retries it later.
+    async fn handle(&self, message: jetstream::Message, abandon: watch::Receiver<bool>) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let item: WorkItem = match serde_json::from_slice(&message.payload) {
+            Ok(item) => item,
+            Err(e) => {
+                tracing::error!("work message is not a work item ({e}); dropping it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let result = self.process(&message, &item, delivered, abandon).await;
+        let acked = match result {
+            Ok(Handled::Done) => message.ack().await,
+            Ok(Handled::Abandoned) => message.ack_with(AckKind::Nak(None)).await,
+            Err(e) => {
+                tracing::warn!(task = %item.task_id, "task not reported: {e}; it will be redelivered");
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+            }
+        };
+        if let Err(e) = acked {
+            // Unacked, it is redelivered after the ack wait; the stream knows the outcome.
+            tracing::warn!(task = %item.task_id, "ack failed: {e}");
+        }
+    }
+
+    async fn process(
+        &self,
+        message: &jetstream::Message,
+        item: &WorkItem,
+        delivered: i64,
+        mut abandon: watch::Receiver<bool>,
+    ) -> Result<Handled, NotReported> {
+        let aggregate = Aggregate::Task(item.task_id.clone());
+        let mut started_at = None;
+        for _ in 0..5 {
+            let stored = self.store.read(&aggregate).await?;
+            let (task, _) = Task::replay_skipping_refused(stored.events().map(|e| &e.event));
+            let Some(task) = task else {
+                return Ok(Handled::Done);
+            };
+            // Finished, cancelled, expired or reassigned since: nothing to do.
+            if task.status.is_terminal() || task.assignment != item.assignment {
+                return Ok(Handled::Done);
+            }
+            let event: Event = if delivered >= self.max_deliver {
+                TaskFailed {
+                    task_id: item.task_id.clone(),
+                    agent_id: item.agent_id.clone(),
+                    reason: MAX_DELIVERIES.to_owned(),
+                }
+                .into()
+            } else {
+                TaskStarted {
+                    task_id: item.task_id.clone(),
+                    agent_id: item.agent_id.clone(),
+                    assignment: item.assignment,
+                    worker_id: self.worker_id.clone(),
+                }
+                .into()
+            };
+            let gave_up = matches!(event, Event::TaskFailed(_));
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    &[Envelope::new(event)],
+                    Expected::Sequence(stored.last_sequence),
+                    None,
+                )
+                .await
+            {
+                Ok(_) if gave_up => return Ok(Handled::Done),
+                Ok(appended) => {
+                    started_at = Some(appended.sequence);
+                    break;
+                }
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(started_at) = started_at else {
+            return Err(NotReported::Busy);
+        };
+
+        let outcome = tokio::select! {
+            outcome = self.execute_with_progress(message, item) => outcome,
+            _ = abandon.wait_for(|a| *a) => return Ok(Handled::Abandoned),
+        };
+        let event: Event = match outcome {
+            Outcome::Completed(result) => TaskCompleted {
+                task_id: item.task_id.clone(),
+                agent_id: item.agent_id.clone(),
+                result,
+            }
+            .into(),
+            Outcome::Failed(reason) => TaskFailed {
+                task_id: item.task_id.clone(),
+                agent_id: item.agent_id.clone(),
+                reason,
+            }
+            .into(),
+        };
+        let mut expected = started_at;
+        for _ in 0..5 {
+            match self
+                .store
+                .append(
+                    &aggregate,
+                    &[Envelope::new(event.clone())],
+                    Expected::Sequence(expected),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => return Ok(Handled::Done),
+                Err(AppendError::Conflict { .. }) => {
+                    // Another worker started or reported it meanwhile (a redelivery).
+                    let stored = self.store.read(&aggregate).await?;
+                    let (task, _) =
+                        Task::replay_skipping_refused(stored.events().map(|e| &e.event));
+                    if task.is_none_or(|t| t.status.is_terminal()) {
+                        return Ok(Handled::Done);
+                    }
+                    expected = stored.last_sequence;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(NotReported::Busy)
+    }
+
+    /// Executes, telling JetStream every third of the ack wait that the work goes on.
+    async fn execute_with_progress(
+        &self,
+        message: &jetstream::Message,
+        item: &WorkItem,
+    ) -> Outcome {
+        let execution = executor::execute(item, &self.default_executor, self.seed);
+        tokio::pin!(execution);
+        let mut progress = tokio::time::interval(self.ack_wait / 3);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                outcome = &mut execution => return outcome,
+                _ = progress.tick() => {
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(task = %item.task_id, "progress ack failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
