@@ -1,0 +1,344 @@
+//! Workers as real processes against a real `nats-server` and a coordinator: tasks flow,
+//! workers die, and every task still ends once, paid or refunded once.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aicp_coordinator::{App, Config};
+use aicp_events::domain::ledger::{Account, EscrowState};
+use aicp_events::domain::task::TaskStatus;
+use aicp_events::testing::NatsServer;
+use aicp_events::{Aggregate, EventStore, Namespace};
+use anyhow::{bail, ensure, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+/// A coordinator in this process, on port 0.
+struct Coordinator {
+    base: String,
+    http: reqwest::Client,
+    state: aicp_coordinator::state::AppState,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl Coordinator {
+    async fn start(server: &NatsServer) -> Result<Self> {
+        let data = tempfile::tempdir()?;
+        let config = Config::try_parse_from([
+            "aicp-coordinator",
+            "--nats-url",
+            &server.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data.path().display().to_string(),
+        ])?;
+        let app = App::build(config).await?;
+        let base = format!("http://{}", app.local_addr()?);
+        let state = app.state();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        let coordinator = Self {
+            base,
+            http: reqwest::Client::new(),
+            state,
+            stop,
+            task,
+            _data: data,
+        };
+        // Ready once the seed agents are in its read model.
+        for _ in 0..100 {
+            let agents: Value = coordinator
+                .http
+                .get(format!("{}/agents", coordinator.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if agents["agents"].as_array().is_some_and(|a| a.len() == 3) {
+                return Ok(coordinator);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the seed agents never showed up")
+    }
+
+    async fn submit(&self, n: usize) -> Result<String> {
+        let body = json!({"description": format!("job {n}"), "complexity": 1 + n % 10, "buyer_id": format!("buyer-{}", n % 5), "policy": "round-robin"});
+        let response = self
+            .http
+            .post(format!("{}/v1/tasks", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let value: Value = response.json().await?;
+        ensure!(status.is_success(), "submit: {status} {value}");
+        Ok(value["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// An `aicp-worker` process.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn start(server: &NatsServer, name: &str, extra: &[&str]) -> Result<Self> {
+        let child = Command::new(env!("CARGO_BIN_EXE_aicp-worker"))
+            .args([
+                "--nats-url",
+                &server.url(),
+                "--agents",
+                "agent-1,agent-2,agent-3",
+                "--worker-id",
+                name,
+            ])
+            .args(["--simulate-ms", "0", "--seed", "7"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self(child))
+    }
+
+    fn kill(mut self) -> Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+
+    fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()?;
+        Ok(self.0.wait()?)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until no task is assigned or running.
+async fn all_finished(coordinator: &Coordinator, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut open = 0;
+        for status in ["assigned", "running"] {
+            let page: Value = coordinator
+                .http
+                .get(format!(
+                    "{}/v1/tasks?status={status}&limit=500",
+                    coordinator.base
+                ))
+                .send()
+                .await?
+                .json()
+                .await?;
+            open += page["tasks"].as_array().map(Vec::len).unwrap_or(0);
+        }
+        if open == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{open} tasks still open");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every task ended once, with one outcome in the stream; every agent was paid exactly
+/// its completed tasks' prices; escrow is empty; failed tasks were refunded.
+async fn check_books(server: &NatsServer, coordinator: &Coordinator, ids: &[String]) -> Result<()> {
+    // Settlement follows the outcomes: wait until it has nothing left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = coordinator
+            .http
+            .get(format!("{}/metrics", coordinator.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if text
+            .lines()
+            .any(|l| l == "aicp_settlement_pending_events 0")
+        {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "settlement did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = EventStore::new(server.client().await?, Namespace::default());
+    let model = &coordinator.state.model;
+    let mut earned: BTreeMap<String, i64> = BTreeMap::new();
+    for id in ids {
+        let view = model
+            .task(&id.parse()?)?
+            .ok_or_else(|| anyhow::anyhow!("task {id} missing"))?;
+        let stored = store.read(&Aggregate::Task(id.parse()?)).await?;
+        let outcomes = stored
+            .events()
+            .filter(|e| matches!(e.event.event_type(), "TaskCompleted" | "TaskFailed"))
+            .count();
+        ensure!(outcomes == 1, "task {id} has {outcomes} outcomes");
+        match view.task.status {
+            TaskStatus::Completed => {
+                ensure!(
+                    view.payment == Some(EscrowState::Released),
+                    "task {id} not paid"
+                );
+                let agent = view
+                    .task
+                    .agent_id
+                    .clone()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                *earned.entry(agent).or_default() += view.task.price_sats.unwrap_or(0) as i64;
+            }
+            TaskStatus::Failed => ensure!(
+                view.payment == Some(EscrowState::Refunded),
+                "task {id} not refunded"
+            ),
+            other => bail!("task {id} ended {other}"),
+        }
+    }
+    for agent in ["agent-1", "agent-2", "agent-3"] {
+        let balance = model.balance(&Account::Agent(agent.parse()?))?;
+        ensure!(
+            balance == earned.get(agent).copied().unwrap_or(0),
+            "{agent} has {balance}, earned {:?}",
+            earned.get(agent)
+        );
+    }
+    ensure!(model.balance(&Account::Escrow)? == 0, "escrow is not empty");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tasks_with_three_workers_each_end_once_and_are_paid_once() -> Result<()> {
+    const TASKS: usize = 1000;
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    let workers: Vec<WorkerProcess> = (0..3)
+        .map(|n| WorkerProcess::start(&server, &format!("w{n}"), &["--concurrency", "8"]))
+        .collect::<Result<_>>()?;
+    let mut ids = Vec::with_capacity(TASKS);
+    for n in 0..TASKS {
+        ids.push(coordinator.submit(n).await?);
+    }
+    all_finished(&coordinator, Duration::from_secs(120)).await?;
+    check_books(&server, &coordinator, &ids).await?;
+    drop(workers);
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_leaves_its_work_to_another() -> Result<()> {
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    // Slow work and a short ack wait, so the kill catches tasks in flight and their
+    // redelivery comes soon.
+    let slow = [
+        "--simulate-ms",
+        "400",
+        "--concurrency",
+        "4",
+        "--ack-wait-ms",
+        "2000",
+    ];
+    let doomed = WorkerProcess::start(&server, "doomed", &slow)?;
+    let mut ids = Vec::new();
+    for n in 0..24 {
+        ids.push(coordinator.submit(n).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.kill()?;
+    let survivor = WorkerProcess::start(&server, "survivor", &slow)?;
+    all_finished(&coordinator, Duration::from_secs(60)).await?;
+    check_books(&server, &coordinator, &ids).await?;
+    // The survivor did work that the doomed worker had started.
+    let store = EventStore::new(server.client().await?, Namespace::default());
+    let mut restarted = 0;
+    for id in &ids {
+        let stored = store.read(&Aggregate::Task(id.parse()?)).await?;
+        let starts: Vec<String> = stored
+            .events()
+            .filter_map(|e| match &e.event {
+                aicp_events::Event::TaskStarted(s) => Some(s.worker_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if starts.len() > 1 && starts[0] == "doomed" {
+            restarted += 1;
+        }
+    }
+    ensure!(restarted > 0, "the kill caught no task in flight");
+    drop(survivor);
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()> {
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    let worker = WorkerProcess::start(
+        &server,
+        "w",
+        &[
+            "--simulate-ms",
+            "600",
+            "--concurrency",
+            "2",
+            "--grace-ms",
+            "10000",
+        ],
+    )?;
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        ids.push(coordinator.submit(n).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exit = worker.terminate()?;
+    ensure!(exit.success(), "worker exited with {exit}");
+    // Both tasks were in flight and finished before the worker exited: with no worker
+    // left, nothing else could finish them (the coordinator may take a moment to show it).
+    for id in &ids {
+        let mut status = Value::Null;
+        for _ in 0..50 {
+            let task: Value = coordinator
+                .http
+                .get(format!("{}/tasks/{id}", coordinator.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            status = task["status"].clone();
+            if matches!(status.as_str(), Some("completed" | "failed")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(
+            matches!(status.as_str(), Some("completed" | "failed")),
+            "task {id} is {status} after a graceful stop"
+        );
+    }
+    coordinator.stop().await
+}
