@@ -342,3 +342,103 @@ async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()>
     }
     coordinator.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_attempts_keep_crashing_fails_with_max_deliveries_and_is_refunded(
+) -> Result<()> {
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    // An agent whose work kills the worker running it, every time.
+    let crasher =
+        json!({"kind": "exec", "command": ["sh", "-c", "kill -9 $PPID"], "timeout_ms": 5000});
+    let response = coordinator
+        .http
+        .post(format!("{}/v1/agents", coordinator.base))
+        .json(&json!({"agent_id": "crasher", "skills": ["doom"], "executor": crasher}))
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "register: {}",
+        response.status()
+    );
+    let body = json!({"description": "boom", "complexity": 1, "buyer_id": "b1", "required_skills": ["doom"]});
+    let task: Value = coordinator
+        .http
+        .post(format!("{}/v1/tasks", coordinator.base))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+
+    // Keep a worker running, as a supervisor (or Kubernetes) would after each crash.
+    let flags = [
+        "--agents",
+        "crasher",
+        "--ack-wait-ms",
+        "1000",
+        "--max-deliver",
+        "3",
+    ];
+    let mut crashes = 0;
+    for _ in 0..8 {
+        let task: Value = coordinator
+            .http
+            .get(format!("{}/tasks/{id}", coordinator.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if task["status"] == "failed" {
+            break;
+        }
+        let mut worker = WorkerProcess::start(&server, "w", &flags)?;
+        // Up to 5 s for it to crash on the task; a worker still alive gave up on it instead.
+        for _ in 0..50 {
+            if let Some(status) = worker.0.try_wait()? {
+                if !status.success() {
+                    crashes += 1;
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(worker);
+    }
+    let task: Value = coordinator
+        .http
+        .get(format!("{}/tasks/{id}", coordinator.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        task["status"] == "failed" && task["reason"] == "max-deliveries",
+        "task ended as {task}"
+    );
+    ensure!(crashes >= 2, "only {crashes} crashes before giving up");
+    let refunded = coordinator
+        .state
+        .model
+        .task(&id.parse()?)?
+        .and_then(|t| t.payment);
+    let mut payment = refunded;
+    for _ in 0..50 {
+        if payment == Some(EscrowState::Refunded) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        payment = coordinator
+            .state
+            .model
+            .task(&id.parse()?)?
+            .and_then(|t| t.payment);
+    }
+    ensure!(
+        payment == Some(EscrowState::Refunded),
+        "not refunded: {payment:?}"
+    );
+    coordinator.stop().await
+}
