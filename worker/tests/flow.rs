@@ -187,11 +187,18 @@ async fn check_books(server: &NatsServer, coordinator: &Coordinator, ids: &[Stri
     }
     let store = EventStore::new(server.client().await?, Namespace::default());
     let model = &coordinator.state.model;
-    let mut earned: BTreeMap<String, i64> = BTreeMap::new();
     for id in ids {
-        let view = model
-            .task(&id.parse()?)?
-            .ok_or_else(|| anyhow::anyhow!("task {id} missing"))?;
+        ensure!(model.task(&id.parse()?)?.is_some(), "task {id} missing");
+    }
+    // Every task, including any a client gave up on during an outage that was stored after
+    // all: money is checked over everything the stream holds.
+    let all = model.tasks(
+        &aicp_projections::TaskFilter::default(),
+        &aicp_projections::PageRequest::first(100_000),
+    )?;
+    let mut earned: BTreeMap<String, i64> = BTreeMap::new();
+    for view in all.items {
+        let id = view.task.task_id.to_string();
         let stored = store.read(&Aggregate::Task(id.parse()?)).await?;
         let outcomes = stored
             .events()
@@ -314,7 +321,26 @@ async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()>
     for n in 0..2 {
         ids.push(coordinator.submit(n).await?);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until both are being worked on.
+    for _ in 0..100 {
+        let mut running = 0;
+        for id in &ids {
+            let task: Value = coordinator
+                .http
+                .get(format!("{}/tasks/{id}", coordinator.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if task["status"] == "running" {
+                running += 1;
+            }
+        }
+        if running == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let exit = worker.terminate()?;
     ensure!(exit.success(), "worker exited with {exit}");
     // Both tasks were in flight and finished before the worker exited: with no worker
@@ -440,5 +466,57 @@ async fn a_task_whose_attempts_keep_crashing_fails_with_max_deliveries_and_is_re
         payment == Some(EscrowState::Refunded),
         "not refunded: {payment:?}"
     );
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_while_tasks_flow_loses_and_duplicates_nothing() -> Result<()> {
+    const TASKS: usize = 500;
+    let mut server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    let workers: Vec<WorkerProcess> = (0..2)
+        .map(|n| {
+            WorkerProcess::start(
+                &server,
+                &format!("w{n}"),
+                &[
+                    "--simulate-ms",
+                    "20",
+                    "--concurrency",
+                    "8",
+                    "--ack-wait-ms",
+                    "3000",
+                ],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mut ids = Vec::with_capacity(TASKS);
+    for n in 0..TASKS / 2 {
+        ids.push(coordinator.submit(n).await?);
+    }
+    // Restart the server under the flow, then keep submitting (retrying what the outage
+    // refused, as a client would).
+    server.kill()?;
+    server.restart()?;
+    for n in TASKS / 2..TASKS {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match coordinator.submit(n).await {
+                Ok(id) => {
+                    ids.push(id);
+                    break;
+                }
+                Err(e) if attempts < 50 => {
+                    tracing::debug!("retrying a submit: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    all_finished(&coordinator, Duration::from_secs(120)).await?;
+    check_books(&server, &coordinator, &ids).await?;
+    drop(workers);
     coordinator.stop().await
 }
