@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the local stack. Uses the NATS server at NATS_URL if one answers, otherwise
-# starts `nats-server -js` with its store under .data/; then the coordinator. Ctrl-C stops
-# everything it started. Data persists in .data/ between runs.
+# starts `nats-server -js` with its store under .data/; then the coordinator and three
+# workers (agent-1..3, simulate executor). Ctrl-C stops everything it started. Data persists
+# in .data/ between runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,10 +38,16 @@ else
   answers "$host" "$port" || { echo "nats-server did not start; see $DATA/nats-server.log" >&2; exit 1; }
 fi
 
-cargo build --release -q -p aicp-coordinator
+cargo build --release -q -p aicp-coordinator -p aicp-worker
 target/release/aicp-coordinator --nats-url "$NATS_URL" --data-dir "$DATA/coordinator" --listen "$LISTEN" &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://$LISTEN/health" >/dev/null 2>&1 && break; sleep 0.1; done
+# One worker per seed agent, simulating work of about SIMULATE_MS each.
+for n in 1 2 3; do
+  target/release/aicp-worker --nats-url "$NATS_URL" --agents "agent-$n" --worker-id "local-$n" \
+    --simulate-ms "${SIMULATE_MS:-1500}" &
+  pids+=($!)
+done
 
 cat <<MSG
 
@@ -49,7 +56,9 @@ AICP is running (Ctrl-C stops it):
   API docs   http://$LISTEN/docs
   metrics    http://$LISTEN/metrics
   readiness  http://$LISTEN/ready
-Not built yet: agent workers (issue 4) and the marketplace UI and dashboard (issue 6);
-until then complete tasks with POST /tasks/{id}/complete.
+  workers    3 (agent-1, agent-2, agent-3; simulate executor)
+Not built yet: the marketplace UI and dashboard (issue 6). Submit a task:
+  curl -s -X POST http://$LISTEN/tasks/submit -H 'content-type: application/json' \\
+    -d '{"description": "Process payment", "complexity": 2, "buyer_id": "buyer-001"}'
 MSG
 wait -n "${pids[@]}"
