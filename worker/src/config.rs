@@ -19,7 +19,8 @@ pub struct Config {
     /// Prefix of stream names and subjects (as the coordinator's).
     #[arg(long, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,
-    /// Agents this worker serves, comma-separated (e.g. agent-1,agent-2).
+    /// Agents this worker serves, comma-separated (e.g. agent-1,agent-2), or `all`: every
+    /// agent that has work, as its queue appears.
     #[arg(long, env = "AICP_AGENTS", value_delimiter = ',', required = true)]
     pub agents: Vec<String>,
     /// Tasks executed at the same time.

@@ -31,6 +31,12 @@ use crate::executor::{self, Outcome};
 /// The reason a task gets when its work message runs out of deliveries.
 pub const MAX_DELIVERIES: &str = "max-deliveries";
 
+/// `--agents all`: serve every agent that has work.
+pub const ALL_AGENTS: &str = "all";
+
+/// How often `--agents all` looks for new agents' queues.
+const DISCOVERY: Duration = Duration::from_secs(2);
+
 /// How long one pull waits for a message before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
@@ -80,9 +86,11 @@ impl Worker {
         let store = EventStore::connect(&config.nats_url, namespace).await?;
         // Workers may start before any coordinator: make sure the streams exist.
         store.provision().await?;
+        let all = config.agents.iter().any(|a| a.trim() == ALL_AGENTS);
         let agents = config
             .agents
             .iter()
+            .filter(|a| a.trim() != ALL_AGENTS)
             .map(|a| a.trim().parse::<AgentId>())
             .collect::<Result<Vec<_>, _>>()?;
         let worker = Worker {
@@ -93,10 +101,6 @@ impl Worker {
             ack_wait: config.ack_wait(),
             max_deliver: config.max_deliver,
         };
-        let mut consumers = Vec::new();
-        for agent in &agents {
-            consumers.push(worker.consumer(agent, &config).await?);
-        }
         tracing::info!(worker = %worker.worker_id, agents = ?config.agents, "worker started");
 
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -104,14 +108,49 @@ impl Worker {
         let (abandon_tx, abandon_rx) = watch::channel(false);
         let mut pullers = JoinSet::new();
         let in_flight = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
-        for consumer in consumers {
+        let mut serving = std::collections::BTreeSet::new();
+        let mut bind = |consumer: Consumer<pull::Config>| {
             let (worker, slots, in_flight) = (worker.clone(), slots.clone(), in_flight.clone());
             let (stop, abandon) = (stop_rx.clone(), abandon_rx.clone());
             pullers
                 .spawn(async move { worker.pull(consumer, slots, in_flight, stop, abandon).await });
+        };
+        for agent in agents {
+            bind(worker.consumer(&agent, &config).await?);
+            serving.insert(agent);
         }
 
-        shutdown.await;
+        // With `--agents all`, serve every agent that has work, as its queue appears.
+        tokio::pin!(shutdown);
+        let mut discover = tokio::time::interval(DISCOVERY);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = discover.tick(), if all => {
+                    let depths = match worker.store.work_queue_depths().await {
+                        Ok(depths) => depths,
+                        Err(e) => {
+                            tracing::warn!("cannot list work queues: {e}");
+                            continue;
+                        }
+                    };
+                    for name in depths.keys() {
+                        let Ok(agent) = name.parse::<AgentId>() else { continue };
+                        if serving.contains(&agent) {
+                            continue;
+                        }
+                        match worker.consumer(&agent, &config).await {
+                            Ok(consumer) => {
+                                tracing::info!(agent = %agent, "serving a new agent");
+                                bind(consumer);
+                                serving.insert(agent);
+                            }
+                            Err(e) => tracing::warn!(agent = %agent, "cannot bind: {e}"),
+                        }
+                    }
+                }
+            }
+        }
         tracing::info!("stopping: no new work; finishing what is in flight");
         let _ = stop_tx.send(true);
         while pullers.join_next().await.is_some() {}

@@ -520,3 +520,97 @@ async fn a_nats_restart_while_tasks_flow_loses_and_duplicates_nothing() -> Resul
     drop(workers);
     coordinator.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_for_all_agents_serves_one_registered_after_it_started() -> Result<()> {
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    let _worker = WorkerProcess::start(&server, "w", &["--agents", "all"])?;
+    let response = coordinator
+        .http
+        .post(format!("{}/v1/agents", coordinator.base))
+        .json(&json!({"agent_id": "newbie", "skills": ["fresh"], "executor": {"kind": "exec", "command": ["echo", "fresh work"], "timeout_ms": 5000}}))
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "register: {}",
+        response.status()
+    );
+    let body = json!({"description": "x", "complexity": 1, "buyer_id": "b1", "required_skills": ["fresh"]});
+    let task: Value = coordinator
+        .http
+        .post(format!("{}/v1/tasks", coordinator.base))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    for _ in 0..100 {
+        let task: Value = coordinator
+            .http
+            .get(format!("{}/tasks/{id}", coordinator.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if task["status"] == "completed" {
+            ensure!(task["result"] == "fresh work", "result {}", task["result"]);
+            return coordinator.stop().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the new agent's task was never done")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_outlasts_the_grace_period_is_handed_to_another_worker_at_once() -> Result<()> {
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    // Long work, a short grace, and an ack wait far longer than the test: only a nak can
+    // get the task to another worker in time.
+    let slow = [
+        "--simulate-ms",
+        "20000",
+        "--grace-ms",
+        "200",
+        "--ack-wait-ms",
+        "60000",
+    ];
+    let leaving = WorkerProcess::start(&server, "leaving", &slow)?;
+    let id = coordinator.submit(0).await?;
+    let mut running = false;
+    for _ in 0..100 {
+        let task: Value = coordinator
+            .http
+            .get(format!("{}/tasks/{id}", coordinator.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if task["status"] == "running" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(running, "the task never started");
+    let exit = leaving.terminate()?;
+    ensure!(exit.success(), "worker exited with {exit}");
+    let _quick = WorkerProcess::start(&server, "quick", &["--simulate-ms", "0"])?;
+    for _ in 0..100 {
+        let task: Value = coordinator
+            .http
+            .get(format!("{}/tasks/{id}", coordinator.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if matches!(task["status"].as_str(), Some("completed" | "failed")) {
+            return coordinator.stop().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the handed-back task was not picked up within 10 s")
+}
