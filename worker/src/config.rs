@@ -37,10 +37,11 @@ pub struct Config {
     pub seed: u64,
     /// How long a pulled task may go without an ack before it is redelivered, in ms.
     /// Long work sends progress acks, so this bounds how soon a crash is noticed.
-    #[arg(long, env = "AICP_ACK_WAIT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "AICP_ACK_WAIT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1000..))]
     pub ack_wait_ms: u64,
-    /// Deliveries of one work message before its task is failed with `max-deliveries`.
-    #[arg(long, env = "AICP_MAX_DELIVER", default_value_t = 5)]
+    /// Deliveries of one work message; the last one fails its task with `max-deliveries`
+    /// instead of running it again (so at least 2: one attempt, then the verdict).
+    #[arg(long, env = "AICP_MAX_DELIVER", default_value_t = 5, value_parser = clap::value_parser!(i64).range(2..))]
     pub max_deliver: i64,
     /// Work messages pulled but not yet acked, per agent, across all its workers.
     #[arg(long, env = "AICP_MAX_ACK_PENDING", default_value_t = 1000)]

@@ -63,8 +63,11 @@ async fn simulate(item: &WorkItem, mean_duration_ms: u64, seed: u64) -> Outcome 
     let x = draw(seed, item);
     if mean_duration_ms > 0 {
         // Uniform between half and one and a half times the mean.
-        let jitter = (x >> 32) % (mean_duration_ms + 1);
-        tokio::time::sleep(Duration::from_millis(mean_duration_ms / 2 + jitter)).await;
+        let jitter = (x >> 32) % mean_duration_ms.saturating_add(1).max(1);
+        tokio::time::sleep(Duration::from_millis(
+            (mean_duration_ms / 2).saturating_add(jitter),
+        ))
+        .await;
     }
     if x % 10_000 < u64::from(item.success_rate_bp) {
         Outcome::Completed(format!("simulated result for {}", item.task_id))
@@ -94,11 +97,20 @@ async fn exec(item: &WorkItem, command: &[String], timeout_ms: u64) -> Outcome {
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
     };
     let input = serde_json::to_vec(item).unwrap_or_default();
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its input is its own business.
-        let _ = stdin.write_all(&input).await;
-    }
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait_with_output()).await {
+    let stdin = child.stdin.take();
+    // Feed stdin while collecting the output, all under the timeout: a command that does
+    // not read its input, or fills stdout first, cannot block the worker.
+    let run = async move {
+        let feed = async move {
+            if let Some(mut stdin) = stdin {
+                // A command that does not read its input is its own business.
+                let _ = stdin.write_all(&input).await;
+            }
+        };
+        let ((), output) = tokio::join!(feed, child.wait_with_output());
+        output
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
         Ok(Ok(output)) if output.status.success() => Outcome::Completed(tail(&output.stdout)),
         Ok(Ok(output)) => {
             let stderr = tail(&output.stderr);

@@ -167,6 +167,10 @@ impl Worker {
             let _ = abandon_tx.send(true);
             while in_flight.join_next().await.is_some() {}
         }
+        // Acks and naks are only queued in the client: send them before the process goes.
+        if let Err(e) = worker.store.jetstream().client().flush().await {
+            tracing::warn!("could not flush the last acks: {e}");
+        }
         tracing::info!("worker stopped");
         Ok(())
     }
@@ -227,14 +231,23 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => return,
             };
             let message = match next {
-                Ok(mut batch) => match batch.next().await {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => {
-                        tracing::debug!("pull failed: {e}");
-                        continue;
+                Ok(mut batch) => {
+                    let next = tokio::select! {
+                        next = batch.next() => next,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            // An error status (consumer gone, too many waiting pulls, a
+                            // server restarting): back off rather than spin.
+                            tracing::debug!("pull failed: {e}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        None => continue,
                     }
-                    None => continue,
-                },
+                }
                 Err(e) => {
                     tracing::warn!("cannot pull work: {e}; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -243,7 +256,10 @@ impl Worker {
             };
             let worker = self.clone();
             let abandon = abandon.clone();
-            in_flight.lock().await.spawn(async move {
+            let mut in_flight = in_flight.lock().await;
+            // Forget the tasks that are done, so the set holds only what is in flight.
+            while in_flight.try_join_next().is_some() {}
+            in_flight.spawn(async move {
                 worker.handle(message, abandon).await;
                 drop(permit);
             });
@@ -314,16 +330,21 @@ impl Worker {
                 .into()
             };
             let gave_up = matches!(event, Event::TaskFailed(_));
-            match self
-                .store
-                .append(
-                    &aggregate,
-                    &[Envelope::new(event)],
-                    Expected::Sequence(stored.last_sequence),
-                    None,
-                )
-                .await
-            {
+            let appended = if gave_up {
+                // The last delivery: a nak would never come back, so keep trying here.
+                self.append_patiently(&aggregate, event, stored.last_sequence)
+                    .await
+            } else {
+                self.store
+                    .append(
+                        &aggregate,
+                        &[Envelope::new(event)],
+                        Expected::Sequence(stored.last_sequence),
+                        None,
+                    )
+                    .await
+            };
+            match appended {
                 Ok(_) if gave_up => return Ok(Handled::Done),
                 Ok(appended) => {
                     started_at = Some(appended.sequence);
@@ -384,6 +405,43 @@ impl Worker {
         Err(NotReported::Busy)
     }
 
+    /// Appends with retries and backoff for transient failures (a conflict is returned at
+    /// once, for the caller to decide again).
+    async fn append_patiently(
+        &self,
+        aggregate: &Aggregate,
+        event: Event,
+        expected: u64,
+    ) -> Result<aicp_events::Appended, AppendError> {
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..10 {
+            match self
+                .store
+                .append(
+                    aggregate,
+                    &[Envelope::new(event.clone())],
+                    Expected::Sequence(expected),
+                    None,
+                )
+                .await
+            {
+                Err(AppendError::Publish { .. } | AppendError::StreamNotFound { .. }) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+        self.store
+            .append(
+                aggregate,
+                &[Envelope::new(event)],
+                Expected::Sequence(expected),
+                None,
+            )
+            .await
+    }
+
     /// Executes, telling JetStream every third of the ack wait that the work goes on.
     async fn execute_with_progress(
         &self,
@@ -392,7 +450,9 @@ impl Worker {
     ) -> Outcome {
         let execution = executor::execute(item, &self.default_executor, self.seed);
         tokio::pin!(execution);
-        let mut progress = tokio::time::interval(self.ack_wait / 3);
+        let mut progress =
+            tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(100)));
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await;
         loop {
             tokio::select! {
