@@ -82,6 +82,35 @@ impl Coordinator {
         Ok(value["id"].as_str().unwrap_or_default().to_owned())
     }
 
+    async fn task(&self, id: &str) -> Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/tasks/{id}", self.base))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Polls the task `tries` times, `every` apart, until `done` holds; the last state seen.
+    async fn wait_task(
+        &self,
+        id: &str,
+        tries: usize,
+        every: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<(bool, Value)> {
+        let mut task = Value::Null;
+        for _ in 0..tries {
+            task = self.task(id).await?;
+            if done(&task) {
+                return Ok((true, task));
+            }
+            tokio::time::sleep(every).await;
+        }
+        Ok((false, task))
+    }
+
     async fn stop(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await??;
@@ -325,13 +354,7 @@ async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()>
     for _ in 0..100 {
         let mut running = 0;
         for id in &ids {
-            let task: Value = coordinator
-                .http
-                .get(format!("{}/tasks/{id}", coordinator.base))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let task = coordinator.task(id).await?;
             if task["status"] == "running" {
                 running += 1;
             }
@@ -346,24 +369,14 @@ async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()>
     // Both tasks were in flight and finished before the worker exited: with no worker
     // left, nothing else could finish them (the coordinator may take a moment to show it).
     for id in &ids {
-        let mut status = Value::Null;
-        for _ in 0..50 {
-            let task: Value = coordinator
-                .http
-                .get(format!("{}/tasks/{id}", coordinator.base))
-                .send()
-                .await?
-                .json()
-                .await?;
-            status = task["status"].clone();
-            if matches!(status.as_str(), Some("completed" | "failed")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let finished = |t: &Value| matches!(t["status"].as_str(), Some("completed" | "failed"));
+        let (done, task) = coordinator
+            .wait_task(id, 50, Duration::from_millis(100), finished)
+            .await?;
         ensure!(
-            matches!(status.as_str(), Some("completed" | "failed")),
-            "task {id} is {status} after a graceful stop"
+            done,
+            "task {id} is {} after a graceful stop",
+            task["status"]
         );
     }
     coordinator.stop().await
@@ -410,13 +423,7 @@ async fn a_task_whose_attempts_keep_crashing_fails_with_max_deliveries_and_is_re
     ];
     let mut crashes = 0;
     for _ in 0..8 {
-        let task: Value = coordinator
-            .http
-            .get(format!("{}/tasks/{id}", coordinator.base))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let task = coordinator.task(&id).await?;
         if task["status"] == "failed" {
             break;
         }
@@ -433,39 +440,17 @@ async fn a_task_whose_attempts_keep_crashing_fails_with_max_deliveries_and_is_re
         }
         drop(worker);
     }
-    let task: Value = coordinator
-        .http
-        .get(format!("{}/tasks/{id}", coordinator.base))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let task = coordinator.task(&id).await?;
     ensure!(
         task["status"] == "failed" && task["reason"] == "max-deliveries",
         "task ended as {task}"
     );
     ensure!(crashes >= 2, "only {crashes} crashes before giving up");
-    let refunded = coordinator
-        .state
-        .model
-        .task(&id.parse()?)?
-        .and_then(|t| t.payment);
-    let mut payment = refunded;
-    for _ in 0..50 {
-        if payment == Some(EscrowState::Refunded) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        payment = coordinator
-            .state
-            .model
-            .task(&id.parse()?)?
-            .and_then(|t| t.payment);
-    }
-    ensure!(
-        payment == Some(EscrowState::Refunded),
-        "not refunded: {payment:?}"
-    );
+    let refunded = |t: &Value| t["payment"] == "refunded";
+    let (done, task) = coordinator
+        .wait_task(&id, 50, Duration::from_millis(100), refunded)
+        .await?;
+    ensure!(done, "not refunded: {}", task["payment"]);
     coordinator.stop().await
 }
 
@@ -547,21 +532,13 @@ async fn a_worker_for_all_agents_serves_one_registered_after_it_started() -> Res
         .json()
         .await?;
     let id = task["id"].as_str().unwrap_or_default().to_owned();
-    for _ in 0..100 {
-        let task: Value = coordinator
-            .http
-            .get(format!("{}/tasks/{id}", coordinator.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if task["status"] == "completed" {
-            ensure!(task["result"] == "fresh work", "result {}", task["result"]);
-            return coordinator.stop().await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the new agent's task was never done")
+    let completed = |t: &Value| t["status"] == "completed";
+    let (done, task) = coordinator
+        .wait_task(&id, 100, Duration::from_millis(100), completed)
+        .await?;
+    ensure!(done, "the new agent's task was never done");
+    ensure!(task["result"] == "fresh work", "result {}", task["result"]);
+    coordinator.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,37 +557,18 @@ async fn work_that_outlasts_the_grace_period_is_handed_to_another_worker_at_once
     ];
     let leaving = WorkerProcess::start(&server, "leaving", &slow)?;
     let id = coordinator.submit(0).await?;
-    let mut running = false;
-    for _ in 0..100 {
-        let task: Value = coordinator
-            .http
-            .get(format!("{}/tasks/{id}", coordinator.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if task["status"] == "running" {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ensure!(running, "the task never started");
+    let running = |t: &Value| t["status"] == "running";
+    let (started, _) = coordinator
+        .wait_task(&id, 100, Duration::from_millis(50), running)
+        .await?;
+    ensure!(started, "the task never started");
     let exit = leaving.terminate()?;
     ensure!(exit.success(), "worker exited with {exit}");
     let _quick = WorkerProcess::start(&server, "quick", &["--simulate-ms", "0"])?;
-    for _ in 0..100 {
-        let task: Value = coordinator
-            .http
-            .get(format!("{}/tasks/{id}", coordinator.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if matches!(task["status"].as_str(), Some("completed" | "failed")) {
-            return coordinator.stop().await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the handed-back task was not picked up within 10 s")
+    let finished = |t: &Value| matches!(t["status"].as_str(), Some("completed" | "failed"));
+    let (done, _) = coordinator
+        .wait_task(&id, 100, Duration::from_millis(100), finished)
+        .await?;
+    ensure!(done, "the handed-back task was not picked up within 10 s");
+    coordinator.stop().await
 }
