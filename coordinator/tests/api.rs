@@ -424,13 +424,7 @@ async fn metrics_and_readiness_describe_the_coordinator() -> Result<()> {
 
     let ready = app.get("/ready").await?;
     assert_eq!(ready.0, StatusCode::OK, "{}", ready.1);
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = app.metrics().await?;
     for expected in [
         r#"aicp_http_request_duration_seconds_count{method="POST",route="/tasks/submit",status="200"} 1"#,
         r#"aicp_http_request_duration_seconds_count{method="GET",route="/tasks/{id}",status="404"} 1"#,

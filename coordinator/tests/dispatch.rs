@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use aicp_events::testing::NatsServer;
 use aicp_events::work::WorkItem;
 use anyhow::{ensure, Result};
@@ -13,20 +11,12 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 async fn dispatcher_idle(app: &TestApp) -> Result<()> {
-    for _ in 0..100 {
-        let text = app
-            .http
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await?
-            .text()
-            .await?;
-        if text.lines().any(|l| l == "aicp_dispatch_pending_events 0") {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("the dispatcher did not finish")
+    ensure!(
+        app.metrics_reach(100, &["aicp_dispatch_pending_events 0"])
+            .await?,
+        "the dispatcher did not finish"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

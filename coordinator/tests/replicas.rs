@@ -106,20 +106,15 @@ async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<
     }
     // Wait until the settlement manager has nothing left to do: what the killed process
     // had been handed comes back after the consumer's ack wait.
-    let metrics_url = format!("{}/metrics", second.base);
-    let mut settled = false;
-    for _ in 0..600 {
-        let text = second.http.get(&metrics_url).send().await?.text().await?;
-        if text
-            .lines()
-            .any(|l| l == "aicp_settlement_pending_events 0")
-            && text.lines().any(|l| l == "aicp_projection_lag_events 0")
-        {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let settled = second
+        .metrics_reach(
+            600,
+            &[
+                "aicp_settlement_pending_events 0",
+                "aicp_projection_lag_events 0",
+            ],
+        )
+        .await?;
     ensure!(settled, "the settlement manager did not finish");
     second.terminate()?;
 

@@ -137,6 +137,29 @@ impl Api {
     pub async fn agent(&self, name: &str) -> Result<Value> {
         Ok(self.get(&format!("/v1/agents/{name}")).await?.1)
     }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// Polls `/metrics` `tries` times, 50 ms apart, until it has every line of `lines`.
+    pub async fn metrics_reach(&self, tries: usize, lines: &[&str]) -> Result<bool> {
+        for _ in 0..tries {
+            let text = self.metrics().await?;
+            if lines.iter().all(|want| text.lines().any(|l| l == *want)) {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(false)
+    }
 }
 
 impl std::ops::Deref for TestApp {
