@@ -11,7 +11,7 @@ use std::time::Duration;
 use aicp_events::domain::assign::{self, Candidate, Choice, Policy, Request};
 use aicp_events::domain::pricing::Complexity;
 use aicp_events::domain::reputation::{Reputation, PRIOR_WEIGHT};
-use aicp_events::domain::task::Task;
+use aicp_events::domain::task::{Task, TaskStatus};
 use aicp_events::event::{
     AgentMode, AgentRegistered, AgentUpdated, Event, ExecutorSettings, TaskAssigned, TaskCancelled,
     TaskCompleted, TaskExpired, TaskFailed, TaskSubmitted,
@@ -73,6 +73,31 @@ pub struct Submitted {
     pub choice: Choice,
     /// Where it was stored.
     pub written: Written,
+}
+
+/// The result of a retry.
+#[derive(Debug, Clone)]
+pub struct Retried {
+    /// The new task.
+    pub task_id: TaskId,
+    /// Where it was stored; `None` if the retry existed already.
+    pub created: Option<Written>,
+}
+
+/// The id of the retry of `task_id`: `<id>-retry`, and for a retry `-retry2`, `-retry3`...
+pub fn retry_id(task_id: &TaskId) -> Result<TaskId, ApiError> {
+    let id = task_id.as_str();
+    let next = match id.rsplit_once("-retry") {
+        Some((base, "")) => format!("{base}-retry2"),
+        Some((base, n)) if n.bytes().all(|b| b.is_ascii_digit()) => match n.parse::<u32>() {
+            Ok(n) => format!("{base}-retry{}", n.saturating_add(1)),
+            Err(_) => format!("{id}-retry"),
+        },
+        _ => format!("{id}-retry"),
+    };
+    next.parse().map_err(|e: aicp_events::id::IdError| {
+        ApiError::bad_request("not_retryable", format!("cannot retry {task_id}: {e}"))
+    })
 }
 
 /// Parses an id from a path or body, as a 400 if malformed.
@@ -190,6 +215,16 @@ impl AppState {
     /// Submits and assigns a task: both events in one message, so a task never exists
     /// without its agent and price.
     pub async fn submit(&self, cmd: SubmitTask) -> Result<Submitted, ApiError> {
+        self.submit_as(cmd, std::iter::repeat_with(TaskId::generate))
+            .await
+    }
+
+    /// [`AppState::submit`] under the first free id of `ids`.
+    async fn submit_as(
+        &self,
+        cmd: SubmitTask,
+        ids: impl IntoIterator<Item = TaskId>,
+    ) -> Result<Submitted, ApiError> {
         let buyer_id: BuyerId = parse_id(&cmd.buyer_id)?;
         let description = parse_description(&cmd.description)?;
         let complexity = parse_complexity(cmd.complexity)?;
@@ -211,7 +246,7 @@ impl AppState {
         let counter = self.model.counters()?.submitted;
         let choice = assign::assign(policy, &request, &self.candidates()?, counter)?;
 
-        self.store_submission(std::iter::repeat_with(TaskId::generate), |task_id| {
+        self.store_submission(ids, |task_id| {
             let submitted = Envelope::new(TaskSubmitted {
                 task_id: task_id.clone(),
                 buyer_id: buyer_id.clone(),
@@ -415,6 +450,63 @@ impl AppState {
             "busy",
             format!("task {task_id} keeps changing; retry"),
         ))
+    }
+
+    /// Submits a failed or expired task again, as a new task for the same buyer with the
+    /// same description, complexity, skills and cap: assigned and priced now, paid for anew
+    /// (the first task was refunded). The new id is the old one with `-retry` (then
+    /// `-retry2`, ...), so retrying the same task twice gives the one retry, not two.
+    pub async fn retry(&self, task_id: &str) -> Result<Retried, ApiError> {
+        let task_id: TaskId = parse_id(task_id)?;
+        let old = self.task(&task_id)?.task;
+        if !matches!(old.status, TaskStatus::Failed | TaskStatus::Expired) {
+            return Err(ApiError::conflict(
+                "not_retryable",
+                format!(
+                    "task {task_id} is {}: only failed and expired tasks can be retried",
+                    old.status
+                ),
+            ));
+        }
+        let retry_id = retry_id(&task_id)?;
+        if self.model.task(&retry_id)?.is_some() {
+            return Ok(Retried {
+                task_id: retry_id,
+                created: None,
+            });
+        }
+        let cmd = SubmitTask {
+            buyer_id: old.buyer_id.to_string(),
+            description: old.description.clone(),
+            complexity: i64::from(old.complexity.get()),
+            required_skills: old.required_skills.iter().cloned().collect(),
+            max_price_sats: old.max_price_sats,
+            // A deadline that has passed would expire the retry at once.
+            deadline: old.deadline.filter(|d| *d > Utc::now()),
+            policy: Some(old.policy),
+        };
+        match self.submit_as(cmd, [retry_id.clone()]).await {
+            Ok(submitted) => Ok(Retried {
+                task_id: submitted.task_id,
+                created: Some(submitted.written),
+            }),
+            // Another request stored the same retry first: that one is the answer.
+            Err(e)
+                if !self
+                    .store
+                    .read(&Aggregate::Task(retry_id.clone()))
+                    .await?
+                    .batches
+                    .is_empty() =>
+            {
+                tracing::debug!(task = %retry_id, error = ?e, "retry already stored");
+                Ok(Retried {
+                    task_id: retry_id,
+                    created: None,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One task from the read model, or 404.

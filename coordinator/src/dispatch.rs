@@ -15,13 +15,10 @@ use aicp_events::work::WorkItem;
 use aicp_projections::views::{AgentView, TaskView};
 
 use crate::state::AppState;
-use crate::task_consumer::{self, Retry, TaskConsumer};
+use crate::task_consumer::{self, Retry};
 
 /// The shared durable consumer of the dispatcher.
-pub const DISPATCH: TaskConsumer = TaskConsumer {
-    name: "aicp-dispatch",
-    description: "dispatcher: assignments of worker-mode agents to their work queues",
-};
+pub use aicp_events::consumers::DISPATCH;
 
 /// The work message a task needs now, if any.
 pub fn work_for(task: &TaskView, agent: &AgentView) -> Option<WorkItem> {

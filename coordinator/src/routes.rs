@@ -11,6 +11,7 @@ use aicp_events::domain::ledger::{Account, EscrowState, InvalidAccount};
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::{AgentMode, AgentUpdated, ExecutorSettings};
 use aicp_events::id::{AgentId, TaskId};
+use aicp_events::work::MAX_DELIVERIES;
 use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
 use aicp_projections::{PageRequest, TaskFilter};
 use axum::body::Bytes;
@@ -52,12 +53,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/complete", post(complete))
         .route("/v1/tasks/{id}/cancel", post(cancel))
+        .route("/v1/tasks/{id}/retry", post(retry))
         .route("/v1/agents", get(list_agents).post(register_agent))
         .route("/v1/agents/{id}", get(get_agent).patch(update_agent))
         .route("/v1/quote", get(quote))
         .route("/v1/buyers", get(list_buyers))
         .route("/v1/buyers/{id}", get(get_buyer))
         .route("/v1/ledger/{account}", get(ledger))
+        .route("/v1/dead-letters", get(dead_letters))
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))
@@ -490,6 +493,25 @@ async fn cancel(
     finished(&state, &id, done).await
 }
 
+/// `POST /v1/tasks/{id}/retry`: a failed or expired task submitted again as a new task;
+/// 201 with the new task, or 200 with the retry made earlier.
+async fn retry(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = path?;
+    let retried = state.retry(&id).await?;
+    let mut body = match state.model.task(&retried.task_id)? {
+        Some(view) => json!(TaskJson::from(view)),
+        None => json!({"id": retried.task_id}),
+    };
+    body["retry_of"] = json!(id);
+    Ok(match retried.created {
+        Some(done) => written(done, StatusCode::CREATED, body),
+        None => (StatusCode::OK, Json(body)).into_response(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Agents, quotes, buyers, ledger
 // ---------------------------------------------------------------------------------------
@@ -699,4 +721,65 @@ async fn ledger(
         "next_cursor": page.next_cursor,
     }))
     .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+/// Failed tasks examined at most for one dead-letter answer, so that a marketplace with
+/// millions of failures answers in bounded time.
+const DEAD_LETTER_SCAN: usize = 10_000;
+
+/// `GET /v1/dead-letters`: messages the projection could not decode, and tasks failed
+/// because their work message ran out of deliveries; newest first, at most `limit` each.
+async fn dead_letters(
+    State(state): State<AppState>,
+    q: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let request = page(None, q.limit)?;
+    let poison: Vec<serde_json::Value> = state
+        .model
+        .poison(&request)?
+        .items
+        .into_iter()
+        .map(|p| {
+            json!({
+                "sequence": p.sequence,
+                "subject": p.subject,
+                "error": p.error,
+                "payload_bytes": p.payload.len(),
+            })
+        })
+        .collect();
+    let filter = TaskFilter {
+        status: Some(TaskStatus::Failed),
+        ..TaskFilter::default()
+    };
+    let (mut failed, mut scanned, mut cursor) = (Vec::new(), 0, None);
+    while failed.len() < request.limit && scanned < DEAD_LETTER_SCAN {
+        let batch = state.model.tasks(
+            &filter,
+            &PageRequest {
+                cursor,
+                limit: MAX_LIMIT,
+            },
+        )?;
+        scanned += batch.items.len();
+        failed.extend(
+            batch
+                .items
+                .into_iter()
+                .filter(|t| t.task.reason.as_deref() == Some(MAX_DELIVERIES))
+                .map(TaskJson::from),
+        );
+        cursor = batch.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    failed.truncate(request.limit);
+    Ok(Json(json!({"poison": poison, "failed_tasks": failed})).into_response())
 }

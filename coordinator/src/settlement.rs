@@ -20,10 +20,7 @@ use aicp_projections::views::{AgentView, TaskView};
 
 use crate::state::AppState;
 
-/// The durable consumer every replica shares.
-pub const CONSUMER: &str = "aicp-settlement";
-
-use crate::task_consumer::{self, Retry, TaskConsumer, CATCH_UP};
+use crate::task_consumer::{self, Retry, CATCH_UP};
 
 /// A step that is missing for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,10 +180,7 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
 }
 
 /// The shared durable consumer of the settlement manager.
-pub const SETTLEMENT: TaskConsumer = TaskConsumer {
-    name: CONSUMER,
-    description: "settlement process manager, shared by every coordinator",
-};
+pub use aicp_events::consumers::SETTLEMENT;
 
 /// Runs the process manager until `shutdown`.
 pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {

@@ -5,23 +5,19 @@
 //! replica at a time. A handler runs only once the local read model has applied the event,
 //! so it decides from a view at least as new as the event. The event is acked when the
 //! handler succeeds and nak'ed (redelivered a second later) when it asks to retry; what a
-//! crashed replica held is redelivered after [`ACK_WAIT`].
+//! crashed replica held is redelivered after [`consumers::TASK_ACK_WAIT`].
 
 use std::future::Future;
 use std::time::Duration;
 
+use aicp_events::consumers;
 use aicp_events::id::TaskId;
 use aicp_events::Aggregate;
-use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 
 use crate::state::AppState;
-
-/// How long a delivered event stays with a replica before JetStream gives it to another:
-/// after a crash, what the dead replica held is handled this much later. Handling takes
-/// milliseconds; a handler that overruns is harmless (handlers are idempotent).
-pub const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// How long to wait for the local read model to apply the event being handled.
 pub const CATCH_UP: Duration = Duration::from_secs(5);
@@ -31,14 +27,7 @@ pub const CATCH_UP: Duration = Duration::from_secs(5);
 #[error("{0}")]
 pub struct Retry(pub String);
 
-/// A named durable consumer of task events.
-#[derive(Debug, Clone, Copy)]
-pub struct TaskConsumer {
-    /// The durable name every replica binds to.
-    pub name: &'static str,
-    /// What it is for, shown by `nats consumer info`.
-    pub description: &'static str,
-}
+pub use aicp_events::consumers::TaskConsumer;
 
 /// Handles the task events of `consumer` with `handle` until `shutdown`; re-subscribes
 /// after a failure or a reconnection.
@@ -97,16 +86,7 @@ where
         .await?;
     // Create, or update an existing one to this configuration (every replica agrees).
     let durable: consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(consumer.name.to_owned()),
-            description: Some(consumer.description.to_owned()),
-            filter_subject: namespace.kind_wildcard("task"),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            deliver_policy: DeliverPolicy::All,
-            max_ack_pending: 1024,
-            ..Default::default()
-        })
+        .create_consumer(consumers::task_consumer_config(namespace, consumer))
         .await?;
     let mut messages = durable.messages().await?;
     let reconnected = state.store.reconnected();

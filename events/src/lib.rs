@@ -4,7 +4,7 @@
 //!   format, [`upcast`]: older schema versions.
 //! - [`domain`]: the pure rules (task state machine, pricing, reputation, ledger, assignment).
 //! - [`subject`]: stream and subject names, [`store`]: the JetStream event store,
-//!   [`work`]: the work messages of `AICP_WORK`.
+//!   [`work`]: the work messages of `AICP_WORK`, [`consumers`]: the durable consumers.
 //! - `testing` (feature `testing`): a real `nats-server` for tests.
 //!
 //! Deciding and appending with optimistic concurrency:
@@ -43,6 +43,7 @@
 //! ```
 
 pub mod codec;
+pub mod consumers;
 pub mod domain;
 pub mod envelope;
 pub mod event;

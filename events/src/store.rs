@@ -597,14 +597,7 @@ impl EventStore {
     /// subject. In a work-queue stream a message stays until a worker acks it, so this is
     /// a consumer's `num_pending + num_ack_pending`: the figure KEDA scales workers on.
     pub async fn work_queue_depths(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let name = self.namespace.work_stream();
-        let stream = match self.js.get_stream(&name).await {
-            Ok(stream) => stream,
-            Err(e) if is_stream_not_found(&e) => {
-                return Err(StoreError::StreamNotFound { stream: name })
-            }
-            Err(e) => return Err(StoreError::jetstream("stream lookup", e)),
-        };
+        let stream = self.stream(&self.namespace.work_stream()).await?;
         let mut subjects = stream
             .info_with_subjects(self.namespace.work_wildcard())
             .await
@@ -621,11 +614,18 @@ impl EventStore {
         Ok(depths)
     }
 
-    async fn events_stream(&self) -> Result<stream::Stream, StoreError> {
-        let name = self.namespace.events_stream();
-        match self.js.get_stream(&name).await {
+    /// The events stream, or [`StoreError::StreamNotFound`] if it was never provisioned.
+    pub async fn events_stream(&self) -> Result<stream::Stream, StoreError> {
+        self.stream(&self.namespace.events_stream()).await
+    }
+
+    /// A stream by name, or [`StoreError::StreamNotFound`].
+    pub async fn stream(&self, name: &str) -> Result<stream::Stream, StoreError> {
+        match self.js.get_stream(name).await {
             Ok(stream) => Ok(stream),
-            Err(e) if is_stream_not_found(&e) => Err(StoreError::StreamNotFound { stream: name }),
+            Err(e) if is_stream_not_found(&e) => Err(StoreError::StreamNotFound {
+                stream: name.to_owned(),
+            }),
             Err(e) => Err(StoreError::jetstream("stream lookup", e)),
         }
     }

@@ -46,3 +46,7 @@ impl WorkItem {
         format!("work:{}:{}", self.task_id, self.assignment)
     }
 }
+
+/// The reason a task gets when its work message runs out of deliveries: such tasks are
+/// dead letters, listed and retried with `aicp dead-letters`.
+pub const MAX_DELIVERIES: &str = "max-deliveries";

@@ -16,4 +16,4 @@ pub mod views;
 
 pub use apply::Applied;
 pub use query::{InvalidCursor, PageRequest, QueryError, TaskFilter};
-pub use tables::{ProjectionError, ReadModel, Table, TreeDigest};
+pub use tables::{decode_u64, index_prefix, ProjectionError, ReadModel, Table, TreeDigest};

@@ -31,6 +31,12 @@ pub enum ProjectionError {
     /// A record could not be encoded.
     #[error("read model encoding: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+    /// The directory holds no read model, or one of another record layout.
+    #[error("no read model of layout version {LAYOUT_VERSION} here (found {found:?})")]
+    Layout {
+        /// The layout version found, if any.
+        found: Option<u64>,
+    },
 }
 
 /// The trees of the read model. The discriminant is the tree's index in [`ReadModel::trees`].
@@ -157,6 +163,27 @@ impl ReadModel {
             model.db.flush()?;
         }
         Ok(model)
+    }
+
+    /// Opens an existing read model to inspect it, never emptying it: a directory without
+    /// one, or with another record layout, is an error.
+    pub fn open_existing(dir: &Path) -> Result<Self, ProjectionError> {
+        if !dir.join("db").exists() {
+            return Err(ProjectionError::Layout { found: None });
+        }
+        let db = open_db(dir)?;
+        let found = db
+            .open_tree(Table::Meta.name())?
+            .get(LAYOUT_VERSION_KEY)?
+            .map(|v| decode_u64(&v));
+        if found != Some(LAYOUT_VERSION) {
+            return Err(ProjectionError::Layout { found });
+        }
+        let trees = Table::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { db, trees })
     }
 
     /// One tree.

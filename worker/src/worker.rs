@@ -13,13 +13,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aicp_events::consumers::{self, WorkerConsumerSettings};
 use aicp_events::domain::task::Task;
 use aicp_events::event::{Event, ExecutorSettings, TaskCompleted, TaskFailed, TaskStarted};
 use aicp_events::id::AgentId;
 use aicp_events::store::{AppendError, StoreError};
 use aicp_events::work::WorkItem;
 use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
-use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
+use async_nats::jetstream::consumer::{pull, Consumer};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
@@ -28,8 +29,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::executor::{self, Outcome};
 
-/// The reason a task gets when its work message runs out of deliveries.
-pub const MAX_DELIVERIES: &str = "max-deliveries";
+pub use aicp_events::work::MAX_DELIVERIES;
 
 /// `--agents all`: serve every agent that has work.
 pub const ALL_AGENTS: &str = "all";
@@ -39,11 +39,6 @@ const DISCOVERY: Duration = Duration::from_secs(2);
 
 /// How long one pull waits for a message before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
-
-/// The durable consumer every worker of `agent` shares.
-pub fn consumer_name(agent: &AgentId) -> String {
-    format!("worker-{agent}")
-}
 
 /// Why a task could not be reported now; its message is redelivered.
 #[derive(Debug, thiserror::Error)]
@@ -187,18 +182,15 @@ impl Worker {
             .jetstream()
             .get_stream(namespace.work_stream())
             .await?;
-        let name = consumer_name(agent);
+        let settings = WorkerConsumerSettings {
+            ack_wait: config.ack_wait(),
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+        };
         Ok(stream
-            .create_consumer(pull::Config {
-                durable_name: Some(name),
-                description: Some(format!("workers of {agent}")),
-                filter_subject: namespace.work_subject(agent),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait(),
-                max_deliver: config.max_deliver,
-                max_ack_pending: config.max_ack_pending,
-                ..Default::default()
-            })
+            .create_consumer(consumers::worker_consumer_config(
+                namespace, agent, settings,
+            ))
             .await?)
     }
 

@@ -1,0 +1,297 @@
+//! The money invariants a read model must satisfy, checked from its own records.
+//!
+//! Every check reads the trees directly (tasks, escrows, balances, the escrow account's
+//! ledger), so it also catches a record the projection wrote wrongly, not only a wrong
+//! event. A finished task whose escrow is still held is not a violation: settlement runs
+//! after the outcome, so it is reported as pending.
+
+use std::collections::BTreeMap;
+
+use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
+use aicp_events::domain::task::TaskStatus;
+use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
+use aicp_projections::{ProjectionError, ReadModel, Table};
+use serde::de::DeserializeOwned;
+
+/// The outcome of the checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Checks that held, as one line each.
+    pub passed: Vec<String>,
+    /// Violations, each naming the record.
+    pub failed: Vec<String>,
+    /// Work not done yet that is not wrong (settlement still to run).
+    pub pending: Vec<String>,
+}
+
+/// How the escrow account's ledger moved money for one task.
+#[derive(Debug, Default)]
+struct Moves {
+    held: Vec<i64>,
+    released: Vec<i64>,
+    refunded: Vec<i64>,
+}
+
+/// Checks the read model's books.
+pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
+    let mut report = Report::default();
+    let tasks: Vec<TaskView> = values(model, Table::Tasks)?;
+    let escrows: BTreeMap<String, Escrow> = entries(model, Table::Escrows)?;
+    let balances: BTreeMap<String, i64> = entries(model, Table::Balances)?;
+    let agents: Vec<AgentView> = values(model, Table::Agents)?;
+    let buyers: Vec<BuyerView> = values(model, Table::Buyers)?;
+
+    // 1. Double entry: every transfer is booked on two accounts, so balances sum to zero.
+    let total: i128 = balances.values().map(|b| i128::from(*b)).sum();
+    if total == 0 {
+        report
+            .passed
+            .push(format!("the {} balances sum to 0", balances.len()));
+    } else {
+        report
+            .failed
+            .push(format!("balances sum to {total} sat instead of 0"));
+    }
+
+    // 2. Escrow holds exactly the prices of the tasks whose money is held.
+    let escrow_balance = balances
+        .get(&Account::Escrow.to_string())
+        .copied()
+        .unwrap_or(0);
+    let held: Vec<&Escrow> = escrows
+        .values()
+        .filter(|e| e.state == EscrowState::Held)
+        .collect();
+    let held_sum: i128 = held.iter().map(|e| i128::from(e.amount_sats)).sum();
+    let open_prices: i128 = tasks
+        .iter()
+        .filter(|t| t.payment == Some(EscrowState::Held))
+        .filter_map(|t| t.task.price_sats)
+        .map(i128::from)
+        .sum();
+    if i128::from(escrow_balance) == held_sum && held_sum == open_prices {
+        report.passed.push(format!(
+            "escrow holds {escrow_balance} sat, the prices of the {} tasks whose money is held",
+            held.len()
+        ));
+    } else {
+        report.failed.push(format!(
+            "escrow balance is {escrow_balance} sat, held escrow records add up to {held_sum} sat, held tasks' prices to {open_prices} sat"
+        ));
+    }
+
+    // 3. Every task's money moved once each way it should, for its price.
+    let mut moves: BTreeMap<String, Moves> = BTreeMap::new();
+    let escrow_prefix = aicp_projections::index_prefix(&Account::Escrow.to_string());
+    for row in model.tree(Table::Ledger).scan_prefix(&escrow_prefix) {
+        let (key, bytes) = row?;
+        let entry: LedgerEntry = decode(Table::Ledger, &key, &bytes)?;
+        let m = moves.entry(entry.task_id.to_string()).or_default();
+        match (&entry.counterparty, entry.amount_sats > 0) {
+            (Account::Buyer(_), true) => m.held.push(entry.amount_sats),
+            (Account::Buyer(_), false) => m.refunded.push(-entry.amount_sats),
+            (Account::Agent(_), false) => m.released.push(-entry.amount_sats),
+            _ => report.failed.push(format!(
+                "ledger/escrow seq {}: unexpected transfer of {} sat with {}",
+                entry.sequence, entry.amount_sats, entry.counterparty
+            )),
+        }
+    }
+    let (mut finished, mut settled_ok) = (0usize, true);
+    let mut unsettled = 0usize;
+    for view in &tasks {
+        let t = &view.task;
+        let id = t.task_id.to_string();
+        let price = t.price_sats.map(|p| p as i64);
+        let m = moves.remove(&id).unwrap_or_default();
+        let mut fail = |what: String| {
+            settled_ok = false;
+            report.failed.push(format!("tasks/{id}: {what}"));
+        };
+        if m.held.len() > 1 || m.released.len() > 1 || m.refunded.len() > 1 {
+            fail(format!(
+                "money moved more than once: held {:?}, released {:?}, refunded {:?}",
+                m.held, m.released, m.refunded
+            ));
+            continue;
+        }
+        if m.released.len() + m.refunded.len() > m.held.len() {
+            fail("paid out without being held".into());
+            continue;
+        }
+        if !m.released.is_empty() && !m.refunded.is_empty() {
+            fail("both released and refunded".into());
+            continue;
+        }
+        for amount in m.held.iter().chain(&m.released).chain(&m.refunded) {
+            if Some(*amount) != price {
+                fail(format!("moved {amount} sat but its price is {price:?}"));
+            }
+        }
+        // What the ledger says the payment is: (held, released, refunded) moves.
+        let ledger_says = match (m.held.len(), m.released.len(), m.refunded.len()) {
+            (0, 0, 0) => None,
+            (1, 0, 0) => Some(EscrowState::Held),
+            (1, 1, 0) => Some(EscrowState::Released),
+            (1, 0, 1) => Some(EscrowState::Refunded),
+            _ => Some(EscrowState::Held), // impossible after the checks above
+        };
+        let payment_matches = view.payment == ledger_says;
+        if !payment_matches {
+            fail(format!(
+                "shows payment {:?}, which its ledger does not",
+                view.payment
+            ));
+        }
+        if !t.status.is_terminal() {
+            if !m.released.is_empty() || !m.refunded.is_empty() {
+                fail(format!(
+                    "is {} but its money was already paid out",
+                    t.status
+                ));
+            }
+            continue;
+        }
+        finished += 1;
+        match (t.status, &view.payment) {
+            (TaskStatus::Completed, Some(EscrowState::Released))
+            | (
+                TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired,
+                Some(EscrowState::Refunded),
+            ) => {}
+            (_, None | Some(EscrowState::Held)) => unsettled += 1,
+            (status, Some(payment)) => fail(format!("is {status} but its money was {payment}")),
+        }
+    }
+    for (task, m) in &moves {
+        report.failed.push(format!(
+            "ledger/escrow: money moved for task {task}, which does not exist ({} entries)",
+            m.held.len() + m.released.len() + m.refunded.len()
+        ));
+    }
+    if settled_ok {
+        report.passed.push(format!(
+            "each of the {} tasks had its money held, released or refunded at most once, for its price ({finished} finished)",
+            tasks.len()
+        ));
+    }
+    if unsettled > 0 {
+        report.pending.push(format!(
+            "{unsettled} finished tasks are not settled yet (settlement runs while a coordinator is up)"
+        ));
+    }
+
+    // 4. Every agent's balance is the prices of its completed, released tasks.
+    let mut earned: BTreeMap<String, i64> = BTreeMap::new();
+    for view in &tasks {
+        if let (Some(agent), Some(price), Some(EscrowState::Released)) =
+            (&view.task.agent_id, view.task.price_sats, view.payment)
+        {
+            *earned.entry(agent.to_string()).or_default() += price as i64;
+        }
+    }
+    let mut agents_ok = true;
+    for agent in &agents {
+        let id = agent.agent_id.to_string();
+        let booked = balances
+            .get(&Account::Agent(agent.agent_id.clone()).to_string())
+            .copied()
+            .unwrap_or(0);
+        let expected = earned.remove(&id).unwrap_or(0);
+        if booked != expected || agent.balance_sats != expected {
+            agents_ok = false;
+            report.failed.push(format!(
+                "agents/{id}: balance {booked} sat (shown as {}), but its paid tasks' prices add up to {expected} sat",
+                agent.balance_sats
+            ));
+        }
+    }
+    for (agent, sats) in earned {
+        agents_ok = false;
+        report.failed.push(format!(
+            "agents/{agent}: was paid {sats} sat but is not registered"
+        ));
+    }
+    if agents_ok {
+        report.passed.push(format!(
+            "each of the {} agents' balance equals its paid tasks' prices",
+            agents.len()
+        ));
+    }
+
+    // 5. Every buyer's figures agree with its tasks' money.
+    let mut buyers_ok = true;
+    for buyer in &buyers {
+        let id = &buyer.buyer_id;
+        let mine = tasks.iter().filter(|t| &t.task.buyer_id == id);
+        let (mut spent, mut open, mut refunded) = (0u64, 0u64, 0u64);
+        for t in mine {
+            let price = t.task.price_sats.unwrap_or(0);
+            match t.payment {
+                Some(EscrowState::Released) => spent += price,
+                Some(EscrowState::Held) => open += price,
+                Some(EscrowState::Refunded) => refunded += price,
+                None => {}
+            }
+        }
+        let booked = balances
+            .get(&Account::Buyer(id.clone()).to_string())
+            .copied()
+            .unwrap_or(0);
+        let figures = (
+            buyer.spent_sats,
+            buyer.open_escrow_sats,
+            buyer.refunded_sats,
+        );
+        if figures != (spent, open, refunded) || booked != -((spent + open) as i64) {
+            buyers_ok = false;
+            report.failed.push(format!(
+                "buyers/{id}: shows spent/open/refunded {figures:?} and balance {booked}, its tasks say ({spent}, {open}, {refunded}) and {}",
+                -((spent + open) as i64)
+            ));
+        }
+    }
+    if buyers_ok {
+        report.passed.push(format!(
+            "each of the {} buyers' spend, open escrow and balance agree with its tasks",
+            buyers.len()
+        ));
+    }
+    Ok(report)
+}
+
+fn decode<T: DeserializeOwned>(
+    table: Table,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, ProjectionError> {
+    rmp_serde::from_slice(bytes).map_err(|source| ProjectionError::Record {
+        table: table.name(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn values<T: DeserializeOwned>(model: &ReadModel, table: Table) -> Result<Vec<T>, ProjectionError> {
+    let mut out = Vec::new();
+    for row in model.tree(table).iter() {
+        let (key, bytes) = row?;
+        out.push(decode(table, &key, &bytes)?);
+    }
+    Ok(out)
+}
+
+fn entries<T: DeserializeOwned>(
+    model: &ReadModel,
+    table: Table,
+) -> Result<BTreeMap<String, T>, ProjectionError> {
+    let mut out = BTreeMap::new();
+    for row in model.tree(table).iter() {
+        let (key, bytes) = row?;
+        out.insert(
+            String::from_utf8_lossy(&key).into_owned(),
+            decode(table, &key, &bytes)?,
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,258 @@
+//! `aicp verify`: a read model against one rebuilt from the stream, tree by tree and then
+//! key by key, and the money invariants.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use aicp_events::EventStore;
+use aicp_projections::{ReadModel, Table};
+use serde_json::json;
+
+use crate::cli::VerifyArgs;
+use crate::error::OpsError;
+use crate::invariants;
+use crate::output;
+use crate::replay;
+
+/// One key whose record differs between two read models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDifference {
+    /// The tree.
+    pub table: &'static str,
+    /// The key, readable.
+    pub key: String,
+    /// The checked model's record (as JSON when it decodes), `None` if missing.
+    pub checked: Option<String>,
+    /// The rebuilt model's record, `None` if missing.
+    pub rebuilt: Option<String>,
+}
+
+/// Two read models compared.
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// Trees whose digests match.
+    pub matching: Vec<&'static str>,
+    /// Trees whose digests differ, with record counts (checked, rebuilt).
+    pub differing: Vec<(&'static str, u64, u64)>,
+    /// The first differing keys of each differing tree.
+    pub keys: Vec<KeyDifference>,
+}
+
+/// `aicp verify`.
+pub async fn command(
+    store: &EventStore,
+    args: &VerifyArgs,
+    as_json: bool,
+) -> Result<ExitCode, OpsError> {
+    let checked = open_existing(&args.data_dir).await?;
+    let sequence = checked
+        .last_sequence()
+        .map_err(|e| OpsError::read_model(&args.data_dir, e))?;
+    let temp;
+    let (rebuilt, rebuilt_dir) = match &args.rebuilt {
+        Some(dir) => (open_existing(dir).await?, dir.clone()),
+        None => {
+            temp = tempdir_beside(&args.data_dir)?;
+            let dir = temp.path().join("rebuilt");
+            replay::rebuild(store, &dir, None, Some(sequence), !as_json).await?;
+            (replay::open(&dir).await?, dir)
+        }
+    };
+    let rebuilt_sequence = rebuilt
+        .last_sequence()
+        .map_err(|e| OpsError::read_model(&rebuilt_dir, e))?;
+    if rebuilt_sequence != sequence {
+        return Err(OpsError::Usage(format!(
+            "{} is at sequence {sequence} but {} at {rebuilt_sequence}: rebuild with `aicp replay --to-seq {sequence}`",
+            args.data_dir.display(),
+            rebuilt_dir.display()
+        )));
+    }
+    let max_keys = args.max_keys;
+    let (comparison, report) = tokio::task::spawn_blocking(move || {
+        let comparison = compare(&checked, &rebuilt, max_keys)?;
+        let report = invariants::check(&checked)?;
+        Ok::<_, aicp_projections::ProjectionError>((comparison, report))
+    })
+    .await
+    .map_err(|e| OpsError::Usage(format!("verify thread failed: {e}")))?
+    .map_err(|e| OpsError::read_model(&args.data_dir, e))?;
+
+    let ok = comparison.differing.is_empty() && report.failed.is_empty();
+    if as_json {
+        output::json(&json!({
+            "ok": ok,
+            "data_dir": args.data_dir,
+            "sequence": sequence,
+            "trees": {
+                "matching": comparison.matching,
+                "differing": comparison.differing.iter().map(|(t, c, r)| json!({"table": t, "checked_records": c, "rebuilt_records": r})).collect::<Vec<_>>(),
+            },
+            "differing_keys": comparison.keys.iter().map(|k| json!({"table": k.table, "key": k.key, "checked": k.checked, "rebuilt": k.rebuilt})).collect::<Vec<_>>(),
+            "invariants": {"passed": report.passed, "failed": report.failed, "pending": report.pending},
+        }));
+    } else {
+        println!(
+            "read model {} at sequence {sequence}, compared with a rebuild from the stream",
+            args.data_dir.display()
+        );
+        if comparison.differing.is_empty() {
+            println!("  ok    all {} trees match", comparison.matching.len());
+        }
+        for (table, checked, rebuilt) in &comparison.differing {
+            println!("  FAIL  tree {table} differs ({checked} records here, {rebuilt} rebuilt)");
+        }
+        for k in &comparison.keys {
+            println!(
+                "        {}/{}: here {}, rebuilt {}",
+                k.table,
+                k.key,
+                k.checked.as_deref().unwrap_or("(missing)"),
+                k.rebuilt.as_deref().unwrap_or("(missing)")
+            );
+        }
+        println!("invariants");
+        for line in &report.passed {
+            println!("  ok    {line}");
+        }
+        for line in &report.failed {
+            println!("  FAIL  {line}");
+        }
+        for line in &report.pending {
+            println!("  note  {line}");
+        }
+        println!("{}", if ok { "OK" } else { "FAILED" });
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Compares every tree's digest, then walks the trees that differ for their first
+/// `max_keys` differing keys.
+pub fn compare(
+    checked: &ReadModel,
+    rebuilt: &ReadModel,
+    max_keys: usize,
+) -> Result<Comparison, aicp_projections::ProjectionError> {
+    let mut out = Comparison::default();
+    for ((table, a), b) in Table::ALL
+        .iter()
+        .zip(checked.digest()?)
+        .zip(rebuilt.digest()?)
+    {
+        if a == b {
+            out.matching.push(a.table);
+            continue;
+        }
+        out.differing.push((a.table, a.records, b.records));
+        let mut left = checked.tree(*table).iter();
+        let mut right = rebuilt.tree(*table).iter();
+        let (mut l, mut r) = (left.next().transpose()?, right.next().transpose()?);
+        let mut found = 0;
+        while found < max_keys && (l.is_some() || r.is_some()) {
+            let order = match (&l, &r) {
+                (Some((lk, _)), Some((rk, _))) => lk.cmp(rk),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            let (key, here, there) = match order {
+                std::cmp::Ordering::Less => {
+                    let (k, v) = l.take().expect("compared as present");
+                    l = left.next().transpose()?;
+                    (k, Some(v), None)
+                }
+                std::cmp::Ordering::Greater => {
+                    let (k, v) = r.take().expect("compared as present");
+                    r = right.next().transpose()?;
+                    (k, None, Some(v))
+                }
+                std::cmp::Ordering::Equal => {
+                    let (k, lv) = l.take().expect("compared as present");
+                    let (_, rv) = r.take().expect("compared as present");
+                    l = left.next().transpose()?;
+                    r = right.next().transpose()?;
+                    if lv == rv {
+                        continue;
+                    }
+                    (k, Some(lv), Some(rv))
+                }
+            };
+            found += 1;
+            out.keys.push(KeyDifference {
+                table: a.table,
+                key: readable_key(&key),
+                checked: here.map(|v| readable_value(&v)),
+                rebuilt: there.map(|v| readable_value(&v)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A key as text: ids as they are, and an index key's `id\0<u64>` as `id/<number>`.
+pub fn readable_key(key: &[u8]) -> String {
+    if let Some(zero) = key.iter().position(|b| *b == 0) {
+        let (prefix, rest) = (&key[..zero], &key[zero + 1..]);
+        if prefix.iter().all(|b| b.is_ascii_graphic()) && rest.len() >= 8 {
+            let number = aicp_projections::decode_u64(&rest[..8]);
+            let tail = if rest.len() > 8 {
+                format!("/{}", hex(&rest[8..]))
+            } else {
+                String::new()
+            };
+            return format!("{}/{number}{tail}", String::from_utf8_lossy(prefix));
+        }
+    }
+    if key.iter().all(|b| b.is_ascii_graphic()) {
+        String::from_utf8_lossy(key).into_owned()
+    } else if key.len() == 8 {
+        aicp_projections::decode_u64(key).to_string()
+    } else {
+        format!("0x{}", hex(key))
+    }
+}
+
+/// A record as compact JSON when it is MessagePack, else as hex.
+fn readable_value(value: &[u8]) -> String {
+    match rmp_serde::from_slice::<serde_json::Value>(value) {
+        Ok(v) => {
+            let text = v.to_string();
+            if text.chars().count() > 400 {
+                format!("{}...", text.chars().take(400).collect::<String>())
+            } else {
+                text
+            }
+        }
+        Err(_) => format!("0x{}", hex(value)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn open_existing(dir: &Path) -> Result<ReadModel, OpsError> {
+    // Say at once that a coordinator holds it, rather than after sled's lock wait.
+    replay::ensure_unlocked(dir)?;
+    let owned = dir.to_owned();
+    match tokio::task::spawn_blocking(move || ReadModel::open_existing(&owned)).await {
+        Ok(result) => result.map_err(|e| OpsError::read_model(dir, e)),
+        Err(e) => Err(OpsError::Usage(format!("opening {}: {e}", dir.display()))),
+    }
+}
+
+/// A temporary directory on the same disk as `dir` (its parent), else the system's.
+fn tempdir_beside(dir: &Path) -> Result<tempfile::TempDir, OpsError> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let made = match parent {
+        Some(parent) => tempfile::Builder::new()
+            .prefix(".aicp-verify-")
+            .tempdir_in(parent)
+            .or_else(|_| tempfile::tempdir()),
+        None => tempfile::tempdir(),
+    };
+    made.map_err(|e| OpsError::io(dir, e))
+}

@@ -1,0 +1,473 @@
+//! The `aicp` binary against a real `nats-server` and a real coordinator: replay, verify,
+//! swap, export and import, dead letters, queue depth, and its errors.
+
+mod common;
+
+use std::path::Path;
+
+use aicp_events::testing::NatsServer;
+use aicp_events::Namespace;
+use aicp_projections::views::TaskView;
+use aicp_projections::{ReadModel, TreeDigest};
+use anyhow::{ensure, Context, Result};
+use common::{aicp, aicp_ok, mixed_workload, Coordinator};
+use serde_json::{json, Value};
+
+fn digest(dir: &Path) -> Result<Vec<TreeDigest>> {
+    let model = ReadModel::open_existing(dir)?;
+    Ok(model.digest()?)
+}
+
+/// Publishes a message that is not an event batch, as a buggy or hostile writer might.
+async fn publish_poison(server: &NatsServer, prefix: &str) -> Result<()> {
+    let store = server.event_store(Namespace::new(prefix)?).await?;
+    let subject = store
+        .namespace()
+        .aggregate_subject(&aicp_events::Aggregate::Task("poison-1".parse()?));
+    store
+        .jetstream()
+        .publish(subject, "not msgpack".into())
+        .await?
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    let data = tempfile::tempdir()?;
+    let live = data.path().join("live");
+    let c = Coordinator::start(&server, &live, "").await?;
+    mixed_workload(&c).await?;
+    publish_poison(&server, "").await?;
+
+    // Work for a worker-mode agent that no worker serves stays queued.
+    c.post(
+        "/v1/agents",
+        json!({"agent_id": "w-1", "skills": ["ocr"], "mode": "worker"}),
+    )
+    .await?;
+    for _ in 0..2 {
+        c.post(
+            "/v1/tasks",
+            json!({"buyer_id": "buyer-9", "description": "scan", "complexity": 2, "required_skills": ["ocr"]}),
+        )
+        .await?;
+    }
+    c.eventually("two tasks queued for w-1", |_| {
+        let url = url.clone();
+        async move {
+            let out = aicp_ok(&url, &["queue-depth", "--json"]).await?;
+            let rows: Value = serde_json::from_str(&out)?;
+            Ok(rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["agent"] == "w-1" && r["queued"] == 2))
+        }
+    })
+    .await?;
+
+    // Dead letters: the poison message and the task that ran out of deliveries.
+    let api = ["--api", c.base.as_str()];
+    c.eventually("dead letters listed", |_| {
+        let url = url.clone();
+        let base = c.base.clone();
+        async move {
+            let out = aicp_ok(&url, &["--api", &base, "dead-letters", "list", "--json"]).await?;
+            let letters: Value = serde_json::from_str(&out)?;
+            Ok(letters["poison"].as_array().map(Vec::len) == Some(1)
+                && letters["failed_tasks"].as_array().map(Vec::len) == Some(1))
+        }
+    })
+    .await?;
+    let letters: Value = serde_json::from_str(
+        &aicp_ok(
+            &url,
+            &[&api[..], &["dead-letters", "list", "--json"]].concat(),
+        )
+        .await?,
+    )?;
+    assert_eq!(letters["poison"][0]["subject"], "aicp.evt.task.poison-1");
+    let dead = letters["failed_tasks"][0]["id"]
+        .as_str()
+        .context("a dead task")?
+        .to_owned();
+    assert_eq!(letters["failed_tasks"][0]["reason"], "max-deliveries");
+    let retried: Value = serde_json::from_str(
+        &aicp_ok(
+            &url,
+            &[&api[..], &["dead-letters", "retry", &dead, "--json"]].concat(),
+        )
+        .await?,
+    )?;
+    assert_eq!(retried["id"], format!("{dead}-retry"));
+    assert_eq!(retried["retry_of"], dead.as_str());
+    assert_eq!(retried["status"], "assigned");
+    let again = aicp_ok(
+        &url,
+        &[&api[..], &["dead-letters", "retry", &dead]].concat(),
+    )
+    .await?;
+    assert!(again.contains("was already retried as"), "{again}");
+    c.post(
+        &format!("/v1/tasks/{dead}-retry/complete"),
+        json!({"success": true}),
+    )
+    .await?;
+    c.settled(&format!("{dead}-retry")).await?;
+    c.stop().await?;
+
+    // A replay into a fresh directory equals the live read model, tree by tree.
+    let fresh = data.path().join("fresh");
+    let out = aicp_ok(&url, &["replay", "--out", fresh.to_str().context("path")?]).await?;
+    assert!(out.contains("rebuilt"), "{out}");
+    assert_eq!(digest(&live)?, digest(&fresh)?);
+    let report = aicp_ok(
+        &url,
+        &["verify", "--data-dir", live.to_str().context("path")?],
+    )
+    .await?;
+    assert!(
+        report.contains("all 15 trees match") && report.trim_end().ends_with("OK"),
+        "{report}"
+    );
+    // The open task's money is held, the others' settled.
+    assert!(report.contains("escrow holds"), "{report}");
+
+    // Tamper with a settled task's price: verify names the record and exits 1.
+    let tampered = {
+        let db = sled::open(&live)?;
+        let tasks = db.open_tree("tasks")?;
+        let (key, bytes) = tasks
+            .iter()
+            .filter_map(Result::ok)
+            .find(|(_, v)| {
+                rmp_serde::from_slice::<TaskView>(v).is_ok_and(|t| {
+                    t.payment == Some(aicp_events::domain::ledger::EscrowState::Released)
+                })
+            })
+            .context("a released task")?;
+        let mut view: TaskView = rmp_serde::from_slice(&bytes)?;
+        view.task.price_sats = view.task.price_sats.map(|p| p + 1);
+        tasks.insert(&key, rmp_serde::to_vec_named(&view)?)?;
+        db.flush()?;
+        String::from_utf8(key.to_vec())?
+    };
+    let fresh_arg = fresh.to_str().context("path")?;
+    let output = aicp(
+        &url,
+        &[
+            "verify",
+            "--data-dir",
+            live.to_str().context("path")?,
+            "--rebuilt",
+            fresh_arg,
+            "--json",
+        ],
+    )
+    .await?;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["differing_keys"][0]["table"], "tasks");
+    assert_eq!(report["differing_keys"][0]["key"], tampered.as_str());
+    let failed = report["invariants"]["failed"].to_string();
+    assert!(failed.contains(&format!("tasks/{tampered}")), "{failed}");
+
+    // Swap a rebuilt read model in for the tampered one; the coordinator runs on it.
+    let rebuilt = data.path().join("rebuilt");
+    let out = aicp_ok(
+        &url,
+        &[
+            "replay",
+            "--out",
+            rebuilt.to_str().context("path")?,
+            "--swap",
+            live.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    assert!(out.contains("previous read model is kept in"), "{out}");
+    assert!(!rebuilt.exists());
+    assert_eq!(digest(&live)?, digest(&fresh)?);
+    let kept = std::fs::read_dir(data.path())?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("live.old-"))
+        .count();
+    assert_eq!(kept, 1);
+    let c = Coordinator::start(&server, &live, "").await?;
+    let id = c.submit("buyer-0", 2, None).await?;
+    c.post(
+        &format!("/v1/tasks/{id}/complete"),
+        json!({"success": true}),
+    )
+    .await?;
+    c.settled(&id).await?;
+    // While it runs, a swap is refused and the live directory is left alone.
+    let another = data.path().join("another");
+    let output = aicp(
+        &url,
+        &[
+            "replay",
+            "--out",
+            another.to_str().context("path")?,
+            "--swap",
+            live.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    c.stop().await?;
+    let report = aicp_ok(
+        &url,
+        &["verify", "--data-dir", live.to_str().context("path")?],
+    )
+    .await?;
+    assert!(report.trim_end().ends_with("OK"), "{report}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_into_a_new_stream_replays_to_the_same_read_models() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    let data = tempfile::tempdir()?;
+    let live = data.path().join("live");
+    let c = Coordinator::start(&server, &live, "").await?;
+    mixed_workload(&c).await?;
+    publish_poison(&server, "").await?;
+    c.stop().await?;
+
+    let backup = data.path().join("backup.jsonl");
+    let backup_arg = backup.to_str().context("path")?;
+    aicp_ok(&url, &["events", "export", "--output", backup_arg]).await?;
+    let lines = std::fs::read_to_string(&backup)?;
+    let exported: Vec<Value> = lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let store = server.event_store(Namespace::default()).await?;
+    assert_eq!(exported.len() as u64, store.last_sequence().await?);
+    assert!(
+        exported.iter().any(|l| l["error"].is_string()),
+        "the poison message is exported"
+    );
+
+    // Restore on another server, as after losing the first one.
+    let other = NatsServer::start()?;
+    let other_url = other.url();
+    aicp_ok(&other_url, &["streams", "init"]).await?;
+    let out = aicp_ok(&other_url, &["events", "import", "--input", backup_arg]).await?;
+    assert!(
+        out.contains(&format!("imported {} messages", exported.len())),
+        "{out}"
+    );
+    let restored = data.path().join("restored");
+    aicp_ok(
+        &other_url,
+        &["replay", "--out", restored.to_str().context("path")?],
+    )
+    .await?;
+    assert_eq!(digest(&live)?, digest(&restored)?);
+    // The restored stream exports to the same lines.
+    let again = aicp_ok(&other_url, &["events", "export"]).await?;
+    let again: Vec<Value> = again
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let strip = |lines: &[Value]| -> Vec<Value> {
+        lines
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.as_object_mut().map(|m| m.remove("stored_at"));
+                l
+            })
+            .collect()
+    };
+    assert_eq!(strip(&exported), strip(&again));
+
+    // Importing again, or a filtered export, is refused with a reason.
+    let output = aicp(&other_url, &["events", "import", "--input", backup_arg]).await?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not empty"));
+    let filtered = data.path().join("filtered.jsonl");
+    let filtered_arg = filtered.to_str().context("path")?;
+    aicp_ok(
+        &url,
+        &[
+            "events",
+            "export",
+            "--type",
+            "TaskCompleted",
+            "--output",
+            filtered_arg,
+        ],
+    )
+    .await?;
+    let completed = std::fs::read_to_string(&filtered)?;
+    ensure!(
+        completed.lines().count() == 4,
+        "four completions: {completed}"
+    );
+    aicp_ok(&url, &["--prefix", "partial", "streams", "init"]).await?;
+    let output = aicp(
+        &url,
+        &[
+            "--prefix",
+            "partial",
+            "events",
+            "import",
+            "--input",
+            filtered_arg,
+        ],
+    )
+    .await?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only a whole, unfiltered export"));
+
+    // Filters: one aggregate; the last messages.
+    let task = exported
+        .iter()
+        .find_map(|l| {
+            l["subject"]
+                .as_str()
+                .filter(|s| s.starts_with("aicp.evt.task."))
+        })
+        .context("a task subject")?
+        .to_owned();
+    let id = task.trim_start_matches("aicp.evt.task.");
+    let one = aicp_ok(
+        &url,
+        &["events", "export", "--aggregate", &format!("task:{id}")],
+    )
+    .await?;
+    assert!(one.lines().count() >= 2);
+    for line in one.lines() {
+        assert_eq!(
+            serde_json::from_str::<Value>(line)?["subject"],
+            task.as_str()
+        );
+    }
+    let tail = aicp_ok(&url, &["events", "tail", "-n", "3", "--json"]).await?;
+    let tail: Vec<Value> = tail
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(tail.len(), 3);
+    assert_eq!(tail[2]["sequence"], exported.len() as u64);
+    let text = aicp_ok(&url, &["events", "tail", "-n", "1"]).await?;
+    assert!(
+        text.contains("UNDECODABLE"),
+        "the last message is the poison one: {text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_init_is_idempotent_and_status_shows_consumers() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    let output = aicp(&url, &["streams", "status"]).await?;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "missing streams fail the status"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains("does not exist (run `aicp streams init`)"));
+    let first = aicp_ok(&url, &["streams", "init", "--agents", "agent-1"]).await?;
+    assert!(first.contains("stream AICP_EVENTS: created"), "{first}");
+    let second = aicp_ok(&url, &["streams", "init", "--agents", "agent-1"]).await?;
+    assert!(second.contains("stream AICP_EVENTS: unchanged"), "{second}");
+    let status: Value =
+        serde_json::from_str(&aicp_ok(&url, &["streams", "status", "--json"]).await?)?;
+    let names: Vec<String> = status["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["consumers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        names,
+        ["aicp-dispatch", "aicp-settlement", "worker-agent-1"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn errors_are_clear_and_exit_non_zero() -> Result<()> {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let nowhere = format!("nats://127.0.0.1:{port}");
+    for args in [
+        &["streams", "status"][..],
+        &["replay", "--out", "/tmp/never-made"],
+        &["events", "tail"],
+        &["queue-depth"],
+    ] {
+        let output = aicp(&nowhere, args).await?;
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("cannot connect to NATS at {nowhere}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let output = aicp(
+        &nowhere,
+        &[
+            "--api",
+            &format!("http://127.0.0.1:{port}"),
+            "tasks",
+            "list",
+        ],
+    )
+    .await?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the coordinator"));
+
+    // A server without our streams.
+    let server = NatsServer::start()?;
+    let output = aicp(&server.url(), &["events", "export"]).await?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("stream AICP_EVENTS does not exist"),
+        "{stderr}"
+    );
+
+    // Every command explains itself with an example.
+    for command in [
+        &["streams", "init"][..],
+        &["streams", "status"],
+        &["replay"],
+        &["verify"],
+        &["events", "tail"],
+        &["events", "export"],
+        &["events", "import"],
+        &["queue-depth"],
+        &["dead-letters", "list"],
+        &["dead-letters", "retry"],
+        &["tasks", "submit"],
+        &["tasks", "show"],
+        &["tasks", "list"],
+        &["agents", "list"],
+        &["agents", "register"],
+        &["demo"],
+    ] {
+        let help = aicp_ok(&server.url(), &[command, &["--help"]].concat()).await?;
+        assert!(
+            help.contains("Example"),
+            "{command:?} --help has no example:\n{help}"
+        );
+    }
+    Ok(())
+}
