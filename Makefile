@@ -7,7 +7,7 @@ CARGO ?= cargo
 NATS_LATEST_VERSION := 2.15.1
 NATS_LATEST_DIR := target/nats-server-$(NATS_LATEST_VERSION)
 
-.PHONY: help test fmt fmt-check lint unit compat run fixtures tools
+.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ $(NATS_LATEST_DIR)/bin/nats-server:
 fixtures: ## Write schema fixtures for new event types or versions (never overwrites)
 	AICP_WRITE_FIXTURES=1 $(CARGO) test -p aicp-events --test fixtures
 
-run: ## Run the local stack: NATS (if none answers), the coordinator; Ctrl-C stops it
+run: ## Run the whole stack: NATS (if none answers), coordinator, 3 workers; Ctrl-C stops it
 	@bash ops/scripts/run-local.sh
+
+demo: ## `make run` plus simulated buyers submitting tasks (DEMO_RATE per second)
+	@DEMO=1 bash ops/scripts/run-local.sh
 
 # Tests start their own nats-server (ephemeral port, temporary store), so one must be
 # installed: NATS_SERVER_BIN, else `nats-server` on the PATH, else we install Debian's.

@@ -693,3 +693,27 @@ fn parse_name(raw: String) -> Result<String, ApiError> {
     }
     Ok(name.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(raw: &str) -> TaskId {
+        raw.parse().expect("a valid id")
+    }
+
+    #[test]
+    fn a_retry_id_counts_up_from_the_original() {
+        assert_eq!(retry_id(&id("8fb44756")).ok(), Some(id("8fb44756-retry")));
+        assert_eq!(
+            retry_id(&id("8fb44756-retry")).ok(),
+            Some(id("8fb44756-retry2"))
+        );
+        assert_eq!(
+            retry_id(&id("8fb44756-retry9")).ok(),
+            Some(id("8fb44756-retry10"))
+        );
+        assert_eq!(retry_id(&id("a-retryx")).ok(), Some(id("a-retryx-retry")));
+        assert!(retry_id(&id(&"a".repeat(64))).is_err(), "too long to retry");
+    }
+}

