@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/buyers/{id}", get(get_buyer))
         .route("/v1/ledger/{account}", get(ledger))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/read-model/check", get(read_model_check))
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))
@@ -782,4 +783,35 @@ async fn dead_letters(
     }
     failed.truncate(request.limit);
     Ok(Json(json!({"poison": poison, "failed_tasks": failed})).into_response())
+}
+
+/// `GET /v1/read-model/check`: this replica's read model at one checkpoint: each tree's
+/// digest and the money invariants. `aicp verify --live` compares the digests with a
+/// rebuild from the stream. Applying new events waits while it runs (a full scan).
+async fn read_model_check(State(state): State<AppState>) -> ApiResult {
+    let model = state.model.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        model.consistent(|m| {
+            Ok::<_, aicp_projections::ProjectionError>((
+                m.last_sequence()?,
+                m.digest()?,
+                aicp_projections::invariants::check(m)?,
+            ))
+        })
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let (sequence, digests, invariants) = checked;
+    let trees: Vec<serde_json::Value> = digests
+        .iter()
+        .map(
+            |d| json!({"table": d.table, "records": d.records, "hash": format!("{:016x}", d.hash)}),
+        )
+        .collect();
+    Ok(Json(json!({
+        "sequence": sequence,
+        "trees": trees,
+        "invariants": invariants,
+    }))
+    .into_response())
 }

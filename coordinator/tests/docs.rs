@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/buyers/{id}"),
     ("GET", "/v1/ledger/{account}"),
     ("GET", "/v1/dead-letters"),
+    ("GET", "/v1/read-model/check"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),

@@ -32,6 +32,11 @@ impl Client {
         Ok(Self { base, http })
     }
 
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `GET path`, the body as JSON.
     pub async fn get(&self, path: &str) -> Result<Value, OpsError> {
         let request = self.http.get(format!("{}{path}", self.base));

@@ -62,7 +62,7 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Compare a read model with one rebuilt from the stream, and check the invariants.
     #[command(
-        after_help = "Exit code 0 when everything agrees, 1 when something does not.\n\nExamples:\n  # the coordinator must be stopped: sled lets one process open a directory\n  aicp verify --data-dir .data/coordinator\n  aicp verify --data-dir .data/coordinator --rebuilt /tmp/rebuilt"
+        after_help = "Exit code 0 when everything agrees, 1 when something does not.\n\nExamples:\n  # a stopped coordinator's directory: differing keys are shown\n  aicp verify --data-dir .data/coordinator\n  aicp verify --data-dir .data/coordinator --rebuilt /tmp/rebuilt\n  # a running coordinator, through its API: trees and invariants\n  aicp --api http://127.0.0.1:8000 verify --live"
     )]
     Verify(VerifyArgs),
     /// Print, export and import events.
@@ -136,7 +136,11 @@ pub struct ReplayArgs {
 pub struct VerifyArgs {
     /// The read model to check: a stopped coordinator's data directory.
     #[arg(long, env = "AICP_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// Check the read model of the running coordinator at --api instead (digests and
+    /// invariants; differing keys need --data-dir).
+    #[arg(long, conflicts_with_all = ["data_dir", "rebuilt"])]
+    pub live: bool,
     /// A read model rebuilt by `aicp replay` to compare with; by default one is rebuilt
     /// in a temporary directory up to the checked model's sequence.
     #[arg(long)]

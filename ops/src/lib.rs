@@ -11,7 +11,6 @@ pub mod dead_letters;
 pub mod demo;
 pub mod error;
 pub mod feed;
-pub mod invariants;
 pub mod output;
 pub mod progress;
 pub mod queue;
@@ -41,7 +40,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, OpsError> {
             replay::command(&connect(&global).await?, &args, global.json).await
         }
         Command::Verify(args) => {
-            verify::command(&connect(&global).await?, &args, global.json).await
+            verify::command(&connect(&global).await?, &args, &global.api, global.json).await
         }
         Command::Events(EventsCommand::Tail {
             count,

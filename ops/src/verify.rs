@@ -8,9 +8,11 @@ use aicp_events::EventStore;
 use aicp_projections::{ReadModel, Table};
 use serde_json::json;
 
+use aicp_projections::invariants::{self, Report};
+
+use crate::api::Client;
 use crate::cli::VerifyArgs;
 use crate::error::OpsError;
-use crate::invariants;
 use crate::output;
 use crate::replay;
 
@@ -38,63 +40,67 @@ pub struct Comparison {
     pub keys: Vec<KeyDifference>,
 }
 
-/// `aicp verify`.
+/// `aicp verify`: a stopped coordinator's directory (`--data-dir`), or a running
+/// coordinator's read model through its API (`--live`).
 pub async fn command(
     store: &EventStore,
     args: &VerifyArgs,
+    api: &str,
     as_json: bool,
 ) -> Result<ExitCode, OpsError> {
-    let checked = open_existing(&args.data_dir).await?;
-    let sequence = checked
-        .last_sequence()
-        .map_err(|e| OpsError::read_model(&args.data_dir, e))?;
-    let temp;
-    let (rebuilt, rebuilt_dir) = match &args.rebuilt {
-        Some(dir) => (open_existing(dir).await?, dir.clone()),
-        None => {
-            temp = tempdir_beside(&args.data_dir)?;
-            let dir = temp.path().join("rebuilt");
-            replay::rebuild(store, &dir, None, Some(sequence), !as_json).await?;
-            (replay::open(&dir).await?, dir)
+    let verdict = match (&args.data_dir, args.live) {
+        (Some(dir), false) => verify_dir(store, dir, args, as_json).await?,
+        (None, true) => verify_live(store, &Client::new(api)?, as_json).await?,
+        _ => {
+            return Err(OpsError::Usage(
+                "pass either --data-dir (a stopped coordinator's read model) or --live (a running one, through --api)".into(),
+            ))
         }
     };
-    let rebuilt_sequence = rebuilt
-        .last_sequence()
-        .map_err(|e| OpsError::read_model(&rebuilt_dir, e))?;
-    if rebuilt_sequence != sequence {
-        return Err(OpsError::Usage(format!(
-            "{} is at sequence {sequence} but {} at {rebuilt_sequence}: rebuild with `aicp replay --to-seq {sequence}`",
-            args.data_dir.display(),
-            rebuilt_dir.display()
-        )));
-    }
-    let max_keys = args.max_keys;
-    let (comparison, report) = tokio::task::spawn_blocking(move || {
-        let comparison = compare(&checked, &rebuilt, max_keys)?;
-        let report = invariants::check(&checked)?;
-        Ok::<_, aicp_projections::ProjectionError>((comparison, report))
-    })
-    .await
-    .map_err(|e| OpsError::Usage(format!("verify thread failed: {e}")))?
-    .map_err(|e| OpsError::read_model(&args.data_dir, e))?;
-
-    let ok = comparison.differing.is_empty() && report.failed.is_empty();
-    if as_json {
-        output::json(&json!({
-            "ok": ok,
-            "data_dir": args.data_dir,
-            "sequence": sequence,
-            "trees": {
-                "matching": comparison.matching,
-                "differing": comparison.differing.iter().map(|(t, c, r)| json!({"table": t, "checked_records": c, "rebuilt_records": r})).collect::<Vec<_>>(),
-            },
-            "differing_keys": comparison.keys.iter().map(|k| json!({"table": k.table, "key": k.key, "checked": k.checked, "rebuilt": k.rebuilt})).collect::<Vec<_>>(),
-            "invariants": {"passed": report.passed, "failed": report.failed, "pending": report.pending},
-        }));
+    verdict.print(as_json);
+    Ok(if verdict.ok() {
+        ExitCode::SUCCESS
     } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What verify found.
+#[derive(Debug)]
+struct Verdict {
+    /// What was checked: a directory or a URL.
+    source: String,
+    sequence: u64,
+    comparison: Comparison,
+    report: Report,
+    /// Why differing keys are not shown, when they cannot be.
+    keys_note: Option<&'static str>,
+}
+
+impl Verdict {
+    fn ok(&self) -> bool {
+        self.comparison.differing.is_empty() && self.report.failed.is_empty()
+    }
+
+    fn print(&self, as_json: bool) {
+        let (comparison, report, sequence) = (&self.comparison, &self.report, self.sequence);
+        if as_json {
+            output::json(&json!({
+                "ok": self.ok(),
+                "checked": self.source,
+                "sequence": sequence,
+                "trees": {
+                    "matching": comparison.matching,
+                    "differing": comparison.differing.iter().map(|(t, c, r)| json!({"table": t, "checked_records": c, "rebuilt_records": r})).collect::<Vec<_>>(),
+                },
+                "differing_keys": comparison.keys.iter().map(|k| json!({"table": k.table, "key": k.key, "checked": k.checked, "rebuilt": k.rebuilt})).collect::<Vec<_>>(),
+                "invariants": {"passed": report.passed, "failed": report.failed, "pending": report.pending},
+            }));
+            return;
+        }
         println!(
             "read model {} at sequence {sequence}, compared with a rebuild from the stream",
-            args.data_dir.display()
+            self.source
         );
         if comparison.differing.is_empty() {
             println!("  ok    all {} trees match", comparison.matching.len());
@@ -111,6 +117,9 @@ pub async fn command(
                 k.rebuilt.as_deref().unwrap_or("(missing)")
             );
         }
+        if let (false, Some(note)) = (comparison.differing.is_empty(), self.keys_note) {
+            println!("        ({note})");
+        }
         println!("invariants");
         for line in &report.passed {
             println!("  ok    {line}");
@@ -121,12 +130,102 @@ pub async fn command(
         for line in &report.pending {
             println!("  note  {line}");
         }
-        println!("{}", if ok { "OK" } else { "FAILED" });
+        println!("{}", if self.ok() { "OK" } else { "FAILED" });
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+}
+
+async fn verify_dir(
+    store: &EventStore,
+    dir: &Path,
+    args: &VerifyArgs,
+    as_json: bool,
+) -> Result<Verdict, OpsError> {
+    let checked = open_existing(dir).await?;
+    let sequence = checked
+        .last_sequence()
+        .map_err(|e| OpsError::read_model(dir, e))?;
+    let temp;
+    let (rebuilt, rebuilt_dir) = match &args.rebuilt {
+        Some(rebuilt) => (open_existing(rebuilt).await?, rebuilt.clone()),
+        None => {
+            temp = tempdir_beside(dir)?;
+            let rebuilt = temp.path().join("rebuilt");
+            replay::rebuild(store, &rebuilt, None, Some(sequence), !as_json).await?;
+            (replay::open(&rebuilt).await?, rebuilt)
+        }
+    };
+    let rebuilt_sequence = rebuilt
+        .last_sequence()
+        .map_err(|e| OpsError::read_model(&rebuilt_dir, e))?;
+    if rebuilt_sequence != sequence {
+        return Err(OpsError::Usage(format!(
+            "{} is at sequence {sequence} but {} at {rebuilt_sequence}: rebuild with `aicp replay --to-seq {sequence}`",
+            dir.display(),
+            rebuilt_dir.display()
+        )));
+    }
+    let max_keys = args.max_keys;
+    let (comparison, report) = tokio::task::spawn_blocking(move || {
+        let comparison = compare(&checked, &rebuilt, max_keys)?;
+        let report = invariants::check(&checked)?;
+        Ok::<_, aicp_projections::ProjectionError>((comparison, report))
+    })
+    .await
+    .map_err(|e| OpsError::Usage(format!("verify thread failed: {e}")))?
+    .map_err(|e| OpsError::read_model(dir, e))?;
+    Ok(Verdict {
+        source: dir.display().to_string(),
+        sequence,
+        comparison,
+        report,
+        keys_note: None,
+    })
+}
+
+/// Asks a running coordinator for its digests and invariants at one checkpoint, and
+/// compares the digests with a rebuild to that checkpoint.
+async fn verify_live(
+    store: &EventStore,
+    client: &Client,
+    as_json: bool,
+) -> Result<Verdict, OpsError> {
+    let live = client.get("/v1/read-model/check").await?;
+    let sequence = live["sequence"].as_u64().ok_or_else(|| {
+        OpsError::Usage(format!("unexpected answer from the coordinator: {live}"))
+    })?;
+    let report: Report = serde_json::from_value(live["invariants"].clone())
+        .map_err(|e| OpsError::Usage(format!("unexpected invariants from the coordinator: {e}")))?;
+    let temp =
+        tempfile::tempdir().map_err(|e| OpsError::io(Path::new("temporary directory"), e))?;
+    let dir = temp.path().join("rebuilt");
+    replay::rebuild(store, &dir, None, Some(sequence), !as_json).await?;
+    let rebuilt = replay::open(&dir).await?;
+    let digests = rebuilt
+        .digest()
+        .map_err(|e| OpsError::read_model(&dir, e))?;
+    let mut comparison = Comparison::default();
+    for digest in digests {
+        let theirs = live["trees"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["table"] == digest.table);
+        let records = theirs.and_then(|t| t["records"].as_u64()).unwrap_or(0);
+        let hash = theirs.and_then(|t| t["hash"].as_str()).unwrap_or_default();
+        if records == digest.records && hash == format!("{:016x}", digest.hash) {
+            comparison.matching.push(digest.table);
+        } else {
+            comparison
+                .differing
+                .push((digest.table, records, digest.records));
+        }
+    }
+    Ok(Verdict {
+        source: client.base().to_owned(),
+        sequence,
+        comparison,
+        report,
+        keys_note: Some("a running coordinator's keys cannot be read from outside: stop one replica and run `aicp verify --data-dir` on its directory to see them"),
     })
 }
 

@@ -117,6 +117,13 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
     )
     .await?;
     c.settled(&format!("{dead}-retry")).await?;
+
+    // The running coordinator's read model, checked through its API.
+    let live_report = aicp_ok(&url, &[&api[..], &["verify", "--live"]].concat()).await?;
+    assert!(
+        live_report.contains("all 15 trees match") && live_report.trim_end().ends_with("OK"),
+        "{live_report}"
+    );
     c.stop().await?;
 
     // A replay into a fresh directory equals the live read model, tree by tree.

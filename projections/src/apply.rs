@@ -58,6 +58,7 @@ impl ReadModel {
 }
 
 fn apply_batch(model: &ReadModel, batch: &StoredBatch) -> Result<Applied, ProjectionError> {
+    let _writing = model.lock_writes();
     if batch.sequence <= model.last_sequence()? {
         return Ok(Applied::AlreadyApplied);
     }
@@ -139,6 +140,7 @@ fn aggregate_of(subject: &str) -> Option<Aggregate> {
 }
 
 fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, ProjectionError> {
+    let _writing = model.lock_writes();
     if poison.sequence <= model.last_sequence()? {
         return Ok(Applied::AlreadyApplied);
     }

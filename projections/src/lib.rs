@@ -5,10 +5,12 @@
 //!   ledger and the dashboard's figures.
 //! - [`projector`]: feeds a read model from the stream, in process, and tells waiters how
 //!   far it has got.
+//! - [`invariants`]: the money rules a read model's records must satisfy.
 //!
 //! A read model is disposable: it can always be rebuilt from sequence 1 of the stream.
 
 mod apply;
+pub mod invariants;
 pub mod projector;
 mod query;
 mod tables;

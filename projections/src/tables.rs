@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -131,6 +132,9 @@ pub const LAST_SEQUENCE: &[u8] = b"last_sequence";
 pub struct ReadModel {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// Held while a message is applied, and by [`ReadModel::consistent`]: a reader that
+    /// scans several trees sees them all at one checkpoint.
+    writing: Arc<Mutex<()>>,
 }
 
 impl ReadModel {
@@ -145,7 +149,11 @@ impl ReadModel {
             .iter()
             .map(|t| db.open_tree(t.name()))
             .collect::<Result<Vec<_>, _>>()?;
-        let model = Self { db, trees };
+        let model = Self {
+            db,
+            trees,
+            writing: Arc::default(),
+        };
         let meta = model.tree(Table::Meta);
         let stored = meta.get(LAYOUT_VERSION_KEY)?.map(|v| decode_u64(&v));
         if stored != Some(LAYOUT_VERSION) {
@@ -183,7 +191,24 @@ impl ReadModel {
             .iter()
             .map(|t| db.open_tree(t.name()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { db, trees })
+        Ok(Self {
+            db,
+            trees,
+            writing: Arc::default(),
+        })
+    }
+
+    /// Runs `read` while no message is being applied, so every tree it reads is at the
+    /// same checkpoint. Applying waits meanwhile: keep `read` to operator actions.
+    pub fn consistent<T>(&self, read: impl FnOnce(&Self) -> T) -> T {
+        let _guard = self.lock_writes();
+        read(self)
+    }
+
+    /// Excludes [`ReadModel::consistent`] readers while a message is applied.
+    pub(crate) fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One tree.

@@ -608,3 +608,56 @@ fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
     assert_eq!(ReadModel::open(dir.path())?.last_sequence()?, 3);
     Ok(())
 }
+
+#[test]
+fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_them() -> Result<()> {
+    use aicp_projections::invariants::check;
+    use aicp_projections::Table;
+
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let price = h.submit("t1", "b1", "agent-1", 2000)?;
+    let report = check(&h.model)?;
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(
+        report.pending.is_empty(),
+        "an open task is not pending settlement"
+    );
+
+    // Completed but not settled yet: pending, not a violation.
+    h.push(vec![completed("t1", "agent-1").into()])?;
+    let report = check(&h.model)?;
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(report.pending.len(), 1, "{report:?}");
+    h.push(vec![released("t1", "agent-1", price).into()])?;
+    let report = check(&h.model)?;
+    assert!(
+        report.failed.is_empty() && report.pending.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(report.passed.len(), 5, "{report:?}");
+
+    // An agent balance booked out of nowhere: unbalanced, and the agent is named.
+    let agent_key = Account::Agent(agent("agent-1")).to_string();
+    h.model.tree(Table::Balances).insert(
+        agent_key.as_bytes(),
+        rmp_serde::to_vec(&(price as i64 + 1))?,
+    )?;
+    let report = check(&h.model)?;
+    let failed = report.failed.join("\n");
+    assert!(failed.contains("balances sum to 1 sat"), "{failed}");
+    assert!(failed.contains("agents/agent-1"), "{failed}");
+    h.model
+        .tree(Table::Balances)
+        .insert(agent_key.as_bytes(), rmp_serde::to_vec(&(price as i64))?)?;
+
+    // A task that claims a refund its ledger does not show.
+    let mut view = h.model.task(&tid("t1"))?.expect("task");
+    view.payment = Some(EscrowState::Refunded);
+    h.model
+        .tree(Table::Tasks)
+        .insert("t1".as_bytes(), rmp_serde::to_vec_named(&view)?)?;
+    let failed = check(&h.model)?.failed.join("\n");
+    assert!(failed.contains("tasks/t1"), "{failed}");
+    Ok(())
+}

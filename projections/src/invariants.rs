@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::tables::{index_prefix, ProjectionError, ReadModel, Table};
+use crate::views::{AgentView, BuyerView, LedgerEntry, TaskView};
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::task::TaskStatus;
-use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
-use aicp_projections::{ProjectionError, ReadModel, Table};
 use serde::de::DeserializeOwned;
 
 /// The outcome of the checks.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Checks that held, as one line each.
     pub passed: Vec<String>,
@@ -82,7 +82,7 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
 
     // 3. Every task's money moved once each way it should, for its price.
     let mut moves: BTreeMap<String, Moves> = BTreeMap::new();
-    let escrow_prefix = aicp_projections::index_prefix(&Account::Escrow.to_string());
+    let escrow_prefix = index_prefix(&Account::Escrow.to_string());
     for row in model.tree(Table::Ledger).scan_prefix(&escrow_prefix) {
         let (key, bytes) = row?;
         let entry: LedgerEntry = decode(Table::Ledger, &key, &bytes)?;
