@@ -32,15 +32,27 @@ async fn publish_poison(server: &NatsServer, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> Result<()> {
+/// A server and a coordinator (read model in `<data>/live`) after the mixed workload and
+/// one poison message.
+async fn stack_after_mixed_workload() -> Result<(
+    NatsServer,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Coordinator,
+)> {
     let server = NatsServer::start()?;
-    let url = server.url();
     let data = tempfile::tempdir()?;
     let live = data.path().join("live");
     let c = Coordinator::start(&server, &live, "").await?;
     mixed_workload(&c).await?;
     publish_poison(&server, "").await?;
+    Ok((server, data, live, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> Result<()> {
+    let (server, data, live, c) = stack_after_mixed_workload().await?;
+    let url = server.url();
 
     // Work for a worker-mode agent that no worker serves stays queued.
     c.post(
@@ -240,13 +252,8 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_then_import_into_a_new_stream_replays_to_the_same_read_models() -> Result<()> {
-    let server = NatsServer::start()?;
+    let (server, data, live, c) = stack_after_mixed_workload().await?;
     let url = server.url();
-    let data = tempfile::tempdir()?;
-    let live = data.path().join("live");
-    let c = Coordinator::start(&server, &live, "").await?;
-    mixed_workload(&c).await?;
-    publish_poison(&server, "").await?;
     c.stop().await?;
 
     let backup = data.path().join("backup.jsonl");

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::tables::{index_prefix, ProjectionError, ReadModel, Table};
+use crate::tables::{decode, index_prefix, ProjectionError, ReadModel, Table};
 use crate::views::{AgentView, BuyerView, LedgerEntry, TaskView};
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::task::TaskStatus;
@@ -258,18 +258,6 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
         ));
     }
     Ok(report)
-}
-
-fn decode<T: DeserializeOwned>(
-    table: Table,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, ProjectionError> {
-    rmp_serde::from_slice(bytes).map_err(|source| ProjectionError::Record {
-        table: table.name(),
-        key: String::from_utf8_lossy(key).into_owned(),
-        source,
-    })
 }
 
 fn values<T: DeserializeOwned>(model: &ReadModel, table: Table) -> Result<Vec<T>, ProjectionError> {
