@@ -12,8 +12,9 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use aicp_events::codec::DecodeError;
 use aicp_events::store::CONTENT_TYPE_HEADER;
-use aicp_events::{Aggregate, EventStore, Namespace};
+use aicp_events::{Aggregate, Envelope, EventStore, Namespace};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -53,9 +54,13 @@ pub struct ExportLine {
 }
 
 impl ExportLine {
-    /// The export line of a stored message.
-    pub fn new(namespace: &Namespace, message: &RawMessage) -> Self {
-        let (events, error) = match message.decode() {
+    /// The export line of a stored message, with its events as `message.decode()` gave them.
+    pub fn new(
+        namespace: &Namespace,
+        message: &RawMessage,
+        decoded: &Result<Vec<Envelope>, DecodeError>,
+    ) -> Self {
+        let (events, error) = match decoded {
             Ok(events) => (Some(events.iter().map(|e| e.to_json()).collect()), None),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -117,7 +122,7 @@ impl Filter {
         })
     }
 
-    fn matches(&self, message: &RawMessage) -> bool {
+    fn matches(&self, message: &RawMessage, decoded: &Result<Vec<Envelope>, DecodeError>) -> bool {
         if self.since.is_some_and(|since| message.stored_at < since)
             || self.until.is_some_and(|until| message.stored_at >= until)
         {
@@ -126,7 +131,7 @@ impl Filter {
         if self.types.is_empty() {
             return true;
         }
-        message.decode().is_ok_and(|events| {
+        decoded.as_ref().is_ok_and(|events| {
             events
                 .iter()
                 .any(|e| self.types.iter().any(|t| t == e.event.event_type()))
@@ -169,10 +174,11 @@ pub async fn tail(
     let mut feed = Feed::open(store, from, filter.to_seq, compiled.subject.clone(), follow).await?;
     let mut out = std::io::stdout().lock();
     while let Some(message) = feed.next().await? {
-        if !compiled.matches(&message) {
+        let decoded = message.decode();
+        if !compiled.matches(&message, &decoded) {
             continue;
         }
-        let line = ExportLine::new(&namespace, &message);
+        let line = ExportLine::new(&namespace, &message, &decoded);
         let written = if as_json {
             let mut value = json!(line);
             if let Some(map) = value.as_object_mut() {
@@ -245,10 +251,11 @@ pub async fn export(
     let mut writer = BufWriter::new(&mut writer);
     let mut written = 0u64;
     while let Some(message) = feed.next().await? {
-        if !compiled.matches(&message) {
+        let decoded = message.decode();
+        if !compiled.matches(&message, &decoded) {
             continue;
         }
-        let line = serde_json::to_string(&ExportLine::new(&namespace, &message))
+        let line = serde_json::to_string(&ExportLine::new(&namespace, &message, &decoded))
             .map_err(|e| OpsError::Usage(format!("encoding sequence {}: {e}", message.sequence)))?;
         writeln!(writer, "{line}").map_err(|e| OpsError::io(path, e))?;
         written += 1;

@@ -170,10 +170,23 @@ pub async fn rebuild(
     })
 }
 
-/// Opens a read model off the async threads (sled may wait for its lock).
+/// Opens (or creates) a read model, off the async threads (sled may wait for its lock).
 pub async fn open(dir: &Path) -> Result<ReadModel, OpsError> {
+    open_with(dir, ReadModel::open).await
+}
+
+/// Opens an existing read model to inspect it, failing at once if a process holds it.
+pub async fn open_existing(dir: &Path) -> Result<ReadModel, OpsError> {
+    ensure_unlocked(dir)?;
+    open_with(dir, ReadModel::open_existing).await
+}
+
+async fn open_with(
+    dir: &Path,
+    open: fn(&Path) -> Result<ReadModel, aicp_projections::ProjectionError>,
+) -> Result<ReadModel, OpsError> {
     let owned = dir.to_owned();
-    match tokio::task::spawn_blocking(move || ReadModel::open(&owned)).await {
+    match tokio::task::spawn_blocking(move || open(&owned)).await {
         Ok(result) => result.map_err(|e| OpsError::read_model(dir, e)),
         Err(e) => Err(OpsError::Usage(format!("opening {}: {e}", dir.display()))),
     }

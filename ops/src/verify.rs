@@ -140,13 +140,13 @@ async fn verify_dir(
     args: &VerifyArgs,
     as_json: bool,
 ) -> Result<Verdict, OpsError> {
-    let checked = open_existing(dir).await?;
+    let checked = replay::open_existing(dir).await?;
     let sequence = checked
         .last_sequence()
         .map_err(|e| OpsError::read_model(dir, e))?;
     let temp;
     let (rebuilt, rebuilt_dir) = match &args.rebuilt {
-        Some(rebuilt) => (open_existing(rebuilt).await?, rebuilt.clone()),
+        Some(rebuilt) => (replay::open_existing(rebuilt).await?, rebuilt.clone()),
         None => {
             temp = tempdir_beside(dir)?;
             let rebuilt = temp.path().join("rebuilt");
@@ -331,16 +331,6 @@ fn readable_value(value: &[u8]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn open_existing(dir: &Path) -> Result<ReadModel, OpsError> {
-    // Say at once that a coordinator holds it, rather than after sled's lock wait.
-    replay::ensure_unlocked(dir)?;
-    let owned = dir.to_owned();
-    match tokio::task::spawn_blocking(move || ReadModel::open_existing(&owned)).await {
-        Ok(result) => result.map_err(|e| OpsError::read_model(dir, e)),
-        Err(e) => Err(OpsError::Usage(format!("opening {}: {e}", dir.display()))),
-    }
 }
 
 /// A temporary directory on the same disk as `dir` (its parent), else the system's.
