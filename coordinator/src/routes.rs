@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ledger/{account}", get(ledger))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/read-model/check", get(read_model_check))
+        .route("/v1/events/stream", get(crate::live::stream))
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))

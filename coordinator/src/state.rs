@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 use aicp_events::domain::assign::Policy;
 use aicp_events::store::{AppendError, Appended};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected};
+use aicp_projections::notices::Notices;
 use aicp_projections::projector::Progress;
 use aicp_projections::ReadModel;
+use tokio::sync::watch;
 
 /// The coordinator's shared state; cheap to clone.
 #[derive(Debug, Clone)]
@@ -27,6 +29,11 @@ pub struct AppState {
     pub ready_at: u64,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// What the projector applies, as it applies it: the live views' feed.
+    pub notices: Notices,
+    /// Turns true when the server starts shutting down: long-lived responses (the live
+    /// event stream) end then, so the graceful shutdown does not wait for them.
+    pub closing: watch::Receiver<bool>,
 }
 
 impl AppState {

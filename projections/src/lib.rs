@@ -6,11 +6,13 @@
 //! - [`projector`]: feeds a read model from the stream, in process, and tells waiters how
 //!   far it has got.
 //! - [`invariants`]: the money rules a read model's records must satisfy.
+//! - [`notices`]: what the projector just applied, for live views.
 //!
 //! A read model is disposable: it can always be rebuilt from sequence 1 of the stream.
 
 mod apply;
 pub mod invariants;
+pub mod notices;
 pub mod projector;
 mod query;
 mod tables;

@@ -12,6 +12,8 @@ use aicp_events::store::{EventStore, ReadError};
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use crate::apply::Applied;
+use crate::notices::{Notice, Notices};
 use crate::tables::{ProjectionError, ReadModel};
 
 /// How long to wait before re-subscribing after the stream failed, at most.
@@ -49,20 +51,28 @@ pub struct Projector {
     model: ReadModel,
     store: EventStore,
     applied: watch::Sender<u64>,
+    notices: Notices,
 }
 
 impl Projector {
     /// A projector for `model` from `store`, and the handle to watch it.
     pub fn new(model: ReadModel, store: EventStore) -> Result<(Self, Progress), ProjectionError> {
-        let (applied, rx) = watch::channel(model.last_sequence()?);
+        let last = model.last_sequence()?;
+        let (applied, rx) = watch::channel(last);
         Ok((
             Self {
                 model,
                 store,
                 applied,
+                notices: Notices::new(last),
             },
             Progress { applied: rx },
         ))
+    }
+
+    /// The notices of what this projector applies, for live views.
+    pub fn notices(&self) -> Notices {
+        self.notices.clone()
     }
 
     /// Runs until `shutdown` completes, or a storage error. Flushes the read model on exit.
@@ -117,21 +127,33 @@ impl Projector {
             let model = self.model.clone();
             let result = match item {
                 Ok(batch) => {
-                    let sequence = batch.sequence;
+                    let notice = Notice {
+                        sequence: batch.sequence,
+                        aggregate: self.store.namespace().parse_aggregate(&batch.subject),
+                        types: batch.events.iter().map(|e| e.event.event_type()).collect(),
+                    };
                     run_blocking(move || model.apply(&batch))
                         .await
-                        .map(|_| sequence)
+                        .map(|applied| (notice, applied))
                 }
                 Err(ReadError::Poison(poison)) => {
-                    let sequence = poison.sequence;
+                    let notice = Notice {
+                        sequence: poison.sequence,
+                        aggregate: None,
+                        types: Vec::new(),
+                    };
                     run_blocking(move || model.apply_poison(&poison))
                         .await
-                        .map(|_| sequence)
+                        .map(|applied| (notice, applied))
                 }
                 Err(ReadError::Consumer(e)) => return Stop::Stream(e.to_string()),
             };
             match result {
-                Ok(sequence) => {
+                Ok((notice, applied)) => {
+                    let sequence = notice.sequence;
+                    if applied != Applied::AlreadyApplied {
+                        self.notices.publish(notice);
+                    }
                     self.applied.send_replace(sequence);
                 }
                 Err(e) => return Stop::Storage(e),
