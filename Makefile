@@ -12,7 +12,7 @@ NATS_LATEST_DIR := target/nats-server-$(NATS_LATEST_VERSION)
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-test: tools fmt-check lint unit compat ## Format check, clippy, every test (real nats-server 2.9 and current)
+test: tools fmt-check lint unit compat ui-test ## Format check, clippy, every test (real nats-server 2.9 and current, real Chromium)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -49,6 +49,7 @@ impl App {
             ready_at,
             metrics: crate::metrics::Metrics::new()?,
             notices: projector.notices(),
+            fleet: crate::fleet::Fleet::default(),
             closing: closing_rx,
         };
         let listener = TcpListener::bind(config.listen).await?;
@@ -101,6 +102,12 @@ impl App {
         }
         // The process managers decide from the read model: they start once it has caught up
         // with the stream as it was at start-up, not while it is still rebuilding.
+        let fleet = tokio::spawn(
+            self.state
+                .fleet
+                .clone()
+                .observe(self.state.store.clone(), stopped()),
+        );
         let managers = {
             let state = self.state.clone();
             let (caught_up_stop, settlement_stop, expiry_stop, dispatch_stop) =
@@ -137,6 +144,7 @@ impl App {
 
         let _ = stop_tx.send(true);
         managers.await?;
+        fleet.await?;
         projector.await??;
         tracing::info!("coordinator stopped");
         Ok(())

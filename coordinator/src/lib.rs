@@ -11,12 +11,14 @@ pub mod dispatch;
 pub mod docs;
 pub mod error;
 pub mod expiry;
+pub mod fleet;
 pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod settlement;
 pub mod state;
 pub mod task_consumer;
+pub mod ui;
 
 pub use app::App;
 pub use config::Config;

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/read-model/check", get(read_model_check))
         .route("/v1/events/stream", get(crate::live::stream))
+        .merge(crate::ui::router())
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))
@@ -83,8 +84,17 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-async fn root() -> Json<serde_json::Value> {
-    Json(json!({"service": "AICP Coordinator", "status": "running"}))
+/// `GET /`: a browser goes to its page (or signs in); an API client gets the prototype's
+/// service document.
+async fn root(headers: axum::http::HeaderMap) -> Response {
+    let browser = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if browser {
+        return crate::ui::home_for(&headers).into_response();
+    }
+    Json(json!({"service": "AICP Coordinator", "status": "running"})).into_response()
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// What the projector applies, as it applies it: the live views' feed.
     pub notices: Notices,
+    /// Workers heard from and queue-depth samples, for the dashboard.
+    pub fleet: crate::fleet::Fleet,
     /// Turns true when the server starts shutting down: long-lived responses (the live
     /// event stream) end then, so the graceful shutdown does not wait for them.
     pub closing: watch::Receiver<bool>,

@@ -119,6 +119,12 @@ impl Namespace {
         self.subject("aicp.work.>")
     }
 
+    /// Where workers announce themselves every few seconds (core NATS, not a stream):
+    /// `aicp.workers.heartbeat`.
+    pub fn worker_heartbeat_subject(&self) -> String {
+        self.subject("aicp.workers.heartbeat")
+    }
+
     /// The subject of one aggregate's events, `aicp.evt.<kind>.<id>`.
     pub fn aggregate_subject(&self, aggregate: &Aggregate) -> String {
         self.subject(&format!("aicp.evt.{aggregate}"))

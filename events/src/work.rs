@@ -50,3 +50,16 @@ impl WorkItem {
 /// The reason a task gets when its work message runs out of deliveries: such tasks are
 /// dead letters, listed and retried with `aicp dead-letters`.
 pub const MAX_DELIVERIES: &str = "max-deliveries";
+
+/// What a worker announces on [`crate::Namespace::worker_heartbeat_subject`] every
+/// [`HEARTBEAT_EVERY`]: the dashboard counts the workers heard from recently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The worker's id.
+    pub worker_id: String,
+    /// The agents it serves (`all` for every agent with work).
+    pub agents: Vec<String>,
+}
+
+/// How often a worker sends its heartbeat.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);

@@ -86,11 +86,12 @@ done
 cat <<MSG
 
 AICP is running (Ctrl-C stops it):
+  UI         http://$LISTEN/              (sign in as buyer-001, or as agent-1)
+  dashboard  http://$LISTEN/dashboard
   API        http://$LISTEN/v1/tasks      (try: $bin/aicp --api http://$LISTEN agents list)
   API docs   http://$LISTEN/docs
   metrics    http://$LISTEN/metrics
   readiness  http://$LISTEN/ready
-  UI         http://$LISTEN/              (marketplace pages and /dashboard: issue 6, not built yet)
   workers    3 (agent-1, agent-2, agent-3; simulate executor)
   data       $DATA (kept between runs)
 Submit a task:

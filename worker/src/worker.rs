@@ -18,7 +18,7 @@ use aicp_events::domain::task::Task;
 use aicp_events::event::{Event, ExecutorSettings, TaskCompleted, TaskFailed, TaskStarted};
 use aicp_events::id::AgentId;
 use aicp_events::store::{AppendError, StoreError};
-use aicp_events::work::WorkItem;
+use aicp_events::work::{Heartbeat, WorkItem, HEARTBEAT_EVERY};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
 use async_nats::jetstream::consumer::{pull, Consumer};
 use async_nats::jetstream::{self, AckKind};
@@ -118,9 +118,21 @@ impl Worker {
         // With `--agents all`, serve every agent that has work, as its queue appears.
         tokio::pin!(shutdown);
         let mut discover = tokio::time::interval(DISCOVERY);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+        let beat = serde_json::to_vec(&Heartbeat {
+            worker_id: worker.worker_id.clone(),
+            agents: config.agents.clone(),
+        })?;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = heartbeat.tick() => {
+                    let client = worker.store.jetstream().client();
+                    let subject = worker.store.namespace().worker_heartbeat_subject();
+                    if let Err(e) = client.publish(subject, beat.clone().into()).await {
+                        tracing::debug!("heartbeat not sent: {e}");
+                    }
+                }
                 _ = discover.tick(), if all => {
                     let depths = match worker.store.work_queue_depths().await {
                         Ok(depths) => depths,
