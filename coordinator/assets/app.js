@@ -11,10 +11,24 @@
   const fragments = () => Array.from(document.querySelectorAll("[data-fragment]"));
   const state = new Map(); // fragment name -> { busy, again }
 
+  // Someone typing in a fragment (a manual agent's result) keeps focus and caret: the
+  // fragment is refreshed when they leave it.
+  function typingIn(el) {
+    const active = document.activeElement;
+    return active && el.contains(active) && (active.tagName === "INPUT" || active.tagName === "TEXTAREA");
+  }
+
   async function refresh(el) {
     const name = el.dataset.fragment;
-    const s = state.get(name) || { busy: false, again: false };
+    const s = state.get(name) || { busy: false, again: false, deferred: false };
     state.set(name, s);
+    if (typingIn(el)) {
+      if (!s.deferred) {
+        s.deferred = true;
+        el.addEventListener("focusout", () => { s.deferred = false; refreshSoon(el); }, { once: true });
+      }
+      return;
+    }
     if (s.busy) { s.again = true; return; }
     s.busy = true;
     try {
@@ -51,24 +65,38 @@
     timers.set(name, setTimeout(() => { timers.delete(name); refresh(el); }, 120));
   }
 
+  let lastEventId = null;
+
   function follow() {
     const query = document.body.dataset.stream;
     if (query === undefined) return;
     const live = $("#live");
-    const source = new EventSource("/v1/events/stream" + query);
+    // After a reconnect from scratch, resume after the last event seen.
+    let url = "/v1/events/stream" + query;
+    if (lastEventId !== null) {
+      const params = new URLSearchParams(query.replace(/^\?/, ""));
+      params.set("after", lastEventId);
+      url = "/v1/events/stream?" + params;
+    }
+    const source = new EventSource(url);
     const onEvent = (kind) => (event) => {
+      if (event.lastEventId) lastEventId = event.lastEventId;
       fragments().forEach((el) => {
         const topics = (el.dataset.topics || "").split(",");
         if (kind === "resync" || topics.includes(kind)) refreshSoon(el);
       });
+      // An agent's record moves prices: quote again.
+      if ((kind === "agent" || kind === "resync") && window.aicpQuote) window.aicpQuote();
     };
-    ["task", "payment", "agent", "other", "resync"].forEach((kind) => source.addEventListener(kind, onEvent(kind)));
+    ["task", "payment", "agent", "other", "resync", "hello"].forEach((kind) => source.addEventListener(kind, onEvent(kind)));
     source.addEventListener("open", () => {
       if (live) { live.className = "live on"; live.title = "Live updates: connected"; }
     });
     source.addEventListener("error", () => {
-      // The browser reconnects by itself and resumes from the last event id.
       if (live) { live.className = "live off"; live.title = "Live updates: reconnecting"; }
+      // The browser retries by itself unless the server refused (a proxy's 502 during a
+      // restart): then start again a little later.
+      if (source.readyState === EventSource.CLOSED) setTimeout(follow, 3000);
     });
   }
 
@@ -144,6 +172,7 @@
       fields.max_price.addEventListener(type, updateQuote);
     });
     updateQuote();
+    window.aicpQuote = updateQuote;
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -206,6 +235,8 @@
         fragments().forEach(refreshSoon);
       } catch (e) {
         if (rowError) rowError.textContent = e.message;
+      } finally {
+        // On success the refreshed row replaces this button; until then it is usable.
         done();
       }
     });

@@ -20,7 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::commands::parse_id;
 use crate::error::ApiError;
@@ -105,7 +105,7 @@ async fn feed(state: AppState, audience: Audience, after: Option<u64>, tx: mpsc:
                 .id(subscription.last.to_string())
                 .event("resync")
                 .data(json!({"reason": too_old.to_string()}).to_string());
-            if tx.send(event).await.is_err() {
+            if !deliver(&tx, &mut closing, event).await {
                 return;
             }
             subscription
@@ -117,13 +117,13 @@ async fn feed(state: AppState, audience: Audience, after: Option<u64>, tx: mpsc:
             .id(subscription.last.to_string())
             .event("hello")
             .data(json!({"sequence": subscription.last}).to_string());
-        if tx.send(hello).await.is_err() {
+        if !deliver(&tx, &mut closing, hello).await {
             return;
         }
     }
     for notice in &subscription.backlog {
         if let Some(event) = event_for(&state, &audience, notice) {
-            if tx.send(event).await.is_err() {
+            if !deliver(&tx, &mut closing, event).await {
                 return;
             }
         }
@@ -142,10 +142,23 @@ async fn feed(state: AppState, audience: Audience, after: Option<u64>, tx: mpsc:
             | Err(broadcast::error::RecvError::Closed) => return,
         };
         if let Some(event) = event_for(&state, &audience, &notice) {
-            if tx.send(event).await.is_err() {
+            if !deliver(&tx, &mut closing, event).await {
                 return;
             }
         }
+    }
+}
+
+/// Sends one event unless the client has gone or the server is closing; false: stop.
+/// (A client that stops reading fills the channel: the send must not outlive shutdown.)
+async fn deliver(
+    tx: &mpsc::Sender<Event>,
+    closing: &mut watch::Receiver<bool>,
+    event: Event,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(event) => sent.is_ok(),
+        _ = closing.wait_for(|c| *c) => false,
     }
 }
 

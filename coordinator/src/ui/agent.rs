@@ -24,6 +24,12 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
     let Some(Principal::Agent(agent)) = who.clone() else {
         return Redirect::to("/sign-in").into_response();
     };
+    // An agent that is no longer registered (a wiped read model, another deployment):
+    // forget it rather than trap the browser on an error.
+    if matches!(state.model.agent(&agent), Ok(None)) {
+        return super::sign_in::forget();
+    }
+    let after = state.notices.last();
     let parts = (|| Ok::<_, ApiError>((stats(&state, &agent)?, tasks(&state, &agent)?)))();
     let (stats, tasks) = match parts {
         Ok(parts) => parts,
@@ -31,7 +37,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
     };
     let body = html! {
         div.grid {
-            section.card.wide data-fragment="agent-stats" data-src="/ui/fragments/agent-stats" data-topics="agent,payment" {
+            section.card.wide data-fragment="agent-stats" data-src="/ui/fragments/agent-stats" data-topics="agent,task,payment" {
                 (stats)
             }
             section.card.wide data-fragment="agent-tasks" data-src="/ui/fragments/agent-tasks" data-topics="task,payment" {
@@ -40,7 +46,13 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         }
     };
     no_store(Html(
-        shell("Agent", who.as_ref(), Some(format!("?agent={agent}")), body).into_string(),
+        shell(
+            "Agent",
+            who.as_ref(),
+            Some(format!("?agent={agent}&after={after}")),
+            body,
+        )
+        .into_string(),
     ))
 }
 

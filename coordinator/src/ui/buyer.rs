@@ -24,6 +24,8 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
     let Some(Principal::Buyer(buyer)) = who.clone() else {
         return Redirect::to("/sign-in").into_response();
     };
+    // What the page shows is at least this new: the stream resumes after it.
+    let after = state.notices.last();
     let parts = (|| {
         Ok::<_, ApiError>((
             summary(&state, &buyer)?,
@@ -74,7 +76,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
             section.card data-fragment="buyer-summary" data-src="/ui/fragments/buyer-summary" data-topics="task,payment" {
                 (summary)
             }
-            section.card data-fragment="agents" data-src="/ui/fragments/agents" data-topics="agent" {
+            section.card data-fragment="agents" data-src="/ui/fragments/agents" data-topics="agent,task" {
                 (agents)
             }
             section.card.wide data-fragment="buyer-tasks" data-src="/ui/fragments/buyer-tasks" data-topics="task,payment" {
@@ -83,7 +85,13 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         }
     };
     no_store(Html(
-        shell("Buyer", who.as_ref(), Some(format!("?buyer={buyer}")), body).into_string(),
+        shell(
+            "Buyer",
+            who.as_ref(),
+            Some(format!("?buyer={buyer}&after={after}")),
+            body,
+        )
+        .into_string(),
     ))
 }
 

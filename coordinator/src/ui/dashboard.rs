@@ -20,6 +20,8 @@ const CHART_MINUTES: i64 = 30;
 /// `GET /dashboard`.
 pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let who = signed_in(&headers);
+    // What the page shows is at least this new: the stream resumes after it.
+    let after = state.notices.last();
     let parts = (|| {
         Ok::<_, ApiError>((
             counters(&state)?,
@@ -33,11 +35,10 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         Err(e) => return e.into_response(),
     };
     let (status, queue) = (status(&state).await, queue(&state).await);
-    let all = "task,payment,agent,other";
     let body = html! {
         h1 { "Dashboard" }
         div.grid {
-            section.card data-fragment="dash-status" data-src="/ui/fragments/dash-status" data-topics=(all) { (status) }
+            section.card data-fragment="dash-status" data-src="/ui/fragments/dash-status" data-topics="task" { (status) }
             section.card data-fragment="dash-counters" data-src="/ui/fragments/dash-counters" data-topics="task,payment" { (counters) }
             section.card data-fragment="dash-queue" data-src="/ui/fragments/dash-queue" data-topics="task" { (queue) }
             section.card.wide data-fragment="dash-charts" data-src="/ui/fragments/dash-charts" data-topics="task,payment" { (charts) }
@@ -46,7 +47,13 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         }
     };
     no_store(Html(
-        shell("Dashboard", who.as_ref(), Some(String::new()), body).into_string(),
+        shell(
+            "Dashboard",
+            who.as_ref(),
+            Some(format!("?after={after}")),
+            body,
+        )
+        .into_string(),
     ))
 }
 

@@ -63,6 +63,11 @@ pub async fn submit(State(state): State<AppState>, Form(input): Form<SignIn>) ->
 
 /// `POST /sign-out`: forgets the principal.
 pub async fn sign_out() -> Response {
+    forget()
+}
+
+/// Clears the cookie and goes to the sign-in page.
+pub fn forget() -> Response {
     let cookie = format!("{COOKIE}=; Path=/; Max-Age=0; SameSite=Lax; HttpOnly");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/sign-in")).into_response()
 }
