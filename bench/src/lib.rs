@@ -1,0 +1,232 @@
+//! AICP's benchmarks (`make bench`): the real stack (release coordinator and worker over
+//! HTTP, on a nats-server of its own) under load, each figure beside the raw JetStream
+//! figure it is bounded by, measured in the same run on the same server.
+
+pub mod http;
+pub mod latency;
+pub mod lifecycle;
+pub mod raw;
+pub mod replay;
+pub mod report;
+pub mod stack;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aicp_events::testing::NatsServer;
+use anyhow::{Context, Result};
+
+use crate::latency::Latencies;
+use crate::report::Figure;
+
+/// How big a run is.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aicp-bench",
+    about = "AICP benchmarks against the raw JetStream limit"
+)]
+pub struct Config {
+    /// Seconds each HTTP load runs.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Events generated for the replay figure.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_events: u64,
+    /// Messages for the raw publish figures.
+    #[arg(long, default_value_t = 200_000)]
+    pub raw_messages: u64,
+    /// A smoke run of a few seconds (CI): small sizes, same code paths.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    pub json: PathBuf,
+    /// Where the release binaries are (default: beside this one).
+    #[arg(long, env = "AICP_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The sizes a `--quick` run uses.
+    pub fn effective(&self) -> Config {
+        let mut c = self.clone();
+        if c.quick {
+            c.seconds = 2;
+            c.connections = c.connections.min(8);
+            c.replay_events = 20_000;
+            c.raw_messages = 5_000;
+        }
+        c
+    }
+}
+
+/// Runs every benchmark; the figures, in the order printed.
+pub async fn run(config: &Config) -> Result<Vec<Figure>> {
+    let config = config.effective();
+    let bin_dir = match &config.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the benchmark binary has no directory")?
+            .to_owned(),
+    };
+    let nats = NatsServer::start().context("starting nats-server")?;
+    let client = nats.client().await?;
+    let mut figures = Vec::new();
+
+    eprintln!("raw JetStream ({} messages)...", config.raw_messages);
+    let raw = raw::measure(&client, config.raw_messages).await?;
+    let (raw_sync, raw_pipelined) = (raw[0].clone(), raw[1].clone());
+    figures.extend(raw);
+
+    eprintln!("starting the stack...");
+    let stack = stack::Stack::start(&bin_dir, &nats.url()).await?;
+    let (settled, watcher) = lifecycle::watch(&stack.base);
+    let seconds = Duration::from_secs(config.seconds);
+    let c = config.connections;
+
+    eprintln!("submitting for {}s over {c} connections...", config.seconds);
+    let (submit, ids) = http::submit(&stack.base, c, seconds).await?;
+    figures.push(
+        Figure::rate(
+            &format!("submit: POST /v1/tasks, {c} connections"),
+            submit.rate(),
+            submit.ok,
+        )
+        .with_latency(submit.latencies.percentiles())
+        .against(&raw_sync)
+        .target(">= 10,000/s, p99 <= 10 ms"),
+    );
+
+    eprintln!("waiting for {} tasks to settle...", ids.len());
+    let drain = Instant::now() + Duration::from_secs(if config.quick { 30 } else { 120 });
+    while settled.count() < ids.len() && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watcher.abort();
+    let mut lifecycle = Latencies::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for (id, sent) in &ids {
+        if let Some(at) = settled.get(id) {
+            lifecycle.record(at.saturating_duration_since(*sent));
+            first = Some(first.map_or(*sent, |f| f.min(*sent)));
+            last = Some(last.map_or(at, |l| l.max(at)));
+        }
+    }
+    let span = match (first, last) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    figures.push(
+        Figure::rate(
+            "lifecycle: submitted -> settled, in the projection",
+            lifecycle.count() as f64 / span.max(1e-9),
+            lifecycle.count(),
+        )
+        .with_latency(lifecycle.percentiles())
+        .against(&raw_pipelined)
+        .target(">= 5,000/s sustained, p99 <= 50 ms"),
+    );
+    if lifecycle.count() < ids.len() as u64 {
+        eprintln!(
+            "warning: {} of {} tasks settled within the drain time",
+            lifecycle.count(),
+            ids.len()
+        );
+    }
+
+    eprintln!("GET /v1/tasks/{{id}} for {}s...", config.seconds);
+    let paths: Vec<String> = ids
+        .iter()
+        .take(20_000)
+        .map(|(id, _)| format!("/v1/tasks/{id}"))
+        .collect();
+    let by_id = http::get(&stack.base, c, seconds, Arc::new(paths)).await?;
+    figures.push(
+        Figure::rate(
+            &format!("GET /v1/tasks/{{id}}, {c} connections"),
+            by_id.rate(),
+            by_id.ok,
+        )
+        .with_latency(by_id.latencies.percentiles())
+        .target(">= 30,000/s, p99 <= 2 ms"),
+    );
+    eprintln!("GET /v1/tasks?buyer= for {}s...", config.seconds);
+    let paths: Vec<String> = (0..c)
+        .map(|b| format!("/v1/tasks?buyer=bench-{b}&limit=20"))
+        .collect();
+    let by_buyer = http::get(&stack.base, c, seconds, Arc::new(paths)).await?;
+    figures.push(
+        Figure::rate(
+            &format!("GET /v1/tasks?buyer=, {c} connections"),
+            by_buyer.rate(),
+            by_buyer.ok,
+        )
+        .with_latency(by_buyer.latencies.percentiles()),
+    );
+
+    let tasks = ids.len() as u64;
+    let coordinator = stack.coordinator_memory()?;
+    let worker = stack.worker_memory()?;
+    figures.push(
+        memory(
+            &format!("coordinator peak RSS after {tasks} tasks"),
+            coordinator.peak_mib,
+            tasks,
+        )
+        .target("<= 200 MiB after 1,000,000 tasks"),
+    );
+    figures.push(memory(
+        &format!("worker peak RSS after {tasks} tasks"),
+        worker.peak_mib,
+        tasks,
+    ));
+    figures.push(memory(
+        &format!("read model on disk after {tasks} tasks"),
+        stack.read_model_mib(),
+        tasks,
+    ));
+    stack.stop();
+
+    eprintln!(
+        "generating {} events for the replay...",
+        config.replay_events
+    );
+    let generated = replay::generate(&client, config.replay_events).await?;
+    let raw_read = replay::raw_read(&client, generated.messages).await?;
+    let events_per_message = generated.events as f64 / generated.messages as f64;
+    let raw_same = Figure::rate(
+        "raw: ordered replay of the same stream, events",
+        raw_read * events_per_message,
+        generated.events,
+    );
+    eprintln!("aicp replay of {} messages...", generated.messages);
+    let (seconds, applied) = replay::rebuild(&bin_dir, &nats.url())?;
+    figures.push(raw_same.clone());
+    figures.push(
+        Figure::rate(
+            &format!("replay: aicp replay, {} events", generated.events),
+            (applied as f64 * events_per_message) / seconds,
+            generated.events,
+        )
+        .against(&raw_same)
+        .target(">= 100,000 events/s and >= 30% of raw"),
+    );
+    Ok(figures)
+}
+
+fn memory(name: &str, mib: f64, samples: u64) -> Figure {
+    Figure {
+        name: name.to_owned(),
+        value: mib,
+        unit: "MiB".into(),
+        latency: None,
+        samples,
+        raw: None,
+        target: None,
+    }
+}

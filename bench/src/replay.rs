@@ -1,0 +1,229 @@
+//! Replay: a stream of whole task lifecycles, generated straight into JetStream under a
+//! namespace of its own, rebuilt by `aicp replay`; and the same stream read raw by an
+//! ordered consumer, the limit the rebuild is compared with.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
+use std::time::Instant;
+
+use aicp_events::codec::{encode_batch, CONTENT_TYPE};
+use aicp_events::domain::assign::Policy;
+use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+use aicp_events::event::*;
+use aicp_events::id::{AgentId, BuyerId, TaskId};
+use aicp_events::store::CONTENT_TYPE_HEADER;
+use aicp_events::{Aggregate, Envelope, EventStore, Namespace};
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+
+use crate::raw::WINDOW;
+
+/// Events per task lifecycle: submitted + assigned, held, started, completed, released,
+/// outcome recorded.
+pub const EVENTS_PER_TASK: u64 = 7;
+
+/// The namespace the generated stream lives in.
+pub const PREFIX: &str = "replaybench";
+
+/// What was generated.
+#[derive(Debug, Clone, Copy)]
+pub struct Generated {
+    /// Stream messages.
+    pub messages: u64,
+    /// Events in them.
+    pub events: u64,
+}
+
+/// Writes lifecycles totalling at least `events` events.
+pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Generated> {
+    let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
+    store.provision().await?;
+    let js = store.jetstream().clone();
+    let ns = store.namespace().clone();
+    let agent: AgentId = "agent-1".parse()?;
+    let mut acks = VecDeque::with_capacity(WINDOW);
+    let mut counts = Generated {
+        messages: 0,
+        events: 0,
+    };
+    let mut publish = |aggregate: Aggregate, batch: Vec<Event>| -> Result<(String, Vec<u8>)> {
+        counts.messages += 1;
+        counts.events += batch.len() as u64;
+        let envelopes: Vec<Envelope> = batch.into_iter().map(Envelope::new).collect();
+        Ok((ns.aggregate_subject(&aggregate), encode_batch(&envelopes)?))
+    };
+    let mut messages = vec![publish(
+        Aggregate::Agent(agent.clone()),
+        vec![AgentRegistered {
+            agent_id: agent.clone(),
+            name: "agent-1".into(),
+            skills: BTreeSet::new(),
+            mode: AgentMode::Worker,
+            prior_rate_bp: 9500,
+            prior_weight: 20,
+            executor: None,
+        }
+        .into()],
+    )?];
+    let tasks = events.div_ceil(EVENTS_PER_TASK);
+    let mut sent = 0u64;
+    for n in 0..tasks {
+        let task: TaskId = format!("t{n:07}").parse()?;
+        let buyer: BuyerId = format!("buyer-{}", n % 1000).parse()?;
+        let complexity = Complexity::new((n % 10 + 1) as i64)?;
+        let price = 100_000 * u64::from(complexity.get()) * 2;
+        let t = || Aggregate::Task(task.clone());
+        let p = || Aggregate::Payment(task.clone());
+        messages.push(publish(
+            t(),
+            vec![
+                TaskSubmitted {
+                    task_id: task.clone(),
+                    buyer_id: buyer.clone(),
+                    description: "benchmark task".into(),
+                    complexity,
+                    required_skills: BTreeSet::new(),
+                    max_price_sats: None,
+                    deadline: None,
+                    policy: Policy::BestReputation,
+                }
+                .into(),
+                TaskAssigned {
+                    task_id: task.clone(),
+                    agent_id: agent.clone(),
+                    multiplier: MultiplierMilli(2000),
+                    price_sats: price,
+                    assignment: 1,
+                }
+                .into(),
+            ],
+        )?);
+        messages.push(publish(
+            p(),
+            vec![EscrowHeld {
+                task_id: task.clone(),
+                buyer_id: buyer.clone(),
+                agent_id: agent.clone(),
+                amount_sats: price,
+            }
+            .into()],
+        )?);
+        messages.push(publish(
+            t(),
+            vec![TaskStarted {
+                task_id: task.clone(),
+                agent_id: agent.clone(),
+                assignment: 1,
+                worker_id: "bench".into(),
+            }
+            .into()],
+        )?);
+        messages.push(publish(
+            t(),
+            vec![TaskCompleted {
+                task_id: task.clone(),
+                agent_id: agent.clone(),
+                result: "done".into(),
+            }
+            .into()],
+        )?);
+        messages.push(publish(
+            p(),
+            vec![EscrowReleased {
+                task_id: task.clone(),
+                agent_id: agent.clone(),
+                amount_sats: price,
+            }
+            .into()],
+        )?);
+        messages.push(publish(
+            Aggregate::Agent(agent.clone()),
+            vec![AgentOutcomeRecorded {
+                agent_id: agent.clone(),
+                task_id: task.clone(),
+                success: true,
+                successes: n + 1,
+                failures: 0,
+                rate_bp: 9900,
+                multiplier: MultiplierMilli(2000),
+            }
+            .into()],
+        )?);
+        for (subject, payload) in messages.drain(..) {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
+            acks.push_back(
+                js.publish_with_headers(subject, headers, payload.into())
+                    .await?,
+            );
+            sent += 1;
+            if acks.len() >= WINDOW {
+                if let Some(ack) = acks.pop_front() {
+                    ack.await?;
+                }
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    if sent != counts.messages {
+        bail!("sent {sent} of {} messages", counts.messages);
+    }
+    Ok(counts)
+}
+
+/// Reads the generated stream raw with an ordered consumer: messages per second.
+pub async fn raw_read(client: &async_nats::Client, messages: u64) -> Result<f64> {
+    let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
+    let stream = store.events_stream().await?;
+    let started = Instant::now();
+    let mut feed = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await?
+        .messages()
+        .await?;
+    let mut seen = 0u64;
+    while seen < messages {
+        match feed.next().await {
+            Some(message) => {
+                message?;
+                seen += 1;
+            }
+            None => break,
+        }
+    }
+    Ok(seen as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs `aicp replay` on the generated stream into a fresh directory: seconds taken (the
+/// whole command, start-up included) and messages applied.
+pub fn rebuild(bin_dir: &Path, nats_url: &str) -> Result<(f64, u64)> {
+    let out = tempfile::tempdir()?;
+    let dir = out.path().join("rebuilt");
+    let started = Instant::now();
+    let output = std::process::Command::new(bin_dir.join("aicp"))
+        .args([
+            "--nats-url",
+            nats_url,
+            "--prefix",
+            PREFIX,
+            "--json",
+            "replay",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .context("running aicp replay")?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "aicp replay failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let messages = report["messages"].as_u64().unwrap_or(0);
+    Ok((seconds, messages))
+}

@@ -1,0 +1,156 @@
+//! The stack under test: the release coordinator and a worker, as processes, on a
+//! nats-server of the benchmark's own (ephemeral port, temporary store).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A running coordinator and worker.
+pub struct Stack {
+    /// The coordinator's base URL.
+    pub base: String,
+    coordinator: Child,
+    worker: Child,
+    data: tempfile::TempDir,
+}
+
+/// Peak and current resident memory of a process, in MiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// VmHWM: the peak.
+    pub peak_mib: f64,
+    /// VmRSS: now.
+    pub now_mib: f64,
+}
+
+impl Stack {
+    /// Starts the coordinator (seed agents) and one worker for every agent, simulating
+    /// work of zero duration.
+    pub async fn start(bin_dir: &Path, nats_url: &str) -> Result<Self> {
+        let data = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = |name: &str| -> Result<std::fs::File> {
+            Ok(std::fs::File::create(
+                data.path().join(format!("{name}.log")),
+            )?)
+        };
+        let coordinator = Command::new(bin_dir.join("aicp-coordinator"))
+            .args(["--nats-url", nats_url, "--listen", &listen])
+            .arg("--data-dir")
+            .arg(data.path().join("coordinator"))
+            .args(["--max-body-bytes", "65536", "--log-format", "json"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log("coordinator")?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin_dir.join("aicp-coordinator").display()))?;
+        let base = format!("http://{listen}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/ready")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the coordinator did not become ready; see its log in {}",
+                    data.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let worker = Command::new(bin_dir.join("aicp-worker"))
+            .args([
+                "--nats-url",
+                nats_url,
+                "--agents",
+                "agent-1,agent-2,agent-3",
+            ])
+            .args([
+                "--simulate-ms",
+                "0",
+                "--concurrency",
+                "256",
+                "--worker-id",
+                "bench",
+            ])
+            .args(["--max-ack-pending", "10000", "--grace-ms", "1000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log("worker")?)
+            .spawn()?;
+        Ok(Self {
+            base,
+            coordinator,
+            worker,
+            data,
+        })
+    }
+
+    /// The coordinator's memory.
+    pub fn coordinator_memory(&self) -> Result<Memory> {
+        memory(self.coordinator.id())
+    }
+
+    /// The worker's memory.
+    pub fn worker_memory(&self) -> Result<Memory> {
+        memory(self.worker.id())
+    }
+
+    /// The size of the coordinator's read model on disk, in MiB.
+    pub fn read_model_mib(&self) -> f64 {
+        dir_size(&self.data.path().join("coordinator")) as f64 / (1024.0 * 1024.0)
+    }
+
+    /// Where the processes' logs are.
+    pub fn logs(&self) -> PathBuf {
+        self.data.path().to_owned()
+    }
+
+    /// Stops both (SIGKILL: the benchmark does not measure shutdown).
+    pub fn stop(mut self) {
+        let _ = self.worker.kill();
+        let _ = self.coordinator.kill();
+        let _ = self.worker.wait();
+        let _ = self.coordinator.wait();
+    }
+}
+
+/// VmHWM and VmRSS of `pid`, from /proc.
+pub fn memory(pid: u32) -> Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    };
+    Ok(Memory {
+        peak_mib: field("VmHWM:"),
+        now_mib: field("VmRSS:"),
+    })
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
