@@ -6,6 +6,7 @@ use std::pin::Pin;
 use aicp_events::codec::{self, DecodeError};
 use aicp_events::store::{PoisonMessage, StoredBatch, CONTENT_TYPE_HEADER};
 use aicp_events::{Envelope, EventStore};
+use aicp_projections::Message;
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -53,30 +54,21 @@ impl RawMessage {
     }
 
     /// The message as the projections take it: a batch of events, or poison.
-    pub fn into_stored(self) -> Stored {
+    pub fn into_message(self) -> Message {
         match self.decode() {
-            Ok(events) => Stored::Batch(StoredBatch {
+            Ok(events) => Message::Batch(StoredBatch {
                 sequence: self.sequence,
                 subject: self.subject,
                 events,
             }),
-            Err(error) => Stored::Poison(PoisonMessage {
+            Err(error) => Message::Poison(Box::new(PoisonMessage {
                 sequence: self.sequence,
                 subject: self.subject,
                 error,
                 payload: self.payload,
-            }),
+            })),
         }
     }
-}
-
-/// A stream message decoded for the projections.
-#[derive(Debug)]
-pub enum Stored {
-    /// A valid batch of events.
-    Batch(StoredBatch),
-    /// A message that is not one.
-    Poison(PoisonMessage),
 }
 
 type Messages = Pin<

@@ -9,17 +9,20 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aicp_events::EventStore;
-use aicp_projections::ReadModel;
+use aicp_projections::{Message, ReadModel};
 use serde_json::json;
 
 use crate::cli::ReplayArgs;
 use crate::error::OpsError;
-use crate::feed::{Feed, RawMessage, Stored};
+use crate::feed::{Feed, RawMessage};
 use crate::output;
 use crate::progress::Progress;
 
 /// Messages read ahead of the applier.
 const READ_AHEAD: usize = 4096;
+
+/// Messages applied in one transaction at most.
+const APPLY_BATCH: usize = 512;
 
 /// What a replay did.
 #[derive(Debug, Clone)]
@@ -127,14 +130,20 @@ pub async fn rebuild(
     let applier = tokio::task::spawn_blocking(move || {
         let mut progress = Progress::new("replay", from, end, show_progress);
         let (mut applied, mut last) = (0u64, from.saturating_sub(1));
-        while let Some(message) = rx.blocking_recv() {
-            last = message.sequence;
-            let result = match message.into_stored() {
-                Stored::Batch(batch) => applier_model.apply(&batch),
-                Stored::Poison(poison) => applier_model.apply_poison(&poison),
-            };
-            result.map_err(|e| OpsError::read_model(&applier_dir, e))?;
-            applied += 1;
+        // One transaction for whatever has been read ahead (up to APPLY_BATCH messages).
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first.into_message()];
+            while batch.len() < APPLY_BATCH {
+                match rx.try_recv() {
+                    Ok(message) => batch.push(message.into_message()),
+                    Err(_) => break,
+                }
+            }
+            last = batch.last().map(Message::sequence).unwrap_or(last);
+            applier_model
+                .apply_all(&batch)
+                .map_err(|e| OpsError::read_model(&applier_dir, e))?;
+            applied += batch.len() as u64;
             progress.update(last);
         }
         progress.finish(last.max(end));

@@ -46,6 +46,17 @@ async fn stack_after_mixed_workload() -> Result<(
     let c = Coordinator::start(&server, &live, "").await?;
     mixed_workload(&c).await?;
     publish_poison(&server, "").await?;
+    // The read model has applied everything in the stream (the poison message included)
+    // before anyone compares it with a rebuild.
+    let last = server
+        .event_store(Namespace::default())
+        .await?
+        .last_sequence()
+        .await?;
+    c.eventually("the read model caught up", |c| async move {
+        Ok(c.get("/v1/read-model/check").await?["sequence"].as_u64() == Some(last))
+    })
+    .await?;
     Ok((server, data, live, c))
 }
 

@@ -45,30 +45,92 @@ impl<E: std::fmt::Display> From<E> for Rejected {
     }
 }
 
+/// One stream message as the projection takes it.
+#[derive(Debug)]
+pub enum Message {
+    /// A decoded batch of events.
+    Batch(StoredBatch),
+    /// A message that is not a valid batch.
+    Poison(Box<PoisonMessage>),
+}
+
+impl Message {
+    /// Its stream sequence.
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Message::Batch(batch) => batch.sequence,
+            Message::Poison(poison) => poison.sequence,
+        }
+    }
+}
+
 impl ReadModel {
     /// Applies one decoded stream message, atomically with its checkpoint.
     pub fn apply(&self, batch: &StoredBatch) -> Result<Applied, ProjectionError> {
-        apply_batch(self, batch)
+        let _writing = self.lock_writes();
+        if batch.sequence <= self.last_sequence()? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        let mut changes = Changes::default();
+        let applied = apply_batch(self, &mut changes, batch)?;
+        self.commit(changes, batch.sequence)?;
+        Ok(applied)
     }
 
     /// Keeps an undecodable message aside and moves the checkpoint past it.
     pub fn apply_poison(&self, poison: &PoisonMessage) -> Result<Applied, ProjectionError> {
-        apply_poison(self, poison)
+        let _writing = self.lock_writes();
+        if poison.sequence <= self.last_sequence()? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        let mut changes = Changes::default();
+        let applied = apply_poison(self, &mut changes, poison)?;
+        self.commit(changes, poison.sequence)?;
+        Ok(applied)
+    }
+
+    /// Applies consecutive messages in one transaction, with the last one's sequence as
+    /// the checkpoint: all of them or none. The same result as applying them one by one
+    /// (each message reads what the ones before it wrote), for one commit instead of many.
+    pub fn apply_all(&self, messages: &[Message]) -> Result<Vec<Applied>, ProjectionError> {
+        let _writing = self.lock_writes();
+        let mut last = self.last_sequence()?;
+        let checkpoint = last;
+        let mut changes = Changes::default();
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
+            if message.sequence() <= last {
+                out.push(Applied::AlreadyApplied);
+                continue;
+            }
+            out.push(match message {
+                Message::Batch(batch) => apply_batch(self, &mut changes, batch)?,
+                Message::Poison(poison) => apply_poison(self, &mut changes, poison)?,
+            });
+            last = message.sequence();
+        }
+        if last > checkpoint {
+            self.commit(changes, last)?;
+        }
+        Ok(out)
     }
 }
 
-fn apply_batch(model: &ReadModel, batch: &StoredBatch) -> Result<Applied, ProjectionError> {
-    let _writing = model.lock_writes();
-    if batch.sequence <= model.last_sequence()? {
-        return Ok(Applied::AlreadyApplied);
-    }
-    let mut changes = Changes::default();
-    let mut counters: Counters = model.get(Table::Counters, COUNTERS)?.unwrap_or_default();
+/// The changes one message makes, added to `changes` (which earlier messages of the same
+/// transaction may have written to: every read goes through it).
+fn apply_batch(
+    model: &ReadModel,
+    changes: &mut Changes,
+    batch: &StoredBatch,
+) -> Result<Applied, ProjectionError> {
+    let mut counters: Counters = changes
+        .get(model, Table::Counters, COUNTERS)?
+        .unwrap_or_default();
     let (mut applied, mut rejected) = (0, 0);
     for envelope in &batch.events {
         let mut writer = Writer {
             model,
-            changes: &mut changes,
+            changes: &mut *changes,
             counters: &mut counters,
             sequence: batch.sequence,
             at: envelope.occurred_at,
@@ -88,17 +150,11 @@ fn apply_batch(model: &ReadModel, batch: &StoredBatch) -> Result<Applied, Projec
         }
     }
     if let Some(first) = batch.events.first() {
-        touch(
-            model,
-            &mut changes,
-            &first.event.aggregate(),
-            batch.sequence,
-        )?;
+        touch(model, changes, &first.event.aggregate(), batch.sequence)?;
     }
     counters.events_applied = counters.events_applied.saturating_add(applied as u64);
     counters.events_rejected = counters.events_rejected.saturating_add(rejected as u64);
     changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
-    model.commit(changes, batch.sequence)?;
     Ok(Applied::Events { applied, rejected })
 }
 
@@ -139,19 +195,20 @@ fn aggregate_of(subject: &str) -> Option<Aggregate> {
     aicp_events::Namespace::default().parse_aggregate(&subject[start..])
 }
 
-fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, ProjectionError> {
-    let _writing = model.lock_writes();
-    if poison.sequence <= model.last_sequence()? {
-        return Ok(Applied::AlreadyApplied);
-    }
+fn apply_poison(
+    model: &ReadModel,
+    changes: &mut Changes,
+    poison: &PoisonMessage,
+) -> Result<Applied, ProjectionError> {
     tracing::error!(
         sequence = poison.sequence,
         subject = %poison.subject,
         error = %poison.error,
         "poison message kept aside"
     );
-    let mut changes = Changes::default();
-    let mut counters: Counters = model.get(Table::Counters, COUNTERS)?.unwrap_or_default();
+    let mut counters: Counters = changes
+        .get(model, Table::Counters, COUNTERS)?
+        .unwrap_or_default();
     counters.poison = counters.poison.saturating_add(1);
     changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
     let record = PoisonRecord {
@@ -166,9 +223,8 @@ fn apply_poison(model: &ReadModel, poison: &PoisonMessage) -> Result<Applied, Pr
         &record,
     )?;
     if let Some(aggregate) = aggregate_of(&poison.subject) {
-        touch(model, &mut changes, &aggregate, poison.sequence)?;
+        touch(model, changes, &aggregate, poison.sequence)?;
     }
-    model.commit(changes, poison.sequence)?;
     Ok(Applied::Events {
         applied: 0,
         rejected: 0,

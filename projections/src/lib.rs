@@ -18,6 +18,6 @@ mod query;
 mod tables;
 pub mod views;
 
-pub use apply::Applied;
+pub use apply::{Applied, Message};
 pub use query::{InvalidCursor, PageRequest, QueryError, TaskFilter};
 pub use tables::{decode_u64, index_prefix, ProjectionError, ReadModel, Table, TreeDigest};

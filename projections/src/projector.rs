@@ -9,12 +9,15 @@
 use std::time::Duration;
 
 use aicp_events::store::{EventStore, ReadError};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use crate::apply::Applied;
+use crate::apply::{Applied, Message};
 use crate::notices::{Notice, Notices};
 use crate::tables::{ProjectionError, ReadModel};
+
+/// Messages applied in one transaction at most (those already received).
+const MAX_BATCH: usize = 512;
 
 /// How long to wait before re-subscribing after the stream failed, at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -124,42 +127,62 @@ impl Projector {
                 () = &mut reconnected => return Stop::Stream("reconnected to NATS".into()),
             };
             let Some(item) = item else { break };
-            let model = self.model.clone();
-            let result = match item {
-                Ok(batch) => {
-                    let notice = Notice {
-                        sequence: batch.sequence,
-                        aggregate: self.store.namespace().parse_aggregate(&batch.subject),
-                        types: batch.events.iter().map(|e| e.event.event_type()).collect(),
-                    };
-                    run_blocking(move || model.apply(&batch))
-                        .await
-                        .map(|applied| (notice, applied))
-                }
-                Err(ReadError::Poison(poison)) => {
-                    let notice = Notice {
-                        sequence: poison.sequence,
-                        aggregate: None,
-                        types: Vec::new(),
-                    };
-                    run_blocking(move || model.apply_poison(&poison))
-                        .await
-                        .map(|applied| (notice, applied))
-                }
-                Err(ReadError::Consumer(e)) => return Stop::Stream(e.to_string()),
-            };
-            match result {
-                Ok((notice, applied)) => {
-                    let sequence = notice.sequence;
-                    if applied != Applied::AlreadyApplied {
-                        self.notices.publish(notice);
+            // Take what else has already arrived, without waiting: one transaction for all.
+            let mut batch = Vec::new();
+            let mut stop = None;
+            let mut next = Some(item);
+            while let Some(item) = next.take() {
+                match item {
+                    Ok(message) => batch.push(Message::Batch(message)),
+                    Err(ReadError::Poison(poison)) => batch.push(Message::Poison(poison)),
+                    Err(ReadError::Consumer(e)) => {
+                        stop = Some(Stop::Stream(e.to_string()));
+                        break;
                     }
-                    self.applied.send_replace(sequence);
                 }
-                Err(e) => return Stop::Storage(e),
+                if batch.len() < MAX_BATCH {
+                    next = messages.next().now_or_never().flatten();
+                }
+            }
+            if !batch.is_empty() {
+                let notices: Vec<Notice> = batch.iter().map(|m| self.notice(m)).collect();
+                let last = batch.last().map(Message::sequence).unwrap_or(0);
+                let model = self.model.clone();
+                match run_blocking(move || model.apply_all(&batch)).await {
+                    Ok(applied) => {
+                        for (notice, applied) in notices.into_iter().zip(applied) {
+                            if applied != Applied::AlreadyApplied {
+                                self.notices.publish(notice);
+                            }
+                        }
+                        self.applied.send_replace(last);
+                    }
+                    Err(e) => return Stop::Storage(e),
+                }
+            }
+            if let Some(stop) = stop {
+                return stop;
             }
         }
         Stop::Stream("subscription ended".into())
+    }
+}
+
+impl Projector {
+    /// The notice of `message`, published once it is applied.
+    fn notice(&self, message: &Message) -> Notice {
+        match message {
+            Message::Batch(batch) => Notice {
+                sequence: batch.sequence,
+                aggregate: self.store.namespace().parse_aggregate(&batch.subject),
+                types: batch.events.iter().map(|e| e.event.event_type()).collect(),
+            },
+            Message::Poison(poison) => Notice {
+                sequence: poison.sequence,
+                aggregate: None,
+                types: Vec::new(),
+            },
+        }
     }
 }
 

@@ -661,3 +661,80 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
     assert!(failed.contains("tasks/t1"), "{failed}");
     Ok(())
 }
+
+#[test]
+fn applying_messages_together_equals_applying_them_one_by_one() -> Result<()> {
+    use aicp_projections::Message;
+
+    // One model fed message by message, as recorded by the harness.
+    let mut one_by_one = Harness::new()?;
+    let mut recorded = Vec::new();
+    let mut push = |h: &mut Harness, events: Vec<Event>| -> Result<()> {
+        let (batch, _) = h.push(events)?;
+        recorded.push(batch);
+        Ok(())
+    };
+    for (id, rate) in SEED_AGENTS {
+        push(
+            &mut one_by_one,
+            vec![AgentRegistered {
+                agent_id: agent(id),
+                name: id.to_owned(),
+                skills: BTreeSet::new(),
+                mode: AgentMode::Worker,
+                prior_rate_bp: rate,
+                prior_weight: 20,
+                executor: None,
+            }
+            .into()],
+        )?;
+    }
+    for (task, buyer) in [("t1", "b1"), ("t2", "b2"), ("t3", "b1")] {
+        push(
+            &mut one_by_one,
+            vec![
+                submitted(task, buyer).into(),
+                assigned(task, "agent-1", 2000, 400_000).into(),
+            ],
+        )?;
+        push(
+            &mut one_by_one,
+            vec![EscrowHeld {
+                task_id: tid(task),
+                buyer_id: buyer.parse()?,
+                agent_id: agent("agent-1"),
+                amount_sats: 400_000,
+            }
+            .into()],
+        )?;
+    }
+    push(&mut one_by_one, vec![completed("t1", "agent-1").into()])?;
+    push(
+        &mut one_by_one,
+        vec![released("t1", "agent-1", 400_000).into()],
+    )?;
+    push(&mut one_by_one, vec![completed("t2", "agent-1").into()])?;
+
+    // The same messages in two transactions, the second overlapping the first.
+    let together = Harness::new()?;
+    let messages = |range: std::ops::Range<usize>| -> Vec<Message> {
+        recorded[range]
+            .iter()
+            .cloned()
+            .map(Message::Batch)
+            .collect()
+    };
+    let split = recorded.len() / 2;
+    let first = together.model.apply_all(&messages(0..split))?;
+    assert!(first.iter().all(|a| *a != Applied::AlreadyApplied));
+    let second = together
+        .model
+        .apply_all(&messages(split - 1..recorded.len()))?;
+    assert_eq!(second[0], Applied::AlreadyApplied, "the overlap is skipped");
+    assert_eq!(
+        together.model.last_sequence()?,
+        one_by_one.model.last_sequence()?
+    );
+    assert_eq!(together.model.digest()?, one_by_one.model.digest()?);
+    Ok(())
+}
