@@ -15,14 +15,9 @@ use aicp_events::id::TaskId;
 use aicp_events::Aggregate;
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::AckKind;
-use futures::TryStreamExt;
+use futures::StreamExt;
 
 use crate::state::AppState;
-
-/// Events one replica handles at once per consumer.
-const IN_FLIGHT: usize = 64;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long to wait for the local read model to apply the event being handled.
 pub const CATCH_UP: Duration = Duration::from_secs(5);
@@ -79,7 +74,7 @@ async fn follow<F>(
     state: &AppState,
     consumer: TaskConsumer,
     handle: &impl Fn(AppState, TaskId) -> F,
-) -> Result<(), BoxError>
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     F: Future<Output = Result<(), Retry>>,
 {
@@ -93,56 +88,39 @@ where
     let durable: consumer::Consumer<pull::Config> = stream
         .create_consumer(consumers::task_consumer_config(namespace, consumer))
         .await?;
-    let messages = durable.messages().await?;
+    let mut messages = durable.messages().await?;
     let reconnected = state.store.reconnected();
-    // Events of different tasks are handled concurrently: each handler decides from the
-    // read model and appends under the aggregate's expected sequence, so two events of one
-    // task handled at once cannot both act; the later one conflicts, re-reads and finds
-    // the work done.
-    let work = messages
-        .map_err(|e| -> BoxError { e.into() })
-        .try_for_each_concurrent(IN_FLIGHT, |message| {
-            handle_one(state, consumer, handle, message)
-        });
-    tokio::select! {
-        result = work => result,
-        // Pull requests in flight were lost with the old connection: pull afresh.
-        () = reconnected => Err("reconnected to NATS".into()),
-    }
-}
-
-/// Handles one delivered event: acks it when its handler succeeds, naks it (redelivered a
-/// second later) when the handler asks to retry.
-async fn handle_one<F>(
-    state: &AppState,
-    consumer: TaskConsumer,
-    handle: &impl Fn(AppState, TaskId) -> F,
-    message: async_nats::jetstream::Message,
-) -> Result<(), BoxError>
-where
-    F: Future<Output = Result<(), Retry>>,
-{
-    let sequence = message.info()?.stream_sequence;
-    let task_id = match state.store.namespace().parse_aggregate(&message.subject) {
-        Some(Aggregate::Task(id)) => id,
-        _ => {
-            message.ack().await?;
-            return Ok(());
-        }
-    };
-    // Decide only from a read model that has seen this event.
-    let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
-        handle(state.clone(), task_id.clone()).await
-    } else {
-        Err(Retry(format!("read model has not reached {sequence}")))
-    };
-    match outcome {
-        Ok(()) => message.ack().await?,
-        Err(retry) => {
-            tracing::warn!(consumer = consumer.name, task = %task_id, sequence, "retried later: {retry}");
-            message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await?;
+    tokio::pin!(reconnected);
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            // Pull requests in flight were lost with the old connection: pull afresh.
+            () = &mut reconnected => return Err("reconnected to NATS".into()),
+        };
+        let Some(message) = message else { break };
+        let message = message?;
+        let sequence = message.info()?.stream_sequence;
+        let task_id = match namespace.parse_aggregate(&message.subject) {
+            Some(Aggregate::Task(id)) => id,
+            _ => {
+                message.ack().await?;
+                continue;
+            }
+        };
+        // Decide only from a read model that has seen this event.
+        let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
+            handle(state.clone(), task_id.clone()).await
+        } else {
+            Err(Retry(format!("read model has not reached {sequence}")))
+        };
+        match outcome {
+            Ok(()) => message.ack().await?,
+            Err(retry) => {
+                tracing::warn!(consumer = consumer.name, task = %task_id, sequence, "retried later: {retry}");
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await?;
+            }
         }
     }
     Ok(())
