@@ -68,6 +68,15 @@ pub async fn measure(client: &async_nats::Client, messages: u64) -> Result<Vec<F
     // Replay everything with an ordered consumer.
     let total = sync_count + messages;
     let stream = js.get_stream("BENCH_RAW").await?;
+    let (seen, rate) = read_all(&stream, total).await?;
+    let replay = Figure::rate("raw: ordered consumer replay", rate, seen);
+    js.delete_stream("BENCH_RAW").await?;
+    Ok(vec![sync, pipelined, replay])
+}
+
+/// Reads the first `count` messages of `stream` with an ordered consumer: how many were
+/// read, and how many per second.
+pub async fn read_all(stream: &stream::Stream, count: u64) -> Result<(u64, f64)> {
     let started = Instant::now();
     let mut feed = stream
         .create_consumer(consumer::pull::OrderedConfig::default())
@@ -75,7 +84,7 @@ pub async fn measure(client: &async_nats::Client, messages: u64) -> Result<Vec<F
         .messages()
         .await?;
     let mut seen = 0u64;
-    while seen < total {
+    while seen < count {
         match feed.next().await {
             Some(message) => {
                 message?;
@@ -84,11 +93,5 @@ pub async fn measure(client: &async_nats::Client, messages: u64) -> Result<Vec<F
             None => break,
         }
     }
-    let replay = Figure::rate(
-        "raw: ordered consumer replay",
-        seen as f64 / started.elapsed().as_secs_f64(),
-        seen,
-    );
-    js.delete_stream("BENCH_RAW").await?;
-    Ok(vec![sync, pipelined, replay])
+    Ok((seen, seen as f64 / started.elapsed().as_secs_f64()))
 }

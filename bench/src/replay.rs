@@ -14,8 +14,6 @@ use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::CONTENT_TYPE_HEADER;
 use aicp_events::{Aggregate, Envelope, EventStore, Namespace};
 use anyhow::{bail, Context, Result};
-use async_nats::jetstream::consumer;
-use futures::StreamExt;
 
 use crate::raw::WINDOW;
 
@@ -178,23 +176,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
 pub async fn raw_read(client: &async_nats::Client, messages: u64) -> Result<f64> {
     let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
     let stream = store.events_stream().await?;
-    let started = Instant::now();
-    let mut feed = stream
-        .create_consumer(consumer::pull::OrderedConfig::default())
-        .await?
-        .messages()
-        .await?;
-    let mut seen = 0u64;
-    while seen < messages {
-        match feed.next().await {
-            Some(message) => {
-                message?;
-                seen += 1;
-            }
-            None => break,
-        }
-    }
-    Ok(seen as f64 / started.elapsed().as_secs_f64())
+    Ok(crate::raw::read_all(&stream, messages).await?.1)
 }
 
 /// Runs `aicp replay` on the generated stream into a fresh directory: seconds taken (the
