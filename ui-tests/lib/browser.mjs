@@ -5,9 +5,10 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
 
-import { UI_TESTS_DIR } from './stack.mjs';
+import { UI_TESTS_DIR, startStack } from './stack.mjs';
 
 export const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 export const SCREENSHOTS_DIR = path.join(UI_TESTS_DIR, 'screenshots');
@@ -21,6 +22,25 @@ export const ACTION_TIMEOUT = 10_000;
 
 export const DESKTOP = { width: 1280, height: 900 };
 export const PHONE = { width: 390, height: 844 };
+
+/**
+ * Registers the hooks every test file needs: before its tests, a stack started with
+ * `stackOptions` (then `prepare(stack)`, if given) and a browser; after them, both stopped.
+ * Returns the object whose `stack` and `browser` the tests use once `before` has run.
+ */
+export function useStackAndBrowser(stackOptions, { prepare } = {}) {
+  const env = { stack: null, browser: null };
+  before(async () => {
+    env.stack = await startStack(stackOptions);
+    if (prepare) await prepare(env.stack);
+    env.browser = await launchBrowser();
+  }, { timeout: 60_000 });
+  after(async () => {
+    await env.browser?.close().catch(() => {});
+    await env.stack?.stop();
+  });
+  return env;
+}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -5,28 +5,16 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { RESULTS_DIR, launchBrowser, openPage } from '../lib/browser.mjs';
-import { startStack } from '../lib/stack.mjs';
+import { RESULTS_DIR, openPage, useStackAndBrowser } from '../lib/browser.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'smoke', workers: [{ agents: ['agent-2', 'agent-3'], simulateMs: 200 }] });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const env = useStackAndBrowser({ name: 'smoke', workers: [{ agents: ['agent-2', 'agent-3'], simulateMs: 200 }] });
 
 test('Chromium renders the API docs at GET /docs', { timeout: 60_000 }, async () => {
-  const { page, context } = await openPage(browser);
+  const { page, context } = await openPage(env.browser);
   try {
-    const res = await page.goto(`${stack.baseUrl}/docs`);
+    const res = await page.goto(`${env.stack.baseUrl}/docs`);
     assert.equal(res.status(), 200);
     assert.match(res.headers()['content-type'] ?? '', /text\/html/);
     const body = await page.locator('body').innerText();
@@ -43,7 +31,7 @@ test('Chromium renders the API docs at GET /docs', { timeout: 60_000 }, async ()
 });
 
 test('the REST helpers behave as the stories assume', { timeout: 60_000 }, async () => {
-  const { api } = stack;
+  const { api } = env.stack;
 
   // Story 1: with only the seed agents, complexity 2 from buyer-001 goes to agent-1 at 400,000 sat.
   const quote = await api.quote({ complexity: 2 });
@@ -85,12 +73,12 @@ test('the REST helpers behave as the stories assume', { timeout: 60_000 }, async
 });
 
 test('stop() ends every process it started and removes its folder', { timeout: 60_000 }, async () => {
-  const pids = stack.procs.map((p) => p.pid);
+  const pids = env.stack.procs.map((p) => p.pid);
   assert.equal(pids.length, 3, 'nats-server, coordinator, one worker');
   for (const pid of pids) process.kill(pid, 0); // each is running now (throws otherwise)
-  await stack.stop();
+  await env.stack.stop();
   for (const [i, pid] of pids.entries()) {
-    assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `${stack.procs[i].name} (pid ${pid}) is still running`);
+    assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `${env.stack.procs[i].name} (pid ${pid}) is still running`);
   }
-  if (process.env.UI_TESTS_KEEP !== '1') assert.equal(fs.existsSync(stack.dir), false, `${stack.dir} is left behind`);
+  if (process.env.UI_TESTS_KEEP !== '1') assert.equal(fs.existsSync(env.stack.dir), false, `${env.stack.dir} is left behind`);
 });

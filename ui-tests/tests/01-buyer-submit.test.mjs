@@ -2,32 +2,22 @@
 // all without a page reload.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, launchBrowser, markNoReload,
+  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, markNoReload,
   openPage, screenshot, setRange, signIn, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { satsIn, startStack } from '../lib/stack.mjs';
+import { satsIn } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  // No worker: agent-1 (a worker-mode agent) keeps the task `assigned`.
-  stack = await startStack({ name: 'story-1' });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+// No worker: agent-1 (a worker-mode agent) keeps the task `assigned`.
+const env = useStackAndBrowser({ name: 'story-1' });
 
 test('story 1: buyer-001 gets a quote and submits a task that shows up assigned, live', { timeout: 90_000 }, async () => {
-  const { page, watch } = await openPage(browser, { viewport: DESKTOP });
+  const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('buyer', page, watch, async () => {
-    await signIn(page, stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
 
     await page.locator('#description').fill('Process payment');
@@ -52,7 +42,7 @@ test('story 1: buyer-001 gets a quote and submits a task that shows up assigned,
     }, { message: 'the submitted task in #buyer-tasks' });
 
     // The row is the task the coordinator holds.
-    const task = await stack.api.task(taskId);
+    const task = await env.stack.api.task(taskId);
     assert.equal(task.buyer_id, 'buyer-001');
     assert.equal(task.description, 'Process payment');
     assert.equal(task.complexity, 2);
@@ -60,7 +50,7 @@ test('story 1: buyer-001 gets a quote and submits a task that shows up assigned,
     assert.equal(task.price_satoshis, 400_000);
     assert.equal(task.status, 'assigned');
     assert.equal(task.payment, 'held');
-    assert.equal((await stack.api.tasks({ buyer: 'buyer-001' })).length, 1, 'exactly one task was submitted');
+    assert.equal((await env.stack.api.tasks({ buyer: 'buyer-001' })).length, 1, 'exactly one task was submitted');
 
     await eventually(async () => {
       const escrow = satsIn(await textOf(page, '#open-escrow'));

@@ -2,29 +2,19 @@
 // result and sees its earnings rise, all without a page reload.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, launchBrowser, markNoReload,
+  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, markNoReload,
   openPage, screenshot, signIn, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { formatSats, satsIn, startStack } from '../lib/stack.mjs';
+import { formatSats, satsIn } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'story-2' });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const env = useStackAndBrowser({ name: 'story-2' });
 
 test('story 2: manual-1 completes its task in the browser and its earnings rise, live', { timeout: 90_000 }, async () => {
-  const { api } = stack;
+  const { api } = env.stack;
   const reg = await api.registerAgent({ agent_id: 'manual-1', name: 'Manual One', mode: 'manual', skills: ['manual-skill'] });
   assert.equal(reg.status, 201, `registering manual-1 answered ${reg.status}`);
   // Only manual-1 has the skill, so only it can get the task.
@@ -39,9 +29,9 @@ test('story 2: manual-1 completes its task in the browser and its earnings rise,
   const price = assigned.price_satoshis;
   assert.ok(price > 0, `price ${price}`);
 
-  const { page, watch } = await openPage(browser, { viewport: DESKTOP });
+  const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('agent', page, watch, async () => {
-    await signIn(page, stack.baseUrl, 'agent', 'manual-1');
+    await signIn(page, env.stack.baseUrl, 'agent', 'manual-1');
     const mark = await markNoReload(page, watch);
 
     const earnings = page.locator('#agent-earnings');

@@ -2,27 +2,20 @@
 // they are submitted and finished by a worker, without a page reload.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, launchBrowser, markNoReload,
+  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, markNoReload,
   openPage, pathOf, screenshot, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { intIn, startStack } from '../lib/stack.mjs';
+import { intIn } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'story-3', workers: [{ agents: ['agent-2', 'agent-3'], simulateMs: 200 }] });
-  // Only agent-2 and agent-3 (which the worker runs) have `sim`, so tasks needing it finish.
-  for (const id of ['agent-2', 'agent-3']) await stack.api.updateAgent(id, { skills: ['sim'] });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
+const env = useStackAndBrowser({ name: 'story-3', workers: [{ agents: ['agent-2', 'agent-3'], simulateMs: 200 }] }, {
+  prepare: async (stack) => {
+    // Only agent-2 and agent-3 (which the worker runs) have `sim`, so tasks needing it finish.
+    for (const id of ['agent-2', 'agent-3']) await stack.api.updateAgent(id, { skills: ['sim'] });
+  },
 });
 
 async function counter(page, selector) {
@@ -42,9 +35,9 @@ async function chartTotal(page, id) {
 }
 
 test('story 3: the dashboard counts tasks and draws them as they happen, live', { timeout: 90_000 }, async () => {
-  const { page, watch } = await openPage(browser, { viewport: DESKTOP });
+  const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('dashboard', page, watch, async () => {
-    const res = await page.goto(`${stack.baseUrl}/dashboard`);
+    const res = await page.goto(`${env.stack.baseUrl}/dashboard`);
     assert.equal(res.status(), 200);
     assert.equal(pathOf(page.url()), '/dashboard');
     for (const sel of ['#count-submitted', '#count-completed', '#count-failed', '#success-rate', '#uptime',
@@ -68,7 +61,7 @@ test('story 3: the dashboard counts tasks and draws them as they happen, live', 
 
     const ids = [];
     for (const n of [1, 2, 3]) {
-      ids.push(await stack.api.submitTask({ description: `Dashboard task ${n}`, complexity: n, required_skills: ['sim'] }));
+      ids.push(await env.stack.api.submitTask({ description: `Dashboard task ${n}`, complexity: n, required_skills: ['sim'] }));
     }
 
     await eventually(async () => {
@@ -81,7 +74,7 @@ test('story 3: the dashboard counts tasks and draws them as they happen, live', 
 
     // The worker finishes them (the simulation fails some, as the agents' rates say).
     const finished = await Promise.all(
-      ids.map((id) => stack.api.waitForTask(id, (t) => ['completed', 'failed'].includes(t.status), 20_000)),
+      ids.map((id) => env.stack.api.waitForTask(id, (t) => ['completed', 'failed'].includes(t.status), 20_000)),
     );
     const completed = finished.filter((t) => t.status === 'completed').length;
     await eventually(async () => {

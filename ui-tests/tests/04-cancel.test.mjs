@@ -2,32 +2,22 @@
 // is refunded, without a page reload.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, launchBrowser, markNoReload,
+  DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, markNoReload,
   openPage, screenshot, setRange, signIn, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { satsIn, startStack } from '../lib/stack.mjs';
+import { satsIn } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'cancel' });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const env = useStackAndBrowser({ name: 'cancel' });
 
 test('cancelling a task in the buyer page refunds its escrow, live', { timeout: 90_000 }, async () => {
   // A confirm() before cancelling is allowed (and accepted); an alert() is not.
-  const { page, watch } = await openPage(browser, { viewport: DESKTOP, acceptConfirm: true });
+  const { page, watch } = await openPage(env.browser, { viewport: DESKTOP, acceptConfirm: true });
   await story('cancel', page, watch, async () => {
-    await signIn(page, stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
 
     await page.locator('#description').fill('Translate the manual');
@@ -52,9 +42,9 @@ test('cancelling a task in the buyer page refunds its escrow, live', { timeout: 
     }, { message: 'the row and #open-escrow after cancelling' });
     assert.equal(await row.locator('button.cancel').count(), 0, 'a cancelled task offers no cancel button');
 
-    const task = await stack.api.waitForTask(taskId, (t) => t.payment === 'refunded');
+    const task = await env.stack.api.waitForTask(taskId, (t) => t.payment === 'refunded');
     assert.equal(task.status, 'cancelled');
-    assert.equal((await stack.api.buyer('buyer-001')).open_escrow_satoshis, 0);
+    assert.equal((await env.stack.api.buyer('buyer-001')).open_escrow_satoshis, 0);
 
     await assertNoReload(page, watch, mark);
     assertNoDialogsOrErrors(watch, { allowConfirm: true });

@@ -2,31 +2,20 @@
 // nothing is submitted.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  DESKTOP, assertNoDialogsOrErrors, assertNoReload, launchBrowser, markNoReload, openPage,
+  DESKTOP, assertNoDialogsOrErrors, assertNoReload, markNoReload, openPage,
   screenshot, setRange, signIn, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { startStack } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'invalid' });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const env = useStackAndBrowser({ name: 'invalid' });
 
 test('submitting without a description shows an inline error and submits nothing', { timeout: 90_000 }, async () => {
-  const { page, watch } = await openPage(browser, { viewport: DESKTOP });
+  const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('invalid', page, watch, async () => {
-    await signIn(page, stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
 
     await page.locator('#description').fill('');
@@ -41,7 +30,7 @@ test('submitting without a description shows an inline error and submits nothing
     // Give a submission that should not happen time to show, then check nothing did.
     await page.waitForTimeout(1500);
     assert.equal(await page.locator('#buyer-tasks tr[data-task-id]').count(), 0, '#buyer-tasks stays empty');
-    assert.deepEqual(await stack.api.tasks({ buyer: 'buyer-001' }), [], 'the coordinator got no task');
+    assert.deepEqual(await env.stack.api.tasks({ buyer: 'buyer-001' }), [], 'the coordinator got no task');
     assert.equal(watch.dialogs.length, 0, `a dialog opened: ${JSON.stringify(watch.dialogs)}`);
 
     await assertNoReload(page, watch, mark);

@@ -2,31 +2,20 @@
 // remembered across reloads and `/`; signing out forgets it.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  DESKTOP, assertNoDialogsOrErrors, launchBrowser, openPage, pathOf, screenshot, signIn, story, textOf,
+  DESKTOP, assertNoDialogsOrErrors, openPage, pathOf, screenshot, signIn, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { startStack } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'sign-in' });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const env = useStackAndBrowser({ name: 'sign-in' });
 
 test('signing in as an unknown agent shows an error naming the id', { timeout: 60_000 }, async () => {
-  const { page, watch, context } = await openPage(browser, { viewport: DESKTOP });
+  const { page, watch, context } = await openPage(env.browser, { viewport: DESKTOP });
   try {
     await story('sign-in-error', page, watch, async () => {
-      const res = await page.goto(`${stack.baseUrl}/sign-in`);
+      const res = await page.goto(`${env.stack.baseUrl}/sign-in`);
       assert.equal(res.status(), 200);
       await page.locator('#role-agent').check();
       await page.locator('#principal-id').fill('no-such-agent-42');
@@ -45,31 +34,31 @@ test('signing in as an unknown agent shows an error naming the id', { timeout: 6
 });
 
 test('a sign-in is remembered across reloads and at /, and #sign-out forgets it', { timeout: 60_000 }, async () => {
-  const { page, watch, context } = await openPage(browser, { viewport: DESKTOP });
+  const { page, watch, context } = await openPage(env.browser, { viewport: DESKTOP });
   try {
     await story('sign-in-remembered', page, watch, async () => {
       // Not signed in: / sends a browser to /sign-in.
-      await page.goto(`${stack.baseUrl}/`);
+      await page.goto(`${env.stack.baseUrl}/`);
       assert.equal(pathOf(page.url()), '/sign-in', 'GET / without a sign-in leads to /sign-in');
 
-      await signIn(page, stack.baseUrl, 'buyer', 'buyer-001');
+      await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
       await page.reload();
       assert.equal(pathOf(page.url()), '/buyer', 'a reload keeps the buyer signed in');
-      await page.goto(`${stack.baseUrl}/`);
+      await page.goto(`${env.stack.baseUrl}/`);
       assert.equal(pathOf(page.url()), '/buyer', 'GET / leads a signed-in buyer to /buyer');
 
       await Promise.all([
         page.waitForURL((url) => pathOf(url.href) === '/sign-in'),
         page.locator('#sign-out').click(),
       ]);
-      await page.goto(`${stack.baseUrl}/`);
+      await page.goto(`${env.stack.baseUrl}/`);
       assert.equal(pathOf(page.url()), '/sign-in', 'after #sign-out, / leads to /sign-in again');
 
       // The same for an agent.
-      await signIn(page, stack.baseUrl, 'agent', 'agent-1');
+      await signIn(page, env.stack.baseUrl, 'agent', 'agent-1');
       await page.reload();
       assert.equal(pathOf(page.url()), '/agent', 'a reload keeps the agent signed in');
-      await page.goto(`${stack.baseUrl}/`);
+      await page.goto(`${env.stack.baseUrl}/`);
       assert.equal(pathOf(page.url()), '/agent', 'GET / leads a signed-in agent to /agent');
       assertNoDialogsOrErrors(watch);
     });

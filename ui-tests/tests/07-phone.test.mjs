@@ -1,26 +1,15 @@
 // The buyer page on a phone (390x844): no horizontal scrolling, and the form works.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
 import {
-  PHONE, assertNoDialogsOrErrors, assertNoReload, eventually, launchBrowser, markNoReload, openPage,
+  PHONE, assertNoDialogsOrErrors, assertNoReload, eventually, markNoReload, openPage,
   screenshot, setRange, signIn, story, textOf,
+  useStackAndBrowser,
 } from '../lib/browser.mjs';
-import { startStack } from '../lib/stack.mjs';
 
-let stack;
-let browser;
-
-before(async () => {
-  stack = await startStack({ name: 'phone' });
-  browser = await launchBrowser();
-}, { timeout: 60_000 });
-
-after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stop();
-});
+const env = useStackAndBrowser({ name: 'phone' });
 
 async function assertNoHorizontalScroll(page, when) {
   const { scrollWidth, clientWidth } = await page.evaluate(() => ({
@@ -31,9 +20,9 @@ async function assertNoHorizontalScroll(page, when) {
 }
 
 test('the buyer page fits a 390 px phone and its form works there', { timeout: 90_000 }, async () => {
-  const { page, watch } = await openPage(browser, { viewport: PHONE });
+  const { page, watch } = await openPage(env.browser, { viewport: PHONE });
   await story('buyer-phone', page, watch, async () => {
-    await signIn(page, stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
     await assertNoHorizontalScroll(page, 'on load');
 
