@@ -19,6 +19,8 @@ struct Harness {
     _dir: tempfile::TempDir,
     model: ReadModel,
     sequence: u64,
+    /// Every message pushed, in order.
+    history: Vec<StoredBatch>,
 }
 
 impl Harness {
@@ -29,6 +31,7 @@ impl Harness {
             _dir: dir,
             model,
             sequence: 0,
+            history: Vec::new(),
         })
     }
 
@@ -42,6 +45,7 @@ impl Harness {
             events: events.into_iter().map(Envelope::new).collect(),
         };
         let applied = self.model.apply(&batch)?;
+        self.history.push(batch.clone());
         Ok((batch, applied))
     }
 
@@ -579,6 +583,7 @@ fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
             _dir: tempfile::tempdir()?,
             model,
             sequence: 0,
+            history: Vec::new(),
         };
         h.seed_agents()?;
         assert_eq!(h.model.last_sequence()?, 3);
@@ -602,6 +607,7 @@ fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
         _dir: tempfile::tempdir()?,
         model,
         sequence: 0,
+        history: Vec::new(),
     };
     h.seed_agents()?;
     drop(h);
@@ -666,54 +672,16 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
 fn applying_messages_together_equals_applying_them_one_by_one() -> Result<()> {
     use aicp_projections::Message;
 
-    // One model fed message by message, as recorded by the harness.
+    // One model fed message by message.
     let mut one_by_one = Harness::new()?;
-    let mut recorded = Vec::new();
-    let mut push = |h: &mut Harness, events: Vec<Event>| -> Result<()> {
-        let (batch, _) = h.push(events)?;
-        recorded.push(batch);
-        Ok(())
-    };
-    for (id, rate) in SEED_AGENTS {
-        push(
-            &mut one_by_one,
-            vec![AgentRegistered {
-                agent_id: agent(id),
-                name: id.to_owned(),
-                skills: BTreeSet::new(),
-                mode: AgentMode::Worker,
-                prior_rate_bp: rate,
-                prior_weight: 20,
-                executor: None,
-            }
-            .into()],
-        )?;
-    }
+    one_by_one.seed_agents()?;
     for (task, buyer) in [("t1", "b1"), ("t2", "b2"), ("t3", "b1")] {
-        push(
-            &mut one_by_one,
-            vec![
-                submitted(task, buyer).into(),
-                assigned(task, "agent-1", 2000, 400_000).into(),
-            ],
-        )?;
-        push(
-            &mut one_by_one,
-            vec![EscrowHeld {
-                task_id: tid(task),
-                buyer_id: buyer.parse()?,
-                agent_id: agent("agent-1"),
-                amount_sats: 400_000,
-            }
-            .into()],
-        )?;
+        one_by_one.submit(task, buyer, "agent-1", 2000)?;
     }
-    push(&mut one_by_one, vec![completed("t1", "agent-1").into()])?;
-    push(
-        &mut one_by_one,
-        vec![released("t1", "agent-1", 400_000).into()],
-    )?;
-    push(&mut one_by_one, vec![completed("t2", "agent-1").into()])?;
+    one_by_one.push(vec![completed("t1", "agent-1").into()])?;
+    one_by_one.push(vec![released("t1", "agent-1", 400_000).into()])?;
+    one_by_one.push(vec![completed("t2", "agent-1").into()])?;
+    let recorded = &one_by_one.history;
 
     // The same messages in two transactions, the second overlapping the first.
     let together = Harness::new()?;
