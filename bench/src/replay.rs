@@ -45,13 +45,14 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
         messages: 0,
         events: 0,
     };
-    let mut publish = |aggregate: Aggregate, batch: Vec<Event>| -> Result<(String, Vec<u8>)> {
+    // Encodes one message (subject, payload) and counts it.
+    let mut encode = |aggregate: Aggregate, batch: Vec<Event>| -> Result<(String, Vec<u8>)> {
         counts.messages += 1;
         counts.events += batch.len() as u64;
         let envelopes: Vec<Envelope> = batch.into_iter().map(Envelope::new).collect();
         Ok((ns.aggregate_subject(&aggregate), encode_batch(&envelopes)?))
     };
-    let mut messages = vec![publish(
+    let mut messages = vec![encode(
         Aggregate::Agent(agent.clone()),
         vec![AgentRegistered {
             agent_id: agent.clone(),
@@ -73,7 +74,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
         let price = 100_000 * u64::from(complexity.get()) * 2;
         let t = || Aggregate::Task(task.clone());
         let p = || Aggregate::Payment(task.clone());
-        messages.push(publish(
+        messages.push(encode(
             t(),
             vec![
                 TaskSubmitted {
@@ -97,7 +98,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
                 .into(),
             ],
         )?);
-        messages.push(publish(
+        messages.push(encode(
             p(),
             vec![EscrowHeld {
                 task_id: task.clone(),
@@ -107,7 +108,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
             }
             .into()],
         )?);
-        messages.push(publish(
+        messages.push(encode(
             t(),
             vec![TaskStarted {
                 task_id: task.clone(),
@@ -117,7 +118,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
             }
             .into()],
         )?);
-        messages.push(publish(
+        messages.push(encode(
             t(),
             vec![TaskCompleted {
                 task_id: task.clone(),
@@ -126,7 +127,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
             }
             .into()],
         )?);
-        messages.push(publish(
+        messages.push(encode(
             p(),
             vec![EscrowReleased {
                 task_id: task.clone(),
@@ -135,7 +136,7 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
             }
             .into()],
         )?);
-        messages.push(publish(
+        messages.push(encode(
             Aggregate::Agent(agent.clone()),
             vec![AgentOutcomeRecorded {
                 agent_id: agent.clone(),
