@@ -48,6 +48,22 @@ pub struct Config {
     /// Where the release binaries are (default: beside this one).
     #[arg(long, env = "AICP_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// Run only one part (all by default).
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
+    /// Use this nats-server (loopback) instead of starting one: what the run writes stays
+    /// there, e.g. the replay stream under `replaybench`, to profile `aicp replay` on it.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+}
+
+/// A part of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Raw JetStream and the stack over HTTP.
+    Stack,
+    /// The replay stream and `aicp replay`.
+    Replay,
 }
 
 impl Config {
@@ -74,17 +90,44 @@ pub async fn run(config: &Config) -> Result<Vec<Figure>> {
             .context("the benchmark binary has no directory")?
             .to_owned(),
     };
-    let nats = NatsServer::start().context("starting nats-server")?;
-    let client = nats.client().await?;
+    // Kept alive to the end of the run when we started it.
+    let (_server, url) = match &config.nats_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let server = NatsServer::start().context("starting nats-server")?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let client = async_nats::connect(&url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let mut figures = Vec::new();
+    if config.only != Some(Part::Replay) {
+        figures.extend(stack_figures(&config, &bin_dir, &client, &url).await?);
+    }
+    if config.only != Some(Part::Stack) {
+        figures.extend(replay_figures(&config, &bin_dir, &client, &url).await?);
+    }
+    Ok(figures)
+}
+
+/// Raw JetStream, then the stack over HTTP beside it.
+async fn stack_figures(
+    config: &Config,
+    bin_dir: &std::path::Path,
+    client: &async_nats::Client,
+    url: &str,
+) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
 
     eprintln!("raw JetStream ({} messages)...", config.raw_messages);
-    let raw = raw::measure(&client, config.raw_messages).await?;
+    let raw = raw::measure(client, config.raw_messages).await?;
     let (raw_sync, raw_pipelined) = (raw[0].clone(), raw[1].clone());
     figures.extend(raw);
 
     eprintln!("starting the stack...");
-    let stack = stack::Stack::start(&bin_dir, &nats.url()).await?;
+    let stack = stack::Stack::start(bin_dir, url).await?;
     let (settled, watcher) = lifecycle::watch(&stack.base);
     let seconds = Duration::from_secs(config.seconds);
     let c = config.connections;
@@ -191,13 +234,23 @@ pub async fn run(config: &Config) -> Result<Vec<Figure>> {
         tasks,
     ));
     stack.stop();
+    Ok(figures)
+}
 
+/// A generated stream of whole lifecycles, read raw and rebuilt by `aicp replay`.
+async fn replay_figures(
+    config: &Config,
+    bin_dir: &std::path::Path,
+    client: &async_nats::Client,
+    url: &str,
+) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
     eprintln!(
         "generating {} events for the replay...",
         config.replay_events
     );
-    let generated = replay::generate(&client, config.replay_events).await?;
-    let raw_read = replay::raw_read(&client, generated.messages).await?;
+    let generated = replay::generate(client, config.replay_events).await?;
+    let raw_read = replay::raw_read(client, generated.messages).await?;
     let events_per_message = generated.events as f64 / generated.messages as f64;
     let raw_same = Figure::rate(
         "raw: ordered replay of the same stream, events",
@@ -205,7 +258,7 @@ pub async fn run(config: &Config) -> Result<Vec<Figure>> {
         generated.events,
     );
     eprintln!("aicp replay of {} messages...", generated.messages);
-    let (seconds, applied) = replay::rebuild(&bin_dir, &nats.url())?;
+    let (seconds, applied) = replay::rebuild(bin_dir, url)?;
     figures.push(raw_same.clone());
     figures.push(
         Figure::rate(

@@ -35,7 +35,7 @@ impl App {
         let store = EventStore::connect(&config.nats_url, namespace).await?;
         store.provision().await?;
         std::fs::create_dir_all(&config.data_dir)?;
-        let model = ReadModel::open(&config.data_dir)?;
+        let model = ReadModel::open_with_cache(&config.data_dir, config.cache_mib)?;
         let ready_at = store.last_sequence().await?;
         let (projector, progress) = Projector::new(model.clone(), store.clone())?;
         let (closing, closing_rx) = watch::channel(false);

@@ -33,6 +33,9 @@ pub struct Config {
     /// Directory of this replica's read models (sled).
     #[arg(long, env = "AICP_DATA_DIR", default_value = ".data/coordinator")]
     pub data_dir: PathBuf,
+    /// sled's page cache for the read model, in MiB (the coordinator's memory grows with it).
+    #[arg(long, env = "AICP_CACHE_MIB", default_value_t = aicp_projections::DEFAULT_CACHE_MIB)]
+    pub cache_mib: u64,
     /// Prefix of stream names and subjects, to share a server between deployments.
     #[arg(long, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,

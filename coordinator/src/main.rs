@@ -5,6 +5,10 @@ use aicp_coordinator::{App, Config};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// The projection allocates per record; glibc's malloc cost a third of its time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

@@ -7,6 +7,10 @@ use aicp_ops::Cli;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// The projection allocates per record (replay); glibc's malloc cost a third of its time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

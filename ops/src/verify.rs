@@ -283,8 +283,8 @@ pub fn compare(
             out.keys.push(KeyDifference {
                 table: a.table,
                 key: readable_key(&key),
-                checked: here.map(|v| readable_value(&v)),
-                rebuilt: there.map(|v| readable_value(&v)),
+                checked: here.map(|v| readable_value(*table, &v)),
+                rebuilt: there.map(|v| readable_value(*table, &v)),
             });
         }
     }
@@ -314,10 +314,10 @@ pub fn readable_key(key: &[u8]) -> String {
     }
 }
 
-/// A record as compact JSON when it is MessagePack, else as hex.
-fn readable_value(value: &[u8]) -> String {
-    match rmp_serde::from_slice::<serde_json::Value>(value) {
-        Ok(v) => {
+/// A record as compact JSON when it decodes as its table's record, else as hex.
+fn readable_value(table: Table, value: &[u8]) -> String {
+    match table.record_json(value) {
+        Some(v) => {
             let text = v.to_string();
             if text.chars().count() > 400 {
                 format!("{}...", text.chars().take(400).collect::<String>())
@@ -325,7 +325,7 @@ fn readable_value(value: &[u8]) -> String {
                 text
             }
         }
-        Err(_) => format!("0x{}", hex(value)),
+        None => format!("0x{}", hex(value)),
     }
 }
 

@@ -181,7 +181,7 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
             .context("a released task")?;
         let mut view: TaskView = rmp_serde::from_slice(&bytes)?;
         view.task.price_sats = view.task.price_sats.map(|p| p + 1);
-        tasks.insert(&key, rmp_serde::to_vec_named(&view)?)?;
+        tasks.insert(&key, rmp_serde::to_vec(&view)?)?;
         db.flush()?;
         String::from_utf8(key.to_vec())?
     };

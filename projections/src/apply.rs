@@ -154,7 +154,7 @@ fn apply_batch(
     }
     counters.events_applied = counters.events_applied.saturating_add(applied as u64);
     counters.events_rejected = counters.events_rejected.saturating_add(rejected as u64);
-    changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
+    changes.put(Table::Counters, COUNTERS.to_vec(), counters);
     Ok(Applied::Events { applied, rejected })
 }
 
@@ -175,14 +175,14 @@ fn touch(
                     Aggregate::Task(_) => view.last_sequence = sequence,
                     _ => view.payment_sequence = sequence,
                 }
-                changes.put(Table::Tasks, key.to_vec(), &view)?;
+                changes.put(Table::Tasks, key.to_vec(), view);
             }
         }
         Aggregate::Agent(id) => {
             let key = id.as_str().as_bytes();
             if let Some(mut view) = changes.get::<AgentView>(model, Table::Agents, key)? {
                 view.last_sequence = sequence;
-                changes.put(Table::Agents, key.to_vec(), &view)?;
+                changes.put(Table::Agents, key.to_vec(), view);
             }
         }
     }
@@ -210,7 +210,7 @@ fn apply_poison(
         .get(model, Table::Counters, COUNTERS)?
         .unwrap_or_default();
     counters.poison = counters.poison.saturating_add(1);
-    changes.put(Table::Counters, COUNTERS.to_vec(), &counters)?;
+    changes.put(Table::Counters, COUNTERS.to_vec(), counters);
     let record = PoisonRecord {
         sequence: poison.sequence,
         subject: poison.subject.clone(),
@@ -220,8 +220,8 @@ fn apply_poison(
     changes.put(
         Table::Poison,
         poison.sequence.to_be_bytes().to_vec(),
-        &record,
-    )?;
+        record,
+    );
     if let Some(aggregate) = aggregate_of(&poison.subject) {
         touch(model, changes, &aggregate, poison.sequence)?;
     }
@@ -283,7 +283,7 @@ impl Writer<'_> {
         }
     }
 
-    fn get<T: serde::de::DeserializeOwned>(
+    fn get<T: serde::de::DeserializeOwned + Clone + 'static>(
         &self,
         table: Table,
         key: &[u8],
@@ -309,22 +309,19 @@ impl Writer<'_> {
         };
         let seq = self.sequence;
         let id = e.task_id.as_str();
-        self.changes.put(Table::Tasks, key.to_vec(), &view)?;
+        self.changes.put(Table::Tasks, key.to_vec(), view);
         self.changes
-            .put(Table::TasksByTime, seq.to_be_bytes().to_vec(), &id)?;
-        self.changes.put(
-            Table::TasksByBuyer,
-            index_key(e.buyer_id.as_str(), seq),
-            &id,
-        )?;
-        self.changes.put(
+            .put_new_id(Table::TasksByTime, seq.to_be_bytes().to_vec(), id)?;
+        self.changes
+            .put_new_id(Table::TasksByBuyer, index_key(e.buyer_id.as_str(), seq), id)?;
+        self.changes.put_new_id(
             Table::TasksByStatus,
             index_key(TaskStatus::Submitted.as_str(), seq),
-            &id,
+            id,
         )?;
         if let Some(deadline) = e.deadline {
             self.changes
-                .put(Table::Deadlines, deadline_key(deadline, id), &id)?;
+                .put_new_id(Table::Deadlines, deadline_key(deadline, id), id)?;
         }
         self.buyer_changed(&e.buyer_id, |buyer| buyer.tasks_submitted += 1)?;
         self.counters.submitted += 1;
@@ -352,18 +349,16 @@ impl Writer<'_> {
         view.last_sequence = self.sequence;
         let seq = view.submitted_seq;
         let id = task_id.as_str();
+        // A task has one status entry, its current status's: the new one is not stored yet.
         if before != after {
             self.changes
                 .remove(Table::TasksByStatus, index_key(before.as_str(), seq));
             self.changes
-                .put(Table::TasksByStatus, index_key(after.as_str(), seq), &id)?;
+                .put_new_id(Table::TasksByStatus, index_key(after.as_str(), seq), id)?;
         }
         if let Event::TaskAssigned(e) = event {
-            self.changes.put(
-                Table::TasksByAgent,
-                index_key(e.agent_id.as_str(), seq),
-                &id,
-            )?;
+            self.changes
+                .put_id(Table::TasksByAgent, index_key(e.agent_id.as_str(), seq), id)?;
             self.update_agent(&e.agent_id, |agent| {
                 agent.active_tasks += 1;
                 agent.tasks_assigned += 1;
@@ -400,7 +395,7 @@ impl Writer<'_> {
                 self.minute_changed(|m| m.failed += 1)?;
             }
         }
-        self.changes.put(Table::Tasks, key, &view)?;
+        self.changes.put(Table::Tasks, key, view);
         Ok(Ok(()))
     }
 
@@ -440,7 +435,7 @@ impl Writer<'_> {
             registered_at: self.at,
             last_sequence: self.sequence,
         };
-        self.changes.put(Table::Agents, key.to_vec(), &view)?;
+        self.changes.put(Table::Agents, key.to_vec(), view);
         Ok(Ok(()))
     }
 
@@ -476,7 +471,7 @@ impl Writer<'_> {
             return Ok(false);
         };
         change(&mut agent);
-        self.changes.put(Table::Agents, key.to_vec(), &agent)?;
+        self.changes.put(Table::Agents, key.to_vec(), agent);
         Ok(true)
     }
 
@@ -496,7 +491,8 @@ impl Writer<'_> {
                 refunded_sats: 0,
             });
         change(&mut buyer);
-        self.changes.put(Table::Buyers, key.to_vec(), &buyer)
+        self.changes.put(Table::Buyers, key.to_vec(), buyer);
+        Ok(())
     }
 
     fn minute_changed(
@@ -512,7 +508,8 @@ impl Writer<'_> {
                 ..MinuteStats::default()
             });
         change(&mut stats);
-        self.changes.put(Table::Series, key, &stats)
+        self.changes.put(Table::Series, key, stats);
+        Ok(())
     }
 
     /// Books a payment event through the domain ledger, seeded with this task's escrow.
@@ -587,7 +584,7 @@ impl Writer<'_> {
             view.payment = Some(escrow.state);
             view.payment_sequence = sequence;
         })?;
-        self.changes.put(Table::Escrows, key, &escrow)?;
+        self.changes.put(Table::Escrows, key, escrow);
         Ok(Ok(()))
     }
 
@@ -601,7 +598,7 @@ impl Writer<'_> {
         let key = task_id.as_str().as_bytes();
         if let Some(mut view) = self.get::<TaskView>(Table::Tasks, key)? {
             mark(&mut view);
-            self.changes.put(Table::Tasks, key.to_vec(), &view)?;
+            self.changes.put(Table::Tasks, key.to_vec(), view);
         }
         Ok(())
     }
@@ -626,7 +623,7 @@ impl Writer<'_> {
             let name = account.to_string();
             let balance = self.balance(account)?.saturating_add(delta);
             self.changes
-                .put(Table::Balances, name.as_bytes().to_vec(), &balance)?;
+                .put(Table::Balances, name.as_bytes().to_vec(), balance);
             let mut key = index_key(&name, self.sequence);
             key.push(n as u8);
             let entry = LedgerEntry {
@@ -638,7 +635,7 @@ impl Writer<'_> {
                 balance_sats: balance,
                 at: self.at,
             };
-            self.changes.put(Table::Ledger, key, &entry)?;
+            self.changes.put(Table::Ledger, key, entry);
         }
         Ok(())
     }

@@ -20,4 +20,6 @@ pub mod views;
 
 pub use apply::{Applied, Message};
 pub use query::{InvalidCursor, PageRequest, QueryError, TaskFilter};
-pub use tables::{decode_u64, index_prefix, ProjectionError, ReadModel, Table, TreeDigest};
+pub use tables::{
+    decode_u64, index_prefix, ProjectionError, ReadModel, Table, TreeDigest, DEFAULT_CACHE_MIB,
+};
