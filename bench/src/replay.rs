@@ -17,10 +17,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::raw::WINDOW;
 
-/// Events per task lifecycle: submitted + assigned, held, started, completed, released,
-/// outcome recorded.
-pub const EVENTS_PER_TASK: u64 = 7;
-
 /// The namespace the generated stream lives in.
 pub const PREFIX: &str = "replaybench";
 
@@ -33,8 +29,9 @@ pub struct Generated {
     pub events: u64,
 }
 
-/// Writes lifecycles totalling at least `events` events.
-pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Generated> {
+/// Writes `tasks` whole lifecycles: tasks `t0000000`, `t0000001`... of 1,000 buyers, all
+/// done by agent-1.
+pub async fn generate(client: &async_nats::Client, tasks: u64) -> Result<Generated> {
     let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
     store.provision().await?;
     let js = store.jetstream().clone();
@@ -65,10 +62,9 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
         }
         .into()],
     )?];
-    let tasks = events.div_ceil(EVENTS_PER_TASK);
     let mut sent = 0u64;
     for n in 0..tasks {
-        let task: TaskId = format!("t{n:07}").parse()?;
+        let task: TaskId = task_id(n).parse()?;
         let buyer: BuyerId = format!("buyer-{}", n % 1000).parse()?;
         let complexity = Complexity::new((n % 10 + 1) as i64)?;
         let price = 100_000 * u64::from(complexity.get()) * 2;
@@ -173,6 +169,11 @@ pub async fn generate(client: &async_nats::Client, events: u64) -> Result<Genera
     Ok(counts)
 }
 
+/// The id of the `n`th generated task.
+pub fn task_id(n: u64) -> String {
+    format!("t{n:07}")
+}
+
 /// Reads the generated stream raw with an ordered consumer: messages per second.
 pub async fn raw_read(client: &async_nats::Client, messages: u64) -> Result<f64> {
     let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
@@ -180,11 +181,21 @@ pub async fn raw_read(client: &async_nats::Client, messages: u64) -> Result<f64>
     Ok(crate::raw::read_all(&stream, messages).await?.1)
 }
 
-/// Runs `aicp replay` on the generated stream into a fresh directory: seconds taken (the
-/// whole command, start-up included) and messages applied.
-pub fn rebuild(bin_dir: &Path, nats_url: &str) -> Result<(f64, u64)> {
-    let out = tempfile::tempdir()?;
-    let dir = out.path().join("rebuilt");
+/// A read model `aicp replay` built.
+pub struct Rebuilt {
+    /// Seconds taken: the whole command, start-up included.
+    pub seconds: f64,
+    /// Messages applied.
+    pub messages: u64,
+    /// The read model, in `_temp`.
+    pub dir: std::path::PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+/// Runs `aicp replay` on the generated stream into a fresh directory.
+pub fn rebuild(bin_dir: &Path, nats_url: &str) -> Result<Rebuilt> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("rebuilt");
     let started = Instant::now();
     let output = std::process::Command::new(bin_dir.join("aicp"))
         .args([
@@ -207,6 +218,10 @@ pub fn rebuild(bin_dir: &Path, nats_url: &str) -> Result<(f64, u64)> {
         );
     }
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let messages = report["messages"].as_u64().unwrap_or(0);
-    Ok((seconds, messages))
+    Ok(Rebuilt {
+        seconds,
+        messages: report["messages"].as_u64().unwrap_or(0),
+        dir,
+        _temp: temp,
+    })
 }

@@ -7,11 +7,78 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// A running coordinator process.
+pub struct Coordinator {
+    /// Its base URL.
+    pub base: String,
+    child: Child,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on `data_dir` with `args` added, logging into `logs`, and
+    /// waits until it is ready.
+    pub async fn start(
+        bin_dir: &Path,
+        nats_url: &str,
+        data_dir: &Path,
+        logs: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(bin_dir.join("aicp-coordinator"))
+            .args(["--nats-url", nats_url, "--listen", &listen])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--max-body-bytes", "65536", "--log-format", "json"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin_dir.join("aicp-coordinator").display()))?;
+        let coordinator = Self {
+            base: format!("http://{listen}"),
+            child,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{}/ready", coordinator.base)).send().await {
+                if r.status().is_success() {
+                    return Ok(coordinator);
+                }
+            }
+            if Instant::now() > deadline {
+                coordinator.stop();
+                bail!(
+                    "the coordinator did not become ready; see its log {}",
+                    logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its memory.
+    pub fn memory(&self) -> Result<Memory> {
+        memory(self.child.id())
+    }
+
+    /// Stops it (SIGKILL: the benchmark does not measure shutdown).
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running coordinator and worker.
 pub struct Stack {
     /// The coordinator's base URL.
     pub base: String,
-    coordinator: Child,
+    coordinator: Coordinator,
     worker: Child,
     data: tempfile::TempDir,
 }
@@ -30,42 +97,14 @@ impl Stack {
     /// work of zero duration.
     pub async fn start(bin_dir: &Path, nats_url: &str) -> Result<Self> {
         let data = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let log = |name: &str| -> Result<std::fs::File> {
-            Ok(std::fs::File::create(
-                data.path().join(format!("{name}.log")),
-            )?)
-        };
-        let coordinator = Command::new(bin_dir.join("aicp-coordinator"))
-            .args(["--nats-url", nats_url, "--listen", &listen])
-            .arg("--data-dir")
-            .arg(data.path().join("coordinator"))
-            .args(["--max-body-bytes", "65536", "--log-format", "json"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log("coordinator")?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin_dir.join("aicp-coordinator").display()))?;
-        let base = format!("http://{listen}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = http.get(format!("{base}/ready")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the coordinator did not become ready; see its log in {}",
-                    data.path().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let coordinator = Coordinator::start(
+            bin_dir,
+            nats_url,
+            &data.path().join("coordinator"),
+            &data.path().join("coordinator.log"),
+            &[],
+        )
+        .await?;
         let worker = Command::new(bin_dir.join("aicp-worker"))
             .args([
                 "--nats-url",
@@ -84,10 +123,10 @@ impl Stack {
             .args(["--max-ack-pending", "10000", "--grace-ms", "1000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(log("worker")?)
+            .stderr(std::fs::File::create(data.path().join("worker.log"))?)
             .spawn()?;
         Ok(Self {
-            base,
+            base: coordinator.base.clone(),
             coordinator,
             worker,
             data,
@@ -96,7 +135,7 @@ impl Stack {
 
     /// The coordinator's memory.
     pub fn coordinator_memory(&self) -> Result<Memory> {
-        memory(self.coordinator.id())
+        self.coordinator.memory()
     }
 
     /// The worker's memory.
@@ -106,7 +145,7 @@ impl Stack {
 
     /// The size of the coordinator's read model on disk, in MiB.
     pub fn read_model_mib(&self) -> f64 {
-        dir_size(&self.data.path().join("coordinator")) as f64 / (1024.0 * 1024.0)
+        dir_mib(&self.data.path().join("coordinator"))
     }
 
     /// Where the processes' logs are.
@@ -117,9 +156,8 @@ impl Stack {
     /// Stops both (SIGKILL: the benchmark does not measure shutdown).
     pub fn stop(mut self) {
         let _ = self.worker.kill();
-        let _ = self.coordinator.kill();
         let _ = self.worker.wait();
-        let _ = self.coordinator.wait();
+        self.coordinator.stop();
     }
 }
 
@@ -139,6 +177,11 @@ pub fn memory(pid: u32) -> Result<Memory> {
         peak_mib: field("VmHWM:"),
         now_mib: field("VmRSS:"),
     })
+}
+
+/// The size of everything under `dir`, in MiB.
+pub fn dir_mib(dir: &Path) -> f64 {
+    dir_size(dir) as f64 / (1024.0 * 1024.0)
 }
 
 fn dir_size(dir: &Path) -> u64 {

@@ -13,7 +13,10 @@
 use aicp_events::domain::ledger::EscrowState;
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::{AgentOutcomeRecorded, EscrowHeld, EscrowRefunded, EscrowReleased, Event};
-use aicp_events::id::TaskId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aicp_events::id::{AgentId, TaskId};
 use aicp_events::store::AppendError;
 use aicp_events::{Aggregate, Envelope, Expected};
 use aicp_projections::views::{AgentView, TaskView};
@@ -114,8 +117,32 @@ pub fn next_step(task: &TaskView, agent: Option<&AgentView>) -> Option<Step> {
     })
 }
 
+/// Each agent's record as this replica last appended an outcome to it.
+///
+/// Outcomes of one agent append under its expected sequence, so they go one at a time
+/// whatever runs concurrently; waiting for the read model between two of them held every
+/// agent to a few hundred tasks/s. Under the agent's lock, the next outcome starts from
+/// the newer of this record and the read model's, and its append's expected sequence
+/// still guards against everything else (another replica, a stale record).
+#[derive(Default)]
+pub struct AgentRecords {
+    agents: Mutex<HashMap<AgentId, Arc<tokio::sync::Mutex<Option<AgentView>>>>>,
+}
+
+impl AgentRecords {
+    fn of(&self, agent: &AgentId) -> Arc<tokio::sync::Mutex<Option<AgentView>>> {
+        // Poisoning cannot leave the map inconsistent: inserts are single calls.
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents.entry(agent.clone()).or_default().clone()
+    }
+}
+
 /// Takes every missing step for `task_id`, until none is missing.
-pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> {
+pub async fn reconcile(
+    state: &AppState,
+    records: &AgentRecords,
+    task_id: &TaskId,
+) -> Result<(), Retry> {
     // A task needs at most four steps (hold, settle, outcome, and a repeat after a race).
     let mut conflicted: Option<Step> = None;
     for _ in 0..8 {
@@ -144,14 +171,32 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
                 step.msg_id, step.expected
             )));
         }
-        let result = state
-            .append(
-                &step.aggregate,
-                &[Envelope::new(step.event.clone())],
-                Expected::Sequence(step.expected),
-                Some(&step.msg_id),
-            )
-            .await;
+        let result = match (&step.aggregate, agent) {
+            (Aggregate::Agent(agent_id), Some(agent)) => {
+                let record = records.of(agent_id);
+                let mut record = record.lock().await;
+                // Ours is newer while the read model has not applied our last outcome.
+                let agent = match record.as_ref() {
+                    Some(ours) if ours.last_sequence > agent.last_sequence => ours.clone(),
+                    _ => agent,
+                };
+                let Some(step) = next_step(&task, Some(&agent)) else {
+                    return Ok(());
+                };
+                let appended = append(state, &step).await;
+                // Only an outcome stored now is known to make the record this one.
+                *record = match (&appended, &step.event) {
+                    (Ok(appended), Event::AgentOutcomeRecorded(e)) if !appended.duplicate => {
+                        let mut agent = agent;
+                        agent.record_outcome(e, appended.sequence);
+                        Some(agent)
+                    }
+                    _ => None,
+                };
+                appended.map_err(|e| (e, step))
+            }
+            _ => append(state, &step).await.map_err(|e| (e, step)),
+        };
         let wait_for = match result {
             Ok(appended) => {
                 state.metrics.settlement_steps.inc();
@@ -160,7 +205,7 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
             }
             // Someone appended to the aggregate since the read model saw it: catch up
             // with the stream as it is now, then decide again.
-            Err(AppendError::Conflict { .. }) => {
+            Err((AppendError::Conflict { .. }, step)) => {
                 conflicted = Some(step);
                 state
                     .store
@@ -168,7 +213,7 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
                     .await
                     .map_err(|e| Retry(e.to_string()))?
             }
-            Err(e) => return Err(Retry(e.to_string())),
+            Err((e, _)) => return Err(Retry(e.to_string())),
         };
         if !state.progress.wait_for(wait_for, CATCH_UP).await {
             return Err(Retry(format!("read model has not reached {wait_for}")));
@@ -179,15 +224,31 @@ pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> 
     )))
 }
 
+/// Appends one step.
+async fn append(state: &AppState, step: &Step) -> Result<aicp_events::Appended, AppendError> {
+    state
+        .append(
+            &step.aggregate,
+            &[Envelope::new(step.event.clone())],
+            Expected::Sequence(step.expected),
+            Some(&step.msg_id),
+        )
+        .await
+}
+
 /// The shared durable consumer of the settlement manager.
 pub use aicp_events::consumers::SETTLEMENT;
 
 /// Runs the process manager until `shutdown`.
 pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    let records = Arc::new(AgentRecords::default());
     task_consumer::run(
         state,
         SETTLEMENT,
-        |state, task_id| async move { reconcile(&state, &task_id).await },
+        move |state, task_id| {
+            let records = records.clone();
+            async move { reconcile(&state, &records, &task_id).await }
+        },
         shutdown,
     )
     .await

@@ -8,6 +8,7 @@
 //! crashed replica held is redelivered after [`consumers::TASK_ACK_WAIT`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aicp_events::consumers;
@@ -16,11 +17,19 @@ use aicp_events::Aggregate;
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::state::AppState;
 
 /// How long to wait for the local read model to apply the event being handled.
 pub const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Task events one replica handles at once per consumer. A handler mostly waits (for an
+/// append's ack, for the read model to apply it); one at a time held a replica to ~270
+/// tasks/s. Two handlers of one task are safe: every step appends under an expected
+/// sequence with a msg id.
+const IN_FLIGHT: usize = 64;
 
 /// Why an event could not be handled now; it is redelivered later.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +46,7 @@ pub async fn run<F>(
     handle: impl Fn(AppState, TaskId) -> F,
     shutdown: impl Future<Output = ()>,
 ) where
-    F: Future<Output = Result<(), Retry>>,
+    F: Future<Output = Result<(), Retry>> + Send + 'static,
 {
     tokio::pin!(shutdown);
     loop {
@@ -76,7 +85,7 @@ async fn follow<F>(
     handle: &impl Fn(AppState, TaskId) -> F,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
-    F: Future<Output = Result<(), Retry>>,
+    F: Future<Output = Result<(), Retry>> + Send + 'static,
 {
     let namespace = state.store.namespace();
     let stream = state
@@ -91,6 +100,9 @@ where
     let mut messages = durable.messages().await?;
     let reconnected = state.store.reconnected();
     tokio::pin!(reconnected);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // Dropped (and so aborted) when this returns: what they held is redelivered.
+    let mut handlers = JoinSet::new();
     loop {
         let message = tokio::select! {
             message = messages.next() => message,
@@ -107,21 +119,31 @@ where
                 continue;
             }
         };
-        // Decide only from a read model that has seen this event.
-        let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
-            handle(state.clone(), task_id.clone()).await
-        } else {
-            Err(Retry(format!("read model has not reached {sequence}")))
-        };
-        match outcome {
-            Ok(()) => message.ack().await?,
-            Err(retry) => {
-                tracing::warn!(consumer = consumer.name, task = %task_id, sequence, "retried later: {retry}");
-                message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await?;
+        let permit = slots.clone().acquire_owned().await?;
+        while handlers.try_join_next().is_some() {}
+        let (state, work) = (state.clone(), handle(state.clone(), task_id.clone()));
+        handlers.spawn(async move {
+            // Decide only from a read model that has seen this event.
+            let outcome = if state.progress.wait_for(sequence, CATCH_UP).await {
+                work.await
+            } else {
+                Err(Retry(format!("read model has not reached {sequence}")))
+            };
+            let acked = match outcome {
+                Ok(()) => message.ack().await,
+                Err(retry) => {
+                    tracing::warn!(consumer = consumer.name, task = %task_id, sequence, "retried later: {retry}");
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await
+                }
+            };
+            if let Err(e) = acked {
+                // Unacked, it comes back after the ack wait; handling it again is safe.
+                tracing::warn!(consumer = consumer.name, task = %task_id, "ack failed: {e}");
             }
-        }
+            drop(permit);
+        });
     }
     Ok(())
 }

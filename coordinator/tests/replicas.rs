@@ -52,6 +52,58 @@ async fn two_coordinators_on_one_stream_agree_and_settle_once() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_settle_many_concurrent_outcomes_of_one_agent_once_each() -> Result<()> {
+    let server = NatsServer::start()?;
+    let a = TestApp::spawn(&server).await?;
+    let b = TestApp::spawn(&server).await?;
+    let mut ids = Vec::new();
+    for n in 0..120 {
+        ids.push(a.submit(&format!("buyer-{}", n % 5), 1 + n % 10).await?);
+    }
+    // Completed and failed through both replicas at once: both settlement managers race
+    // on the same agents' records, many tasks in flight each.
+    let finish = ids.iter().enumerate().map(|(n, id)| {
+        let app = if n % 2 == 0 { &a } else { &b };
+        let path = format!("/tasks/{id}/complete?success={}", n % 4 != 0);
+        async move { app.post(&path, None).await }
+    });
+    for (status, body) in futures::future::try_join_all(finish).await? {
+        ensure!(status == StatusCode::OK, "complete: {status} {body}");
+    }
+    for app in [&a, &b] {
+        let settled = app
+            .metrics_reach(
+                600,
+                &[
+                    "aicp_settlement_pending_events 0",
+                    "aicp_projection_lag_events 0",
+                ],
+            )
+            .await?;
+        ensure!(settled, "the settlement manager did not finish");
+        let (_, check) = app.get("/v1/read-model/check").await?;
+        let invariants = &check["invariants"];
+        assert_eq!(invariants["failed"], json!([]), "{invariants}");
+        assert_eq!(invariants["pending"], json!([]), "{invariants}");
+    }
+    let (_, agents) = a.get("/v1/agents").await?;
+    let recorded: u64 = agents["agents"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|x| {
+                    x["tasks_completed"].as_u64().unwrap_or(0)
+                        + x["tasks_failed"].as_u64().unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(recorded, 120, "{agents}");
+    a.shutdown().await?;
+    b.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<()> {
     let server = NatsServer::start()?;
     let data = tempfile::tempdir()?;

@@ -248,12 +248,9 @@ impl Writer<'_> {
             Event::TaskSubmitted(e) => self.task_submitted(e),
             Event::AgentRegistered(e) => self.agent_registered(e),
             Event::AgentOutcomeRecorded(e) => {
-                let outcome = self.agent_changed(&e.agent_id, |agent| {
-                    agent.reputation.successes = e.successes;
-                    agent.reputation.failures = e.failures;
-                    agent.rate_bp = e.rate_bp;
-                    agent.multiplier = e.multiplier;
-                })?;
+                let sequence = self.sequence;
+                let outcome =
+                    self.agent_changed(&e.agent_id, |agent| agent.record_outcome(e, sequence))?;
                 if outcome.is_ok() {
                     self.task_marked(&e.task_id, |view| view.outcome_recorded = true)?;
                 }

@@ -1,4 +1,4 @@
-//! The money invariants a read model must satisfy, checked from its own records.
+//! The money (and reputation) invariants a read model must satisfy, checked from its own records.
 //!
 //! Every check reads the trees directly (tasks, escrows, balances, the escrow account's
 //! ledger), so it also catches a record the projection wrote wrongly, not only a wrong
@@ -255,6 +255,39 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
         report.passed.push(format!(
             "each of the {} buyers' spend, open escrow and balance agree with its tasks",
             buyers.len()
+        ));
+    }
+
+    // 6. Every agent's reputation counts each of its recorded outcomes once.
+    let mut outcomes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for view in tasks.iter().filter(|t| t.outcome_recorded) {
+        if let Some(agent) = &view.task.agent_id {
+            let counts = outcomes.entry(agent.to_string()).or_default();
+            match view.task.status {
+                TaskStatus::Completed => counts.0 += 1,
+                _ => counts.1 += 1,
+            }
+        }
+    }
+    let mut reputations_ok = true;
+    for agent in &agents {
+        let r = &agent.reputation;
+        let (successes, failures) = outcomes
+            .get(agent.agent_id.as_str())
+            .copied()
+            .unwrap_or_default();
+        if (r.successes, r.failures) != (successes, failures) {
+            reputations_ok = false;
+            report.failed.push(format!(
+                "agents/{}: reputation counts {} successes and {} failures, but its tasks recorded {successes} and {failures}",
+                agent.agent_id, r.successes, r.failures
+            ));
+        }
+    }
+    if reputations_ok {
+        report.passed.push(format!(
+            "each of the {} agents' reputation counts its recorded outcomes once",
+            agents.len()
         ));
     }
     Ok(report)

@@ -72,6 +72,18 @@ pub struct AgentView {
     pub last_sequence: u64,
 }
 
+impl AgentView {
+    /// The agent's record after an outcome appended at `sequence`: what the projection
+    /// stores, and what the settlement manager counts on before the projection has it.
+    pub fn record_outcome(&mut self, e: &aicp_events::event::AgentOutcomeRecorded, sequence: u64) {
+        self.reputation.successes = e.successes;
+        self.reputation.failures = e.failures;
+        self.rate_bp = e.rate_bp;
+        self.multiplier = e.multiplier;
+        self.last_sequence = sequence;
+    }
+}
+
 /// What a buyer has spent and has in escrow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuyerView {

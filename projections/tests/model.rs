@@ -641,7 +641,7 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
         report.failed.is_empty() && report.pending.is_empty(),
         "{report:?}"
     );
-    assert_eq!(report.passed.len(), 5, "{report:?}");
+    assert_eq!(report.passed.len(), 6, "{report:?}");
 
     // An agent balance booked out of nowhere: unbalanced, and the agent is named.
     let agent_key = Account::Agent(agent("agent-1")).to_string();

@@ -4,7 +4,7 @@ use aicp_worker::{Config, Worker};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// The projection allocates per record; glibc's malloc cost a third of its time.
+/// The same allocator as the coordinator and `aicp`, for the same figures everywhere.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
