@@ -2,6 +2,7 @@
 //! HTTP, on a nats-server of its own) under load, each figure beside the raw JetStream
 //! figure it is bounded by, measured in the same run on the same server.
 
+pub mod cpu;
 pub mod http;
 pub mod latency;
 pub mod lifecycle;
@@ -34,8 +35,9 @@ pub struct Config {
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
     /// Task lifecycles (7 events each) generated for the replay and the memory of a
-    /// coordinator serving their read model.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// coordinator serving their read model: 142,857 make 1,000,000 events with the
+    /// agent's registration (`make bench-million` runs 1,000,000 tasks).
+    #[arg(long, default_value_t = 142_857)]
     pub replay_tasks: u64,
     /// Messages for the raw publish figures.
     #[arg(long, default_value_t = 200_000)]
@@ -132,9 +134,18 @@ async fn stack_figures(
     let (settled, watcher) = lifecycle::watch(&stack.base);
     let seconds = Duration::from_secs(config.seconds);
     let c = config.connections;
+    let mut processes = Vec::new();
+    if let Some(pid) = nats_port(url).and_then(cpu::nats_server_pid) {
+        processes.push(("nats-server".to_owned(), pid));
+    }
+    processes.extend(stack.processes());
+    processes.push(("load generator".to_owned(), std::process::id()));
+    let meter = cpu::Meter::new(processes);
+    let before = meter.read()?;
 
     eprintln!("submitting for {}s over {c} connections...", config.seconds);
     let (submit, ids) = http::submit(&stack.base, c, seconds).await?;
+    let submitted = meter.read()?;
     figures.push(
         Figure::rate(
             &format!("submit: POST /v1/tasks, {c} connections"),
@@ -152,6 +163,7 @@ async fn stack_figures(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     watcher.abort();
+    let drained = meter.read()?;
     let mut lifecycle = Latencies::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     for (id, sent) in &ids {
@@ -175,6 +187,11 @@ async fn stack_figures(
         .against(&raw_pipelined)
         .target(">= 5,000/s sustained, p99 <= 50 ms"),
     );
+    figures.extend(cpu_figures(
+        &submitted.since(&before),
+        &drained.since(&before),
+        lifecycle.count(),
+    ));
     if lifecycle.count() < ids.len() as u64 {
         eprintln!(
             "warning: {} of {} tasks settled within the drain time",
@@ -273,6 +290,7 @@ async fn replay_figures(
 
     // A coordinator on the rebuilt read model, read all over: what serving that many
     // tasks costs in memory.
+    replay::catch_up_coordinator_consumers(client).await?;
     eprintln!(
         "a coordinator on the read model of {tasks} tasks, GET for {}s...",
         config.seconds
@@ -285,6 +303,8 @@ async fn replay_figures(
         &["--prefix", replay::PREFIX, "--no-seed-agents"],
     )
     .await?;
+    // What opening the read model costs, before any request reads a task.
+    let ready = coordinator.memory();
     // Every task once, in an order that jumps across the whole key space (1,000,003 is a
     // prime above any task count here, so the walk is a permutation).
     let paths: Vec<String> = (0..tasks)
@@ -309,6 +329,11 @@ async fn replay_figures(
         )
         .with_latency(load.latencies.percentiles()),
     );
+    figures.push(memory(
+        &format!("coordinator RSS ready on {tasks} tasks, before requests"),
+        ready?.now_mib,
+        tasks,
+    ));
     figures.push(
         memory(
             &format!("coordinator peak RSS serving {tasks} tasks"),
@@ -320,14 +345,45 @@ async fn replay_figures(
     Ok(figures)
 }
 
-fn memory(name: &str, mib: f64, samples: u64) -> Figure {
-    Figure {
-        name: name.to_owned(),
-        value: mib,
-        unit: "MiB".into(),
-        latency: None,
-        samples,
-        raw: None,
-        target: None,
+/// What the submissions and lifecycles cost in CPU: how busy the machine was while
+/// submitting, each process's CPU per settled task, and the rate the machine's cores
+/// could carry at that cost.
+fn cpu_figures(submit: &cpu::Usage, whole: &cpu::Usage, settled: u64) -> Vec<Figure> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut figures = vec![Figure::measure(
+        "CPU busy while submitting, cores",
+        submit.machine / submit.seconds.max(1e-9),
+        "cores",
+        0,
+    )];
+    let settled_f = (settled as f64).max(1.0);
+    for (name, seconds) in &whole.processes {
+        figures.push(Figure::measure(
+            &format!("CPU per settled task: {name}"),
+            seconds * 1000.0 / settled_f,
+            "ms",
+            settled,
+        ));
     }
+    let per_task = whole.machine / settled_f;
+    figures.push(Figure::measure(
+        "CPU per settled task: whole machine",
+        per_task * 1000.0,
+        "ms",
+        settled,
+    ));
+    figures.push(Figure::rate(
+        &format!("bound: {cores} cores / machine CPU per task"),
+        cores / per_task.max(1e-9),
+        settled,
+    ));
+    figures
+}
+
+fn nats_port(url: &str) -> Option<u16> {
+    url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+}
+
+fn memory(name: &str, mib: f64, samples: u64) -> Figure {
+    Figure::measure(name, mib, "MiB", samples)
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use aicp_events::codec::{encode_batch, CONTENT_TYPE};
+use aicp_events::consumers;
 use aicp_events::domain::assign::Policy;
 use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
 use aicp_events::event::*;
@@ -14,6 +15,7 @@ use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::CONTENT_TYPE_HEADER;
 use aicp_events::{Aggregate, Envelope, EventStore, Namespace};
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 
 use crate::raw::WINDOW;
 
@@ -168,6 +170,41 @@ pub async fn generate(client: &async_nats::Client, tasks: u64) -> Result<Generat
     }
     Ok(counts)
 }
+
+/// Binds the coordinator's durable consumers to the generated stream and acks all they
+/// would deliver, as a coordinator that handled these tasks live would have left them: a
+/// coordinator started on the stream then serves reads instead of re-checking every task.
+pub async fn catch_up_coordinator_consumers(client: &async_nats::Client) -> Result<()> {
+    let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
+    let stream = store.events_stream().await?;
+    for consumer in consumers::COORDINATOR_CONSUMERS {
+        let durable = stream
+            .create_consumer(consumers::task_consumer_config(store.namespace(), consumer))
+            .await?;
+        let mut left = durable.cached_info().num_pending;
+        while left > 0 {
+            let mut batch = durable
+                .fetch()
+                .max_messages(FETCH.min(left as usize))
+                .messages()
+                .await?;
+            while let Some(message) = batch.next().await {
+                message
+                    .map_err(|e| anyhow::anyhow!("fetching from {}: {e}", consumer.name))?
+                    .ack()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("acking on {}: {e}", consumer.name))?;
+                left -= 1;
+            }
+        }
+    }
+    client.flush().await?;
+    Ok(())
+}
+
+/// Messages fetched per request when acking the generated stream; below the consumers'
+/// `max_ack_pending`.
+const FETCH: usize = 1000;
 
 /// The id of the `n`th generated task.
 pub fn task_id(n: u64) -> String {

@@ -37,6 +37,14 @@ impl Figure {
         }
     }
 
+    /// Any other figure, in `unit`.
+    pub fn measure(name: &str, value: f64, unit: &str, samples: u64) -> Self {
+        Self {
+            unit: unit.to_owned(),
+            ..Self::rate(name, value, samples)
+        }
+    }
+
     /// With latency percentiles.
     pub fn with_latency(mut self, latency: Percentiles) -> Self {
         self.latency = Some(latency);
@@ -66,7 +74,7 @@ impl Figure {
 /// Prints the figures as an aligned table.
 pub fn print_table(figures: &[Figure]) {
     println!(
-        "{:<44} {:>14} {:>9} {:>9} {:>9} {:>8}  target",
+        "{:<56} {:>17} {:>9} {:>9} {:>9} {:>8}  target",
         "figure", "value", "p50 ms", "p99 ms", "p99.9 ms", "vs raw"
     );
     for f in figures {
@@ -82,10 +90,16 @@ pub fn print_table(figures: &[Figure]) {
             .ratio()
             .map(|r| format!("{:.0}%", r * 100.0))
             .unwrap_or_else(|| "-".into());
+        // Small figures (cores, milliseconds) need their decimals; rates and sizes do not.
+        let value = if f.value.abs() < 100.0 {
+            format!("{:.2}", f.value)
+        } else {
+            format!("{:.0}", f.value)
+        };
         println!(
-            "{:<44} {:>11.0} {:<2} {:>9} {:>9} {:>9} {:>8}  {}",
+            "{:<56} {:>11} {:<5} {:>9} {:>9} {:>9} {:>8}  {}",
             f.name,
-            f.value,
+            value,
             f.unit,
             p50,
             p99,

@@ -67,6 +67,11 @@ impl Coordinator {
         memory(self.child.id())
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops it (SIGKILL: the benchmark does not measure shutdown).
     pub fn stop(mut self) {
         let _ = self.child.kill();
@@ -141,6 +146,14 @@ impl Stack {
     /// The worker's memory.
     pub fn worker_memory(&self) -> Result<Memory> {
         memory(self.worker.id())
+    }
+
+    /// The processes, by name, with their ids.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        vec![
+            ("coordinator".into(), self.coordinator.pid()),
+            ("worker".into(), self.worker.id()),
+        ]
     }
 
     /// The size of the coordinator's read model on disk, in MiB.

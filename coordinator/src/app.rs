@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use aicp_events::store::StreamSettings;
 use aicp_events::{EventStore, Namespace};
 use aicp_projections::projector::Projector;
 use aicp_projections::ReadModel;
@@ -32,7 +33,12 @@ impl App {
     /// Connects to NATS, provisions the streams, opens the read model and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let namespace = Namespace::new(&config.prefix)?;
-        let store = EventStore::connect(&config.nats_url, namespace).await?;
+        let store = EventStore::connect(&config.nats_url, namespace)
+            .await?
+            .with_settings(StreamSettings {
+                replicas: config.stream_replicas.map(usize::from),
+                ..StreamSettings::default()
+            });
         store.provision().await?;
         std::fs::create_dir_all(&config.data_dir)?;
         let model = ReadModel::open_with_cache(&config.data_dir, config.cache_mib)?;

@@ -39,6 +39,10 @@ pub struct Config {
     /// Prefix of stream names and subjects, to share a server between deployments.
     #[arg(long, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,
+    /// Replicas of each stream (3 on a clustered JetStream), applied when this process
+    /// provisions the streams; without it a new stream gets 1 and an existing one keeps its own.
+    #[arg(long, env = "AICP_STREAM_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: Option<u8>,
     /// Default assignment policy: best-reputation, round-robin or least-loaded.
     #[arg(long, env = "AICP_POLICY", default_value = "best-reputation")]
     pub policy: Policy,

@@ -213,15 +213,17 @@ pub struct StreamSettings {
     /// How long the stream remembers a `Nats-Msg-Id` to drop a retry. Longer protects
     /// later retries but costs server memory per message.
     pub duplicate_window: Duration,
-    /// Replicas of each stream (1 on a single server, 3 in a cluster).
-    pub replicas: usize,
+    /// Replicas of each stream (1 on a single server, 3 in a cluster). `None` creates a
+    /// stream with 1 and leaves an existing stream's replicas as an operator set them, so a
+    /// process started without the setting never shrinks a clustered stream.
+    pub replicas: Option<usize>,
 }
 
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
             duplicate_window: Duration::from_secs(120),
-            replicas: 1,
+            replicas: None,
         }
     }
 }
@@ -296,7 +298,7 @@ impl EventStore {
             deny_delete: true,
             deny_purge: true,
             duplicate_window: self.settings.duplicate_window,
-            num_replicas: self.settings.replicas,
+            num_replicas: self.settings.replicas.unwrap_or(1),
             // Lets readers fetch single messages by subject from any replica.
             allow_direct: true,
             ..Default::default()
@@ -313,7 +315,7 @@ impl EventStore {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: self.settings.duplicate_window,
-            num_replicas: self.settings.replicas,
+            num_replicas: self.settings.replicas.unwrap_or(1),
             ..Default::default()
         }
     }
@@ -336,7 +338,8 @@ impl EventStore {
                 // Only the settings we manage change; whatever an operator set on the
                 // others (limits, placement, ...) is kept.
                 let have = &existing.cached_info().config;
-                let merged = with_managed_settings(have.clone(), &wanted);
+                let merged =
+                    with_managed_settings(have.clone(), &wanted, self.settings.replicas.is_some());
                 if merged == *have {
                     return Ok(Provisioned::Unchanged);
                 }
@@ -532,6 +535,48 @@ impl EventStore {
         read
     }
 
+    /// Reads an aggregate's history with direct gets: one light request per message and
+    /// one to find there is no more, where [`EventStore::read`] creates and deletes a
+    /// consumer. In a cluster any replica may answer, one that lags included, so the
+    /// history may be short of the latest appends: callers that act on it must append
+    /// under its last sequence (a lag then conflicts) and treat a missing or older state
+    /// as "not yet", not as "nothing to do".
+    pub async fn read_direct(&self, aggregate: &Aggregate) -> Result<AggregateEvents, StoreError> {
+        let subject = self.namespace.aggregate_subject(aggregate);
+        // Direct gets need only the stream's name: no info request per read.
+        let stream = self
+            .js
+            .get_stream_no_info(self.namespace.events_stream())
+            .await
+            .map_err(|e| StoreError::jetstream("stream lookup", e))?;
+        let mut out = AggregateEvents::default();
+        loop {
+            let next = stream
+                .direct_get_next_for_subject(subject.as_str(), Some(out.last_sequence + 1))
+                .await;
+            let message = match next {
+                Ok(message) => message,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(StoreError::jetstream("direct get", e)),
+            };
+            let content_type = message.headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str());
+            out.last_sequence = message.sequence;
+            match codec::decode_batch(content_type, &message.payload) {
+                Ok(events) => out.batches.push(StoredBatch {
+                    sequence: message.sequence,
+                    subject: message.subject.to_string(),
+                    events,
+                }),
+                Err(error) => out.poison.push(PoisonMessage {
+                    sequence: message.sequence,
+                    subject: message.subject.to_string(),
+                    error,
+                    payload: message.payload,
+                }),
+            }
+        }
+    }
+
     /// Follows the whole events stream from `from_sequence` (1 is the beginning), live.
     ///
     /// An undecodable message is yielded as [`ReadError::Poison`] and the feed goes on.
@@ -709,7 +754,16 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 }
 
 /// `base` with the settings AICP manages taken from `wanted`.
-fn with_managed_settings(base: stream::Config, wanted: &stream::Config) -> stream::Config {
+fn with_managed_settings(
+    base: stream::Config,
+    wanted: &stream::Config,
+    manage_replicas: bool,
+) -> stream::Config {
+    let num_replicas = if manage_replicas {
+        wanted.num_replicas
+    } else {
+        base.num_replicas
+    };
     stream::Config {
         subjects: wanted.subjects.clone(),
         retention: wanted.retention,
@@ -717,9 +771,36 @@ fn with_managed_settings(base: stream::Config, wanted: &stream::Config) -> strea
         deny_delete: wanted.deny_delete,
         deny_purge: wanted.deny_purge,
         duplicate_window: wanted.duplicate_window,
-        num_replicas: wanted.num_replicas,
+        num_replicas,
         allow_direct: wanted.allow_direct,
         description: wanted.description.clone(),
         ..base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_change_only_when_asked_and_other_settings_are_kept() {
+        let have = stream::Config {
+            name: "AICP_EVENTS".into(),
+            num_replicas: 3,
+            max_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let wanted = |replicas| stream::Config {
+            name: "AICP_EVENTS".into(),
+            num_replicas: replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let kept = with_managed_settings(have.clone(), &wanted(1), false);
+        assert_eq!(kept.num_replicas, 3);
+        assert!(kept.allow_direct);
+        assert_eq!(kept.max_bytes, 1 << 30);
+        let changed = with_managed_settings(have, &wanted(1), true);
+        assert_eq!(changed.num_replicas, 1);
     }
 }

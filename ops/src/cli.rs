@@ -104,9 +104,10 @@ pub enum StreamsCommand {
 /// `aicp streams init`
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Replicas of each stream (3 on a clustered JetStream).
-    #[arg(long, default_value_t = 1)]
-    pub replicas: usize,
+    /// Replicas of each stream (3 on a clustered JetStream). Without it a new stream gets 1
+    /// and an existing stream keeps its own.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: Option<u8>,
     /// Also create the worker consumers of these agents (with the workers' defaults), so
     /// a queue-depth scaler finds them before the first worker starts.
     #[arg(long, value_delimiter = ',')]

@@ -26,11 +26,8 @@ pub async fn init(
         .map(|a| a.parse::<AgentId>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| OpsError::Usage(e.to_string()))?;
-    if args.replicas == 0 || args.replicas > 5 {
-        return Err(OpsError::Usage("--replicas must be 1 to 5".into()));
-    }
     let store = store.clone().with_settings(StreamSettings {
-        replicas: args.replicas,
+        replicas: args.replicas.map(usize::from),
         ..StreamSettings::default()
     });
     let mut done = Vec::new();

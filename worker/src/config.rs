@@ -19,6 +19,10 @@ pub struct Config {
     /// Prefix of stream names and subjects (as the coordinator's).
     #[arg(long, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,
+    /// Replicas of each stream (3 on a clustered JetStream), applied when this process
+    /// provisions the streams; without it a new stream gets 1 and an existing one keeps its own.
+    #[arg(long, env = "AICP_STREAM_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: Option<u8>,
     /// Agents this worker serves, comma-separated (e.g. agent-1,agent-2), or `all`: every
     /// agent that has work, as its queue appears.
     #[arg(long, env = "AICP_AGENTS", value_delimiter = ',', required = true)]

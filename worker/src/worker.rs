@@ -1,7 +1,8 @@
 //! The worker: pulls work messages, starts, executes and reports each task, acks.
 //!
-//! Per task: read the task from the stream; if it finished, was reassigned or cancelled,
-//! ack and do nothing; else append TaskStarted under the task's last sequence (a
+//! Per task: read the task from the stream (direct gets, no consumer); if it finished, was
+//! reassigned or cancelled, ack and do nothing; if the read is behind the work message (a
+//! lagging replica), retry later; else append TaskStarted under the task's last sequence (a
 //! redelivered message after a crash starts it again), execute with progress acks so long
 //! work is not redelivered, append TaskCompleted or TaskFailed under the sequence of our
 //! start, and only then ack: the outcome is durable before the message goes. If another
@@ -17,7 +18,7 @@ use aicp_events::consumers::{self, WorkerConsumerSettings};
 use aicp_events::domain::task::Task;
 use aicp_events::event::{Event, ExecutorSettings, TaskCompleted, TaskFailed, TaskStarted};
 use aicp_events::id::AgentId;
-use aicp_events::store::{AppendError, StoreError};
+use aicp_events::store::{AppendError, StoreError, StreamSettings};
 use aicp_events::work::{Heartbeat, WorkItem, HEARTBEAT_EVERY};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
 use async_nats::jetstream::consumer::{pull, Consumer};
@@ -52,6 +53,9 @@ enum NotReported {
     /// Others kept changing the task.
     #[error("the task kept changing")]
     Busy,
+    /// The read did not show the task as dispatched yet: a replica that lags answered.
+    #[error("the task as read is older than its work message")]
+    Behind,
 }
 
 /// What became of one work message.
@@ -78,7 +82,12 @@ impl Worker {
     /// the grace period and hands back the rest.
     pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let namespace = Namespace::new(&config.prefix)?;
-        let store = EventStore::connect(&config.nats_url, namespace).await?;
+        let store = EventStore::connect(&config.nats_url, namespace)
+            .await?
+            .with_settings(StreamSettings {
+                replicas: config.stream_replicas.map(usize::from),
+                ..StreamSettings::default()
+            });
         // Workers may start before any coordinator: make sure the streams exist.
         store.provision().await?;
         let all = config.agents.iter().any(|a| a.trim() == ALL_AGENTS);
@@ -308,16 +317,22 @@ impl Worker {
         let aggregate = Aggregate::Task(item.task_id.clone());
         let mut started_at = None;
         for _ in 0..5 {
-            let stored = self.store.read(&aggregate).await?;
+            let stored = self.store.read_direct(&aggregate).await?;
             let (task, _) = Task::replay_skipping_refused(stored.events().map(|e| &e.event));
-            let Some(task) = task else {
-                return Ok(Handled::Done);
+            let last_delivery = delivered >= self.max_deliver;
+            // Work is dispatched only after its assignment is stored, so a task missing or
+            // behind its work message was read from a replica that lags: try again later
+            // (on the last delivery there is nothing left to do).
+            let task = match task {
+                Some(task) if task.assignment >= item.assignment => task,
+                _ if last_delivery => return Ok(Handled::Done),
+                _ => return Err(NotReported::Behind),
             };
             // Finished, cancelled, expired or reassigned since: nothing to do.
             if task.status.is_terminal() || task.assignment != item.assignment {
                 return Ok(Handled::Done);
             }
-            let event: Event = if delivered >= self.max_deliver {
+            let event: Event = if last_delivery {
                 TaskFailed {
                     task_id: item.task_id.clone(),
                     agent_id: item.agent_id.clone(),
@@ -395,7 +410,7 @@ impl Worker {
                 Ok(_) => return Ok(Handled::Done),
                 Err(AppendError::Conflict { .. }) => {
                     // Another worker started or reported it meanwhile (a redelivery).
-                    let stored = self.store.read(&aggregate).await?;
+                    let stored = self.store.read_direct(&aggregate).await?;
                     let (task, _) =
                         Task::replay_skipping_refused(stored.events().map(|e| &e.event));
                     if task.is_none_or(|t| t.status.is_terminal()) {
