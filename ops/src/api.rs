@@ -92,7 +92,17 @@ pub async fn tasks(
     match command {
         TasksCommand::Submit(args) => {
             let (_, task) = client.post("/v1/tasks", &submit_body(&args)).await?;
+            let Some(seconds) = args.wait else {
+                print_tasks(std::slice::from_ref(&task), as_json, true);
+                return Ok(ExitCode::SUCCESS);
+            };
+            let id = task["id"].as_str().unwrap_or_default().to_owned();
+            let task = wait_settled(client, &id, Duration::from_secs(seconds)).await?;
             print_tasks(std::slice::from_ref(&task), as_json, true);
+            if !is_settled(&task) {
+                eprintln!("task {id} has not settled within {seconds}s");
+                return Ok(ExitCode::from(1));
+            }
         }
         TasksCommand::Show { task_id } => {
             let task = client
@@ -120,6 +130,24 @@ pub async fn tasks(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a task's money has settled: released to its agent or refunded to its buyer.
+fn is_settled(task: &Value) -> bool {
+    matches!(task["payment"].as_str(), Some("released" | "refunded"))
+}
+
+/// Polls a task until it settles or `limit` passes; the task as last seen.
+async fn wait_settled(client: &Client, id: &str, limit: Duration) -> Result<Value, OpsError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let path = format!("/v1/tasks/{}", encode(id));
+    loop {
+        let task = client.get(&path).await?;
+        if is_settled(&task) || tokio::time::Instant::now() >= deadline {
+            return Ok(task);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn submit_body(args: &SubmitArgs) -> Value {

@@ -234,7 +234,7 @@ pub enum DeadLettersCommand {
 pub enum TasksCommand {
     /// Submit a task; prints it with its agent and price.
     #[command(
-        after_help = "Example:\n  aicp tasks submit --buyer buyer-001 --description 'Process payment' --complexity 2 --skills payments"
+        after_help = "Examples:\n  aicp tasks submit --buyer buyer-001 --description 'Process payment' --complexity 2 --skills payments\n  aicp tasks submit --buyer buyer-001 --description 'smoke test' --complexity 1 --wait 60"
     )]
     Submit(SubmitArgs),
     /// One task.
@@ -284,6 +284,10 @@ pub struct SubmitArgs {
     /// When the task expires (RFC 3339).
     #[arg(long)]
     pub deadline: Option<DateTime<Utc>>,
+    /// Then wait up to this many seconds for its money to settle (released to the agent
+    /// or refunded) and print it again; exit 1 if it has not by then.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<u64>,
 }
 
 /// `aicp agents ...`

@@ -25,6 +25,8 @@ pub struct NatsServer {
     /// Unique per instance, so readiness is judged on our server, not one that took the port.
     name: String,
     port: u16,
+    /// The HTTP monitoring port (`-m`), when asked for.
+    monitor_port: Option<u16>,
     store: TempDir,
     bin: PathBuf,
 }
@@ -34,6 +36,16 @@ impl NatsServer {
     ///
     /// Blocks for the few milliseconds the server takes to start; call it from tests only.
     pub fn start() -> io::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Starts a server as [`NatsServer::start`] does, also serving its HTTP monitoring
+    /// endpoints (`/varz`, `/jsz`...) on another free port.
+    pub fn start_with_monitoring() -> io::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(monitoring: bool) -> io::Result<Self> {
         let bin = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
@@ -56,6 +68,7 @@ impl NatsServer {
             child: None,
             name: format!("aicp-test-{}", uuid::Uuid::new_v4().simple()),
             port: 0,
+            monitor_port: None,
             store,
             bin,
         };
@@ -63,6 +76,9 @@ impl NatsServer {
         // Another process can take the free port between our probe and the server's bind.
         for _ in 0..5 {
             server.port = free_port()?;
+            if monitoring {
+                server.monitor_port = Some(free_port()?);
+            }
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_error = Some(e),
@@ -74,6 +90,13 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>` of the monitoring endpoints, if the server was started
+    /// with them.
+    pub fn monitoring_url(&self) -> Option<String> {
+        self.monitor_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
     /// The port the server listens on.
@@ -135,6 +158,11 @@ impl NatsServer {
                 "-p",
                 &self.port.to_string(),
             ])
+            .args(
+                self.monitor_port
+                    .map(|port| vec!["-m".to_owned(), port.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(["-js", "-sd"])
             .arg(self.store.path())
             .arg("-l")

@@ -25,20 +25,35 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts one on port 0 with its read model in `data`, without seed agents.
     pub async fn start(server: &NatsServer, data: &Path, prefix: &str) -> Result<Self> {
-        let config = Config::try_parse_from([
-            "aicp-coordinator",
-            "--nats-url",
-            &server.url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data.display().to_string(),
-            "--prefix",
-            prefix,
-            "--write-wait-ms",
-            "5000",
-            "--no-seed-agents",
-        ])?;
+        Self::start_with(server, data, prefix, &["--no-seed-agents"]).await
+    }
+
+    /// Starts one on port 0 with its read model in `data` and `args` added.
+    pub async fn start_with(
+        server: &NatsServer,
+        data: &Path,
+        prefix: &str,
+        args: &[&str],
+    ) -> Result<Self> {
+        let url = server.url();
+        let data = data.display().to_string();
+        let config = Config::try_parse_from(
+            [
+                "aicp-coordinator",
+                "--nats-url",
+                &url,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data,
+                "--prefix",
+                prefix,
+                "--write-wait-ms",
+                "5000",
+            ]
+            .iter()
+            .chain(args),
+        )?;
         let app = App::build(config).await?;
         let base = format!("http://{}", app.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
