@@ -187,8 +187,15 @@ async fn stack_figures(
         .against(&raw_pipelined)
         .target(">= 5,000/s sustained, p99 <= 50 ms"),
     );
+    let submitting = submitted.since(&before);
+    figures.push(Figure::measure(
+        "CPU busy while submitting, cores",
+        submitting.machine / submitting.seconds.max(1e-9),
+        "cores",
+        submit.ok,
+    ));
     figures.extend(cpu_figures(
-        &submitted.since(&before),
+        "settled task",
         &drained.since(&before),
         lifecycle.count(),
     ));
@@ -206,7 +213,9 @@ async fn stack_figures(
         .take(20_000)
         .map(|(id, _)| format!("/v1/tasks/{id}"))
         .collect();
+    let before_get = meter.read()?;
     let by_id = http::get(&stack.base, c, seconds, Arc::new(paths)).await?;
+    let getting = meter.read()?.since(&before_get);
     figures.push(
         Figure::rate(
             &format!("GET /v1/tasks/{{id}}, {c} connections"),
@@ -216,6 +225,7 @@ async fn stack_figures(
         .with_latency(by_id.latencies.percentiles())
         .target(">= 30,000/s, p99 <= 2 ms"),
     );
+    figures.extend(cpu_figures("GET by id", &getting, by_id.ok));
     eprintln!("GET /v1/tasks?buyer= for {}s...", config.seconds);
     let paths: Vec<String> = (0..c)
         .map(|b| format!("/v1/tasks?buyer=bench-{b}&limit=20"))
@@ -345,37 +355,34 @@ async fn replay_figures(
     Ok(figures)
 }
 
-/// What the submissions and lifecycles cost in CPU: how busy the machine was while
-/// submitting, each process's CPU per settled task, and the rate the machine's cores
-/// could carry at that cost.
-fn cpu_figures(submit: &cpu::Usage, whole: &cpu::Usage, settled: u64) -> Vec<Figure> {
+/// What each `what` cost in CPU, by process and for the whole machine (everything on
+/// it), and the rate the machine's cores could carry at that cost.
+fn cpu_figures(what: &str, usage: &cpu::Usage, count: u64) -> Vec<Figure> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let mut figures = vec![Figure::measure(
-        "CPU busy while submitting, cores",
-        submit.machine / submit.seconds.max(1e-9),
-        "cores",
-        0,
-    )];
-    let settled_f = (settled as f64).max(1.0);
-    for (name, seconds) in &whole.processes {
-        figures.push(Figure::measure(
-            &format!("CPU per settled task: {name}"),
-            seconds * 1000.0 / settled_f,
-            "ms",
-            settled,
-        ));
-    }
-    let per_task = whole.machine / settled_f;
+    let n = (count as f64).max(1.0);
+    let mut figures: Vec<Figure> = usage
+        .processes
+        .iter()
+        .map(|(name, seconds)| {
+            Figure::measure(
+                &format!("CPU per {what}: {name}"),
+                seconds * 1e6 / n,
+                "us",
+                count,
+            )
+        })
+        .collect();
+    let per = usage.machine / n;
     figures.push(Figure::measure(
-        "CPU per settled task: whole machine",
-        per_task * 1000.0,
-        "ms",
-        settled,
+        &format!("CPU per {what}: whole machine"),
+        per * 1e6,
+        "us",
+        count,
     ));
     figures.push(Figure::rate(
-        &format!("bound: {cores} cores / machine CPU per task"),
-        cores / per_task.max(1e-9),
-        settled,
+        &format!("bound: {cores} cores / CPU per {what}"),
+        cores / per.max(1e-12),
+        count,
     ));
     figures
 }
