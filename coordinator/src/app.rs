@@ -33,7 +33,7 @@ impl App {
     /// Connects to NATS, provisions the streams, opens the read model and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let namespace = Namespace::new(&config.prefix)?;
-        let store = EventStore::connect(&config.nats_url, namespace)
+        let store = EventStore::connect_with(&config.nats_url, namespace, &config.nats_credentials)
             .await?
             .with_settings(StreamSettings {
                 replicas: config.stream_replicas.map(usize::from),

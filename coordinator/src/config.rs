@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aicp_events::credentials::NatsCredentials;
 use aicp_events::domain::assign::Policy;
 
 /// How logs are written.
@@ -27,6 +28,9 @@ pub struct Config {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// How to authenticate to NATS.
+    #[command(flatten)]
+    pub nats_credentials: NatsCredentials,
     /// Address the HTTP API listens on (port 0 picks a free one).
     #[arg(long, env = "AICP_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,

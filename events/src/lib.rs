@@ -44,6 +44,7 @@
 
 pub mod codec;
 pub mod consumers;
+pub mod credentials;
 pub mod domain;
 pub mod envelope;
 pub mod event;

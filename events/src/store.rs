@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::codec::{self, DecodeError, EncodeError};
+use crate::credentials::{self, NatsCredentials};
 use crate::envelope::Envelope;
 use crate::subject::{Aggregate, Namespace};
 use crate::work::{WorkItem, WORK_CONTENT_TYPE};
@@ -39,6 +40,14 @@ pub enum StoreError {
         url: String,
         /// Why it failed.
         source: async_nats::ConnectError,
+    },
+    /// The credentials file could not be read.
+    #[error("cannot read the NATS credentials file {}: {source}", path.display())]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// The stream is missing: it has not been provisioned on this server.
     #[error("stream {stream} does not exist (provision the streams first: `aicp streams init`)")]
@@ -259,12 +268,29 @@ impl EventStore {
 
     /// Connects to `url`. The client reconnects on its own after a server restart.
     pub async fn connect(url: &str, namespace: Namespace) -> Result<Self, StoreError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
+        Self::connect_with(url, namespace, &NatsCredentials::default()).await
+    }
+
+    /// Connects to `url` with `credentials`. Errors show the URL without its secrets.
+    pub async fn connect_with(
+        url: &str,
+        namespace: Namespace,
+        credentials: &NatsCredentials,
+    ) -> Result<Self, StoreError> {
+        let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+        let options =
+            credentials
+                .apply(options)
+                .await
+                .map_err(|source| StoreError::Credentials {
+                    path: credentials.nats_creds.clone().unwrap_or_default(),
+                    source,
+                })?;
+        let client = options
             .connect(url)
             .await
             .map_err(|source| StoreError::Connect {
-                url: url.to_owned(),
+                url: credentials::redact(url),
                 source,
             })?;
         Ok(Self::new(client, namespace))

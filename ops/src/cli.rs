@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use aicp_events::credentials::NatsCredentials;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +34,9 @@ pub struct Global {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    /// How to authenticate to NATS (flags before the command, or the environment).
+    #[command(flatten)]
+    pub nats_credentials: NatsCredentials,
     /// Prefix of stream names and subjects (as the coordinator's --prefix).
     #[arg(long, global = true, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,

@@ -82,5 +82,5 @@ pub async fn run(cli: Cli) -> Result<ExitCode, OpsError> {
 /// Connects to the event store named by the global flags.
 pub async fn connect(global: &cli::Global) -> Result<EventStore, OpsError> {
     let namespace = Namespace::new(&global.prefix).map_err(|e| OpsError::Usage(e.to_string()))?;
-    Ok(EventStore::connect(&global.nats_url, namespace).await?)
+    Ok(EventStore::connect_with(&global.nats_url, namespace, &global.nats_credentials).await?)
 }

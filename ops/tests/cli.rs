@@ -496,3 +496,40 @@ async fn errors_are_clear_and_exit_non_zero() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_cli_authenticates_with_flags_or_environment_and_never_prints_the_secret() -> Result<()>
+{
+    let server = NatsServer::start_with_args(&["--user", "aicp", "--pass", "s3cret-pass"])?;
+    let url = server.url();
+    let refused = aicp(&url, &["streams", "status"]).await?;
+    assert_eq!(refused.status.code(), Some(2));
+
+    // A user without a password is a usage error, before any connection.
+    let half = aicp(&url, &["--nats-user", "aicp", "streams", "status"]).await?;
+    assert_eq!(half.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--nats-password"));
+
+    let flags = ["--nats-user", "aicp", "--nats-password", "s3cret-pass"];
+    aicp_ok(&url, &[&flags[..], &["streams", "init"]].concat()).await?;
+
+    // From the environment, as the Helm chart passes them from a Secret.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_aicp"))
+        .args(["streams", "status"])
+        .env("NATS_URL", &url)
+        .env("NATS_USER", "aicp")
+        .env("NATS_PASSWORD", "s3cret-pass")
+        .env_remove("AICP_PREFIX")
+        .output()
+        .await?;
+    assert!(output.status.success(), "{output:?}");
+
+    // A wrong password in the URL is refused without showing it.
+    let wrong = url.replace("nats://", "nats://aicp:guessed-in-url@");
+    let output = aicp(&wrong, &["streams", "status"]).await?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("guessed-in-url"), "{stderr}");
+    assert!(stderr.contains("aicp:***@"), "{stderr}");
+    Ok(())
+}

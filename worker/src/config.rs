@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use aicp_events::credentials::NatsCredentials;
 use aicp_events::event::ExecutorSettings;
 
 /// The worker's settings.
@@ -16,6 +17,9 @@ pub struct Config {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// How to authenticate to NATS.
+    #[command(flatten)]
+    pub nats_credentials: NatsCredentials,
     /// Prefix of stream names and subjects (as the coordinator's).
     #[arg(long, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,

@@ -82,7 +82,7 @@ impl Worker {
     /// the grace period and hands back the rest.
     pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let namespace = Namespace::new(&config.prefix)?;
-        let store = EventStore::connect(&config.nats_url, namespace)
+        let store = EventStore::connect_with(&config.nats_url, namespace, &config.nats_credentials)
             .await?
             .with_settings(StreamSettings {
                 replicas: config.stream_replicas.map(usize::from),

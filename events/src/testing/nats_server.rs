@@ -27,6 +27,8 @@ pub struct NatsServer {
     port: u16,
     /// The HTTP monitoring port (`-m`), when asked for.
     monitor_port: Option<u16>,
+    /// More arguments, e.g. `--user` and `--pass`.
+    extra_args: Vec<String>,
     store: TempDir,
     bin: PathBuf,
 }
@@ -36,16 +38,22 @@ impl NatsServer {
     ///
     /// Blocks for the few milliseconds the server takes to start; call it from tests only.
     pub fn start() -> io::Result<Self> {
-        Self::start_with(false)
+        Self::start_with(false, &[])
+    }
+
+    /// Starts a server as [`NatsServer::start`] does with `args` added, e.g. `["--user",
+    /// "u", "--pass", "p"]` for one that requires credentials.
+    pub fn start_with_args(args: &[&str]) -> io::Result<Self> {
+        Self::start_with(false, args)
     }
 
     /// Starts a server as [`NatsServer::start`] does, also serving its HTTP monitoring
     /// endpoints (`/varz`, `/jsz`...) on another free port.
     pub fn start_with_monitoring() -> io::Result<Self> {
-        Self::start_with(true)
+        Self::start_with(true, &[])
     }
 
-    fn start_with(monitoring: bool) -> io::Result<Self> {
+    fn start_with(monitoring: bool, args: &[&str]) -> io::Result<Self> {
         let bin = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
@@ -69,6 +77,7 @@ impl NatsServer {
             name: format!("aicp-test-{}", uuid::Uuid::new_v4().simple()),
             port: 0,
             monitor_port: None,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             store,
             bin,
         };
@@ -163,6 +172,7 @@ impl NatsServer {
                     .map(|port| vec!["-m".to_owned(), port.to_string()])
                     .unwrap_or_default(),
             )
+            .args(&self.extra_args)
             .args(["-js", "-sd"])
             .arg(self.store.path())
             .arg("-l")

@@ -1,0 +1,110 @@
+//! How a process proves itself to NATS: a user and password, a token, or a credentials
+//! file (a JWT and NKey seed), as the operator configures through flags or the environment
+//! (the Helm chart fills them from a Secret). Secrets are never printed: not in `Debug`,
+//! not in `--help`, not in an error that shows the server's URL.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_nats::ConnectOptions;
+
+/// NATS credentials: at most one kind; none for a server without authentication.
+#[derive(Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct NatsCredentials {
+    /// User name for a NATS server with user/password authentication.
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// Password of --nats-user.
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// Token for a NATS server with token authentication.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_creds"])]
+    pub nats_token: Option<String>,
+    /// Credentials file (JWT and NKey seed) for a NATS server run by an operator.
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
+    pub nats_creds: Option<PathBuf>,
+}
+
+impl fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsCredentials")
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &self.nats_password.as_ref().map(|_| "***"))
+            .field("nats_token", &self.nats_token.as_ref().map(|_| "***"))
+            .field("nats_creds", &self.nats_creds)
+            .finish()
+    }
+}
+
+impl NatsCredentials {
+    /// `options` authenticating with these credentials.
+    pub(crate) async fn apply(&self, options: ConnectOptions) -> std::io::Result<ConnectOptions> {
+        let options = match (&self.nats_user, &self.nats_password) {
+            (Some(user), Some(password)) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            _ => options,
+        };
+        let options = match &self.nats_token {
+            Some(token) => options.token(token.clone()),
+            None => options,
+        };
+        match &self.nats_creds {
+            Some(path) => options.credentials_file(path).await,
+            None => Ok(options),
+        }
+    }
+}
+
+/// `url` with any password or token in it replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{shown}@{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_secrets_and_keep_the_rest() {
+        assert_eq!(
+            redact("nats://alice:s3cret@nats:4222"),
+            "nats://alice:***@nats:4222"
+        );
+        assert_eq!(redact("tls://t0ken@nats:4222/x"), "tls://***@nats:4222/x");
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
+    }
+
+    #[test]
+    fn debug_hides_passwords_and_tokens() {
+        let credentials = NatsCredentials {
+            nats_user: Some("alice".into()),
+            nats_password: Some("s3cret".into()),
+            nats_token: Some("t0ken".into()),
+            nats_creds: None,
+        };
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("alice"));
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+    }
+}
