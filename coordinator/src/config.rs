@@ -67,6 +67,10 @@ pub struct Config {
         default_value = "http://localhost:8000,http://127.0.0.1:8000"
     )]
     pub cors_origins: Vec<String>,
+    /// Do not start: ask the coordinator listening on --listen for `GET /health` and exit 0
+    /// if it answers 200, 1 otherwise (a container HEALTHCHECK).
+    #[arg(long)]
+    pub health_check: bool,
     /// Log format.
     #[arg(long, env = "AICP_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,

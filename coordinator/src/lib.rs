@@ -12,6 +12,7 @@ pub mod docs;
 pub mod error;
 pub mod expiry;
 pub mod fleet;
+pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod routes;

@@ -12,6 +12,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if config.health_check {
+        if let Err(e) = aicp_coordinator::health::check(config.listen).await {
+            eprintln!("unhealthy: {e}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -727,3 +727,30 @@ async fn a_task_id_that_is_taken_is_never_confused_with_the_new_task() -> Result
     assert_eq!(app.get("/tasks/b0b0b0b0").await?.1["buyer_id"], "bob");
     app.shutdown().await
 }
+
+#[tokio::test]
+async fn health_check_mode_exits_0_for_a_healthy_coordinator_and_1_otherwise() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let check = |listen: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_aicp-coordinator"))
+            .args(["--listen", &listen, "--health-check"])
+            .output()
+            .await
+    };
+    let listen = app.base.trim_start_matches("http://").to_owned();
+    let healthy = check(listen).await?;
+    assert_eq!(healthy.status.code(), Some(0), "{healthy:?}");
+
+    // Listening on every address is checked on loopback, as in the container image.
+    let port = app.base.rsplit(':').next().unwrap_or_default().to_owned();
+    let any = check(format!("0.0.0.0:{port}")).await?;
+    assert_eq!(any.status.code(), Some(0), "{any:?}");
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let nobody = check(free.to_string()).await?;
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no coordinator answers"));
+    app.stop().await?;
+    Ok(())
+}
