@@ -90,6 +90,8 @@ refuse "used twice" --set 'workers.pools[0].name=a' --set 'workers.pools[0].agen
 refuse "name" --set 'workers.pools[0].name=all' --set 'workers.pools[0].agents={x}'
 refuse "executor" --set workers.executor=exec
 refuse "replicas" --set streams.replicas=7
+refuse "bundled NATS server" --set streams.replicas=3             # 3 replicas on 1 server
+refuse "minReplicas >= 1" --set workers.autoscaling.mode=hpa --set workers.autoscaling.minReplicas=0
 refuse "maxFileStore" --set nats.jetstream.maxFileStore=8Gi          # nats-server wants 8GB
 echo "  $refused refused as expected"
 echo "chart-check: ok"

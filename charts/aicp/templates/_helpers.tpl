@@ -105,6 +105,9 @@ aicp-settlement,aicp-dispatch
 {{/* Stream replicas: streams.replicas, else 3 on a clustered bundled NATS, else 1. */}}
 {{- define "aicp.streamReplicas" -}}
 {{- if not (kindIs "invalid" .Values.streams.replicas) }}
+{{- if and .Values.nats.enabled (gt (int .Values.streams.replicas) (int (include "aicp.nats.replicas" .))) }}
+{{- fail (printf "streams.replicas %v is more than the %v bundled NATS server(s): enable nats.cluster or lower it" .Values.streams.replicas (include "aicp.nats.replicas" .)) }}
+{{- end }}
 {{- .Values.streams.replicas }}
 {{- else if and .Values.nats.enabled .Values.nats.cluster.enabled }}
 {{- 3 }}
