@@ -35,10 +35,7 @@ impl App {
         let namespace = Namespace::new(&config.prefix)?;
         let store = EventStore::connect_with(&config.nats_url, namespace, &config.nats_credentials)
             .await?
-            .with_settings(StreamSettings {
-                replicas: config.stream_replicas.map(usize::from),
-                ..StreamSettings::default()
-            });
+            .with_settings(StreamSettings::with_replicas(config.stream_replicas));
         store.provision().await?;
         std::fs::create_dir_all(&config.data_dir)?;
         let model = ReadModel::open_with_cache(&config.data_dir, config.cache_mib)?;

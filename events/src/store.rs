@@ -228,6 +228,16 @@ pub struct StreamSettings {
     pub replicas: Option<usize>,
 }
 
+impl StreamSettings {
+    /// The default settings with `replicas`, as a process's `--stream-replicas` gives them.
+    pub fn with_replicas(replicas: Option<u8>) -> Self {
+        Self {
+            replicas: replicas.map(usize::from),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
@@ -585,20 +595,15 @@ impl EventStore {
                 Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
                 Err(e) => return Err(StoreError::jetstream("direct get", e)),
             };
-            let content_type = message.headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str());
             out.last_sequence = message.sequence;
-            match codec::decode_batch(content_type, &message.payload) {
-                Ok(events) => out.batches.push(StoredBatch {
-                    sequence: message.sequence,
-                    subject: message.subject.to_string(),
-                    events,
-                }),
-                Err(error) => out.poison.push(PoisonMessage {
-                    sequence: message.sequence,
-                    subject: message.subject.to_string(),
-                    error,
-                    payload: message.payload,
-                }),
+            match decode(
+                message.sequence,
+                message.subject.to_string(),
+                Some(&message.headers),
+                &message.payload,
+            ) {
+                Ok(batch) => out.batches.push(batch),
+                Err(poison) => out.poison.push(poison),
             }
         }
     }
@@ -745,13 +750,28 @@ fn decode_message(
         .info()
         .map_err(|e| StoreError::jetstream("message info", e))?
         .stream_sequence;
-    let subject = message.subject.to_string();
-    let content_type = message
-        .headers
-        .as_ref()
+    Ok(decode(
+        sequence,
+        message.subject.to_string(),
+        message.headers.as_ref(),
+        &message.payload,
+    ))
+}
+
+/// Decodes the stored message `sequence` on `subject`: its event batch, or the poison
+/// message it is.
+// A poison message is a result the callers keep, not an error to pass up: its size is fine.
+#[allow(clippy::result_large_err)]
+fn decode(
+    sequence: u64,
+    subject: String,
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+) -> Result<StoredBatch, PoisonMessage> {
+    let content_type = headers
         .and_then(|h| h.get(CONTENT_TYPE_HEADER))
         .map(|v| v.as_str());
-    Ok(match codec::decode_batch(content_type, &message.payload) {
+    match codec::decode_batch(content_type, payload) {
         Ok(events) => Ok(StoredBatch {
             sequence,
             subject,
@@ -761,9 +781,9 @@ fn decode_message(
             sequence,
             subject,
             error,
-            payload: message.payload.clone(),
+            payload: payload.clone(),
         }),
-    })
+    }
 }
 
 /// The `Nats-Msg-Id` header of a stored message, if it has one.

@@ -26,10 +26,9 @@ pub async fn init(
         .map(|a| a.parse::<AgentId>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| OpsError::Usage(e.to_string()))?;
-    let store = store.clone().with_settings(StreamSettings {
-        replicas: args.replicas.map(usize::from),
-        ..StreamSettings::default()
-    });
+    let store = store
+        .clone()
+        .with_settings(StreamSettings::with_replicas(args.replicas));
     let mut done = Vec::new();
     for (stream, outcome) in store.provision().await? {
         done.push(json!({"kind": "stream", "name": stream, "outcome": format!("{outcome:?}").to_lowercase()}));

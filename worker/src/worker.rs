@@ -84,10 +84,7 @@ impl Worker {
         let namespace = Namespace::new(&config.prefix)?;
         let store = EventStore::connect_with(&config.nats_url, namespace, &config.nats_credentials)
             .await?
-            .with_settings(StreamSettings {
-                replicas: config.stream_replicas.map(usize::from),
-                ..StreamSettings::default()
-            });
+            .with_settings(StreamSettings::with_replicas(config.stream_replicas));
         // Workers may start before any coordinator: make sure the streams exist.
         store.provision().await?;
         let all = config.agents.iter().any(|a| a.trim() == ALL_AGENTS);
