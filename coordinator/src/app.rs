@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::routes;
 use crate::state::AppState;
@@ -32,6 +33,18 @@ pub struct App {
 impl App {
     /// Connects to NATS, provisions the streams, opens the read model and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.auth == AuthMode::None {
+            if !config.listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "--auth none is only allowed on a loopback address (127.0.0.1 or ::1), not {}: anyone who can reach the port would be admin",
+                    config.listen
+                );
+            }
+            tracing::warn!(
+                listen = %config.listen,
+                "authentication is OFF (--auth none): every API call acts as admin; loopback only"
+            );
+        }
         let namespace = Namespace::new(&config.prefix)?;
         let store = EventStore::connect_with(&config.nats_url, namespace, &config.nats_credentials)
             .await?
@@ -53,6 +66,14 @@ impl App {
             metrics: crate::metrics::Metrics::new()?,
             notices: projector.notices(),
             fleet: crate::fleet::Fleet::default(),
+            request_timeout: config.request_timeout(),
+            auth: Auth::new(
+                config.auth,
+                config.admin_token.as_ref(),
+                config.rate_limit.0,
+                config.rate_limit_ip.0,
+                config.client_ip_header.clone(),
+            ),
             closing: closing_rx,
         };
         let listener = TcpListener::bind(config.listen).await?;
@@ -120,6 +141,14 @@ impl App {
                     () = caught_up(&state) => {}
                     () = caught_up_stop => return,
                 }
+                // Deciding from the read model: only once it has every token issued so far.
+                match state.bootstrap_admin_token().await {
+                    Ok(Some(token)) => announce_admin_token(&token),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e.message, "could not issue the first admin token")
+                    }
+                }
                 tokio::join!(
                     settlement::run(state.clone(), settlement_stop),
                     dispatch::run(state.clone(), dispatch_stop),
@@ -132,8 +161,15 @@ impl App {
         let app = routes::router(self.state.clone())
             .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
             .layer(cors(&self.config.cors_origins))
+            .layer(axum::middleware::from_fn(crate::headers::secure))
+            // Logs method, path and status: never headers, so never a token.
             .layer(tower_http::trace::TraceLayer::new_for_http());
-        tracing::info!(addr = %self.listener.local_addr()?, "coordinator listening");
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            auth = ?self.config.auth,
+            "coordinator listening"
+        );
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 tokio::select! {
@@ -183,5 +219,20 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::PATCH])
-        .allow_headers([axum::http::header::CONTENT_TYPE])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+        ])
+}
+
+/// Shows the first admin token once, on standard error and outside the log (tokens are
+/// never logged): whoever starts the first coordinator copies it from there.
+fn announce_admin_token(token: &aicp_events::token::TokenSecret) {
+    tracing::warn!("issued the first admin token (printed once on standard error, not logged)");
+    eprintln!(
+        "\n  AICP: the first admin token (shown once; only its hash is kept):\n\n    {}\n\n  \
+         Sign in to the UI with it, or export AICP_TOKEN=<it> for the aicp CLI.\n  \
+         Lost it? Start a coordinator with AICP_ADMIN_TOKEN=<a secret of yours> and issue a new one.\n",
+        token.expose()
+    );
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use aicp_events::domain::access::{authorize, Action, Principal};
 use aicp_events::domain::assign::{self, Candidate, Choice, Policy, Request};
 use aicp_events::domain::pricing::Complexity;
 use aicp_events::domain::reputation::{Reputation, PRIOR_WEIGHT};
@@ -214,8 +215,8 @@ impl AppState {
 
     /// Submits and assigns a task: both events in one message, so a task never exists
     /// without its agent and price.
-    pub async fn submit(&self, cmd: SubmitTask) -> Result<Submitted, ApiError> {
-        self.submit_as(cmd, std::iter::repeat_with(TaskId::generate))
+    pub async fn submit(&self, cmd: SubmitTask, by: &Principal) -> Result<Submitted, ApiError> {
+        self.submit_as(cmd, std::iter::repeat_with(TaskId::generate), by)
             .await
     }
 
@@ -224,6 +225,7 @@ impl AppState {
         &self,
         cmd: SubmitTask,
         ids: impl IntoIterator<Item = TaskId>,
+        by: &Principal,
     ) -> Result<Submitted, ApiError> {
         let buyer_id: BuyerId = parse_id(&cmd.buyer_id)?;
         let description = parse_description(&cmd.description)?;
@@ -256,7 +258,8 @@ impl AppState {
                 max_price_sats: cmd.max_price_sats,
                 deadline: cmd.deadline,
                 policy,
-            });
+            })
+            .by(by.clone());
             let assigned = Envelope::caused_by(
                 &submitted,
                 TaskAssigned {
@@ -266,7 +269,8 @@ impl AppState {
                     price_sats: choice.price_sats,
                     assignment: 1,
                 },
-            );
+            )
+            .by(by.clone());
             vec![submitted, assigned]
         })
         .await
@@ -328,15 +332,23 @@ impl AppState {
         Err(ApiError::internal("could not find a free task id"))
     }
 
-    /// Records an agent's outcome for a task: completed with a result, or failed with a reason.
+    /// Records an agent's outcome for a task: completed with a result, or failed with a
+    /// reason; only the task's agent, a worker serving it, or an admin may.
     pub async fn finish(
         &self,
         task_id: &str,
         success: bool,
         text: String,
+        by: &Principal,
     ) -> Result<Written, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
-        self.change_task(&task_id, |task| {
+        self.change_task(&task_id, by, |task| {
+            authorize(
+                by,
+                Action::WorkOnTask {
+                    agent: task.agent_id.as_ref(),
+                },
+            )?;
             let agent_id = task.agent_id.clone().ok_or_else(|| {
                 ApiError::conflict(
                     "invalid_state",
@@ -365,19 +377,27 @@ impl AppState {
         .await
     }
 
-    /// A buyer cancels its task before it runs.
+    /// A buyer cancels its task before it runs (`buyer_id`, if given, must be the task's).
     pub async fn cancel(
         &self,
         task_id: &str,
-        buyer_id: &str,
+        buyer_id: Option<&str>,
         reason: String,
+        by: &Principal,
     ) -> Result<Written, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
-        let buyer_id: BuyerId = parse_id(buyer_id)?;
-        self.change_task(&task_id, |task| {
+        let buyer_id: Option<BuyerId> = buyer_id.map(parse_id).transpose()?;
+        self.change_task(&task_id, by, |task| {
+            authorize(
+                by,
+                Action::ChangeOrder {
+                    buyer: &task.buyer_id,
+                },
+            )?;
             Ok(Event::TaskCancelled(TaskCancelled {
                 task_id: task.task_id.clone(),
-                buyer_id: buyer_id.clone(),
+                // A wrong buyer is refused by the task's rules (403 not_your_task).
+                buyer_id: buyer_id.clone().unwrap_or_else(|| task.buyer_id.clone()),
                 reason: if reason.trim().is_empty() {
                     "cancelled by the buyer".to_owned()
                 } else {
@@ -390,7 +410,7 @@ impl AppState {
 
     /// Expires a task whose deadline has passed unfinished.
     pub async fn expire(&self, task_id: &TaskId) -> Result<Written, ApiError> {
-        self.change_task(task_id, |task| {
+        self.change_task(task_id, &Principal::Coordinator, |task| {
             let deadline = task.deadline.ok_or_else(|| {
                 ApiError::conflict(
                     "invalid_state",
@@ -410,6 +430,7 @@ impl AppState {
     async fn change_task(
         &self,
         task_id: &TaskId,
+        by: &Principal,
         decide: impl Fn(&Task) -> Result<Event, ApiError>,
     ) -> Result<Written, ApiError> {
         let view = self.task(task_id)?;
@@ -421,7 +442,7 @@ impl AppState {
             match self
                 .append(
                     &aggregate,
-                    &[Envelope::new(event)],
+                    &[Envelope::new(event).by(by.clone())],
                     Expected::Sequence(expected),
                     None,
                 )
@@ -456,9 +477,15 @@ impl AppState {
     /// same description, complexity, skills and cap: assigned and priced now, paid for anew
     /// (the first task was refunded). The new id is the old one with `-retry` (then
     /// `-retry2`, ...), so retrying the same task twice gives the one retry, not two.
-    pub async fn retry(&self, task_id: &str) -> Result<Retried, ApiError> {
+    pub async fn retry(&self, task_id: &str, by: &Principal) -> Result<Retried, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
         let old = self.task(&task_id)?.task;
+        authorize(
+            by,
+            Action::ChangeOrder {
+                buyer: &old.buyer_id,
+            },
+        )?;
         if !matches!(old.status, TaskStatus::Failed | TaskStatus::Expired) {
             return Err(ApiError::conflict(
                 "not_retryable",
@@ -485,7 +512,7 @@ impl AppState {
             deadline: old.deadline.filter(|d| *d > Utc::now()),
             policy: Some(old.policy),
         };
-        match self.submit_as(cmd, [retry_id.clone()]).await {
+        match self.submit_as(cmd, [retry_id.clone()], by).await {
             Ok(submitted) => Ok(Retried {
                 task_id: submitted.task_id,
                 created: Some(submitted.written),
@@ -531,6 +558,7 @@ impl AppState {
         skills: &[String],
         mode: AgentMode,
         executor: Option<ExecutorSettings>,
+        by: &Principal,
     ) -> Result<Written, ApiError> {
         let agent_id: AgentId = parse_id(agent_id)?;
         let skills = parse_skills(skills)?;
@@ -548,7 +576,12 @@ impl AppState {
         };
         let aggregate = Aggregate::Agent(agent_id.clone());
         match self
-            .append(&aggregate, &[Envelope::new(event)], Expected::NEW, None)
+            .append(
+                &aggregate,
+                &[Envelope::new(event).by(by.clone())],
+                Expected::NEW,
+                None,
+            )
             .await
         {
             Ok(appended) => Ok(self.written(appended.sequence).await),
@@ -565,6 +598,7 @@ impl AppState {
         &self,
         agent_id: &str,
         mut update: AgentUpdated,
+        by: &Principal,
     ) -> Result<Written, ApiError> {
         let agent_id: AgentId = parse_id(agent_id)?;
         let mut expected = self.agent(&agent_id)?.last_sequence;
@@ -578,7 +612,7 @@ impl AppState {
             match self
                 .append(
                     &aggregate,
-                    &[Envelope::new(update.clone())],
+                    &[Envelope::new(update.clone()).by(by.clone())],
                     Expected::Sequence(expected),
                     None,
                 )
@@ -615,7 +649,7 @@ impl AppState {
             match self
                 .append(
                     &aggregate,
-                    &[Envelope::new(event)],
+                    &[Envelope::new(event).by(Principal::Coordinator)],
                     Expected::NEW,
                     Some(&format!("register:{id}")),
                 )

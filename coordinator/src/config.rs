@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aicp_events::credentials::NatsCredentials;
+use aicp_events::token::TokenSecret;
+use axum::http::HeaderName;
+
+use crate::auth::AuthMode;
+use crate::limits::RateSetting;
 use aicp_events::domain::assign::Policy;
 
 /// How logs are written.
@@ -59,6 +64,27 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "AICP_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// How callers authenticate: `token` (the default) or `none` (only on a loopback
+    /// --listen address: every API call is the admin, the UI is whoever it says).
+    #[arg(long, env = "AICP_AUTH", value_enum, default_value = "token")]
+    pub auth: AuthMode,
+    /// An admin token of your choice (at least 32 characters), accepted by its hash and
+    /// never written to the stream; without it the first start issues one and prints it once.
+    #[arg(long, env = "AICP_ADMIN_TOKEN", hide_env_values = true, value_parser = admin_token)]
+    pub admin_token: Option<TokenSecret>,
+    /// Requests per principal: `N/s` or `N/s,burst`, or `off`.
+    #[arg(long, env = "AICP_RATE_LIMIT", default_value = "100/s,200")]
+    pub rate_limit: RateSetting,
+    /// Requests per client IP: `N/s` or `N/s,burst`, or `off`.
+    #[arg(long, env = "AICP_RATE_LIMIT_IP", default_value = "200/s,400")]
+    pub rate_limit_ip: RateSetting,
+    /// The header a trusted reverse proxy writes the client's address to (such as
+    /// `X-Forwarded-For`; its last entry is used); without it the peer address is the client.
+    #[arg(long, env = "AICP_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<HeaderName>,
+    /// A request (other than the live event stream) taking longer is answered 408.
+    #[arg(long, env = "AICP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
     /// Origins allowed by CORS, comma-separated; `*` allows any.
     #[arg(
         long,
@@ -76,7 +102,25 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Shortest admin token accepted from configuration: it must be as hard to guess as ours.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+fn admin_token(raw: &str) -> Result<TokenSecret, String> {
+    let token = TokenSecret::from_text(raw);
+    if token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!(
+            "an admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (random ones; `openssl rand -base64 32` makes one)"
+        ));
+    }
+    Ok(token)
+}
+
 impl Config {
+    /// [`Config::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// [`Config::write_wait_ms`] as a duration.
     pub fn write_wait(&self) -> Duration {
         Duration::from_millis(self.write_wait_ms)

@@ -3,12 +3,13 @@
 //! Handlers return [`ApiError`]; the status, code and message are decided here, in one
 //! place, from the typed errors of the layers below.
 
+use aicp_events::domain::access::Denied;
 use aicp_events::domain::assign::NoEligibleAgent;
 use aicp_events::domain::task::TransitionError;
 use aicp_events::store::{AppendError, StoreError};
 use aicp_projections::{ProjectionError, QueryError};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -21,6 +22,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do about it.
     pub message: String,
+    /// For 429: seconds until a retry may succeed (the `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -37,6 +40,31 @@ impl ApiError {
     /// 409: the resource is not in a state that allows this.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 401: no credentials, or credentials that are not (or no longer) valid.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 408: the request took longer than the coordinator allows.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "no answer within {} ms; retry, or check GET /ready",
+                limit.as_millis()
+            ),
+        )
+    }
+
+    /// 429: over a rate limit; retry after `seconds`.
+    pub fn too_many_requests(seconds: u64, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
     }
 
     /// 403: the caller may not do this to this resource.
@@ -73,6 +101,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -80,7 +109,24 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"aicp\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        ApiError::forbidden("forbidden", e.to_string())
     }
 }
 

@@ -5,6 +5,7 @@
 //! It writes only events (to `AICP_EVENTS`) and reads only its projection (sled).
 
 pub mod app;
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
@@ -12,13 +13,16 @@ pub mod docs;
 pub mod error;
 pub mod expiry;
 pub mod fleet;
+pub mod headers;
 pub mod health;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod settlement;
 pub mod state;
 pub mod task_consumer;
+pub mod tokens;
 pub mod ui;
 
 pub use app::App;

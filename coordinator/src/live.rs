@@ -4,12 +4,14 @@
 //! the API on an event sees the change), with the stream sequence as its SSE id. A client
 //! that reconnects sends `Last-Event-ID` and gets exactly what it missed, from the notices
 //! the projector retains; if it was away too long it gets `resync` and should reload its
-//! data. A buyer sees its own tasks and the agents; an agent its own tasks and itself; the
-//! dashboard (no filter) everything.
+//! data. What a caller sees follows who it is: a buyer its own tasks and the agents; an
+//! agent its own tasks and itself; a worker the tasks of the agents it serves; an admin
+//! everything (or, with `?buyer=` or `?agent=`, what that buyer or agent sees).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
+use aicp_events::domain::access::{Principal, WorkerScope};
 use aicp_events::id::{AgentId, BuyerId};
 use aicp_events::Aggregate;
 use aicp_projections::notices::Notice;
@@ -22,6 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::auth::Caller;
 use crate::commands::parse_id;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -35,6 +38,61 @@ pub enum Audience {
     Buyer(BuyerId),
     /// An agent: the tasks assigned to it and its own record.
     Agent(AgentId),
+    /// A worker: the tasks of the agents it serves, and those agents.
+    Worker(WorkerScope),
+}
+
+impl Audience {
+    /// What `caller` may follow, narrowed by the query's `buyer` or `agent`: 403 for
+    /// another buyer's or agent's stream.
+    fn of(
+        caller: &Caller,
+        buyer: Option<BuyerId>,
+        agent: Option<AgentId>,
+    ) -> Result<Self, ApiError> {
+        let wanted = match (buyer, agent) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_filter",
+                    "pass buyer or agent, not both",
+                ))
+            }
+            (Some(buyer), None) => Some(Audience::Buyer(buyer)),
+            (None, Some(agent)) => Some(Audience::Agent(agent)),
+            (None, None) => None,
+        };
+        let own = match &caller.principal {
+            Principal::Admin => return Ok(wanted.unwrap_or(Audience::All)),
+            Principal::Buyer(id) => Audience::Buyer(id.clone()),
+            Principal::Agent(id) => Audience::Agent(id.clone()),
+            Principal::Worker(scope) => Audience::Worker(scope.clone()),
+            Principal::Coordinator => {
+                return Err(ApiError::forbidden(
+                    "forbidden",
+                    "coordinator may not follow the stream",
+                ))
+            }
+        };
+        match wanted {
+            None => Ok(own),
+            Some(w) if w == own => Ok(own),
+            Some(Audience::Agent(agent)) if caller.principal.acts_for_agent(&agent) => {
+                Ok(Audience::Agent(agent))
+            }
+            Some(_) => Err(ApiError::forbidden(
+                "forbidden",
+                format!("{} may follow only its own events", caller.principal),
+            )),
+        }
+    }
+
+    fn sees_agent(&self, agent: &AgentId) -> bool {
+        match self {
+            Audience::All | Audience::Buyer(_) => true,
+            Audience::Agent(own) => own == agent,
+            Audience::Worker(scope) => scope.serves(agent),
+        }
+    }
 }
 
 /// The stream's query string.
@@ -49,25 +107,17 @@ pub struct StreamQuery {
 /// `GET /v1/events/stream?buyer=|agent=`.
 pub async fn stream(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query?;
-    let audience = match (query.buyer, query.agent) {
-        (None, None) => Audience::All,
-        (Some(buyer), None) => Audience::Buyer(parse_id(&buyer)?),
-        (None, Some(agent)) => {
-            let agent: AgentId = parse_id(&agent)?;
-            state.agent(&agent)?;
-            Audience::Agent(agent)
-        }
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_filter",
-                "pass buyer or agent, not both",
-            ))
-        }
-    };
+    let buyer: Option<BuyerId> = query.buyer.as_deref().map(parse_id).transpose()?;
+    let agent: Option<AgentId> = query.agent.as_deref().map(parse_id).transpose()?;
+    if let Some(agent) = &agent {
+        state.agent(agent)?;
+    }
+    let audience = Audience::of(&caller, buyer, agent)?;
     let after = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -171,6 +221,9 @@ fn event_for(state: &AppState, audience: &Audience, notice: &Notice) -> Option<E
                 (Audience::All, _) => true,
                 (Audience::Buyer(buyer), Some(v)) => &v.task.buyer_id == buyer,
                 (Audience::Agent(agent), Some(v)) => v.task.agent_id.as_ref() == Some(agent),
+                (Audience::Worker(scope), Some(v)) => {
+                    v.task.agent_id.as_ref().is_some_and(|a| scope.serves(a))
+                }
                 _ => false,
             };
             if !visible {
@@ -187,15 +240,16 @@ fn event_for(state: &AppState, audience: &Audience, notice: &Notice) -> Option<E
             (aggregate.kind(), task_id.to_string(), task)
         }
         Some(Aggregate::Agent(agent_id)) => {
-            let visible = match audience {
-                Audience::All | Audience::Buyer(_) => true,
-                Audience::Agent(agent) => agent == agent_id,
-            };
-            if !visible {
+            if !audience.sees_agent(agent_id) {
                 return None;
             }
             ("agent", agent_id.to_string(), None)
         }
+        // Tokens are the admin's business alone.
+        Some(Aggregate::Token(token_id)) if *audience == Audience::All => {
+            ("token", token_id.to_string(), None)
+        }
+        Some(Aggregate::Token(_)) => return None,
         None if *audience == Audience::All => ("other", String::new(), None),
         None => return None,
     };

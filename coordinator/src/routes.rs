@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
+use aicp_events::domain::access::{Action, Principal};
 use aicp_events::domain::assign::Policy;
 use aicp_events::domain::ledger::{Account, EscrowState, InvalidAccount};
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::{AgentMode, AgentUpdated, ExecutorSettings};
-use aicp_events::id::{AgentId, TaskId};
+use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::work::MAX_DELIVERIES;
 use aicp_projections::views::{AgentView, BuyerView, LedgerEntry, TaskView};
 use aicp_projections::{PageRequest, TaskFilter};
@@ -25,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::Caller;
 use crate::commands::{parse_id, SubmitTask, Written};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -62,14 +64,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ledger/{account}", get(ledger))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/read-model/check", get(read_model_check))
-        .route("/v1/events/stream", get(crate::live::stream))
+        .merge(crate::tokens::router())
         .merge(crate::ui::router())
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))
+        // Every route above must answer within the request timeout; the live stream,
+        // added after, lasts as long as its client stays.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::deadline,
+        ))
+        .route("/v1/events/stream", get(crate::live::stream))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
+        ))
+        // Outermost: who is calling, and within their rate limits, before any route runs.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::identify,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -86,13 +100,13 @@ async fn method_not_allowed() -> ApiError {
 
 /// `GET /`: a browser goes to its page (or signs in); an API client gets the prototype's
 /// service document.
-async fn root(headers: axum::http::HeaderMap) -> Response {
+async fn root(caller: Option<Caller>, headers: axum::http::HeaderMap) -> Response {
     let browser = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if browser {
-        return crate::ui::home_for(&headers).into_response();
+        return crate::ui::home_for(caller.as_ref()).into_response();
     }
     Json(json!({"service": "AICP Coordinator", "status": "running"})).into_response()
 }
@@ -297,7 +311,8 @@ struct SubmitBody {
     description: String,
     #[serde(default = "one")]
     complexity: i64,
-    buyer_id: String,
+    /// Defaults to the caller when a buyer submits.
+    buyer_id: Option<String>,
     #[serde(default)]
     required_skills: Vec<String>,
     max_price_satoshis: Option<u64>,
@@ -309,10 +324,27 @@ fn one() -> i64 {
     1
 }
 
-impl From<SubmitBody> for SubmitTask {
-    fn from(b: SubmitBody) -> Self {
+impl SubmitBody {
+    /// The command, once the caller may submit for its buyer.
+    fn authorized(self, caller: &Caller) -> Result<SubmitTask, ApiError> {
+        let buyer_id: BuyerId = match (&self.buyer_id, &caller.principal) {
+            (Some(id), _) => parse_id(id)?,
+            (None, Principal::Buyer(own)) => own.clone(),
+            (None, _) => {
+                return Err(ApiError::bad_request(
+                    "invalid_buyer",
+                    "buyer_id is required (it defaults to the caller only for buyers)",
+                ))
+            }
+        };
+        caller.may(Action::SubmitTask { buyer: &buyer_id })?;
+        Ok(self.into_command(buyer_id))
+    }
+
+    fn into_command(self, buyer_id: BuyerId) -> SubmitTask {
+        let b = self;
         SubmitTask {
-            buyer_id: b.buyer_id,
+            buyer_id: buyer_id.to_string(),
             description: b.description,
             complexity: b.complexity,
             required_skills: b.required_skills,
@@ -326,10 +358,13 @@ impl From<SubmitBody> for SubmitTask {
 /// `POST /tasks/submit`: the prototype's answer, `{task_id, agent_name, price_satoshis, status}`.
 async fn seed_submit(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body?;
-    let done = state.submit(body.into()).await?;
+    let done = state
+        .submit(body.authorized(&caller)?, &caller.principal)
+        .await?;
     let body = json!({
         "task_id": done.task_id,
         "agent_name": done.choice.agent_id,
@@ -342,10 +377,13 @@ async fn seed_submit(
 /// `POST /v1/tasks`: 201 with the whole task.
 async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body?;
-    let done = state.submit(body.into()).await?;
+    let done = state
+        .submit(body.authorized(&caller)?, &caller.principal)
+        .await?;
     let body = if done.written.visible {
         task_json(&state, &done.task_id)?
     } else {
@@ -363,7 +401,8 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-fn page(cursor: Option<String>, limit: Option<usize>) -> Result<PageRequest, ApiError> {
+/// A page request from query parameters: at most [`MAX_LIMIT`] items.
+pub fn page(cursor: Option<String>, limit: Option<usize>) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(
@@ -385,10 +424,26 @@ fn id_cursor<T: std::str::FromStr>(cursor: &Option<String>) -> Result<(), ApiErr
     }
 }
 
-fn task_page(state: &AppState, q: ListQuery) -> Result<(Vec<TaskJson>, Option<String>), ApiError> {
+fn task_page(
+    state: &AppState,
+    caller: &Caller,
+    q: ListQuery,
+) -> Result<(Vec<TaskJson>, Option<String>), ApiError> {
+    let mut buyer: Option<BuyerId> = q.buyer.as_deref().map(parse_id).transpose()?;
+    let mut agent: Option<AgentId> = q.agent.as_deref().map(parse_id).transpose()?;
+    // A buyer or an agent without a filter means "mine".
+    match &caller.principal {
+        Principal::Buyer(own) if buyer.is_none() => buyer = Some(own.clone()),
+        Principal::Agent(own) if agent.is_none() && buyer.is_none() => agent = Some(own.clone()),
+        _ => {}
+    }
+    caller.may(Action::ListTasks {
+        buyer: buyer.as_ref(),
+        agent: agent.as_ref(),
+    })?;
     let filter = TaskFilter {
-        buyer: q.buyer.as_deref().map(parse_id).transpose()?,
-        agent: q.agent.as_deref().map(parse_id).transpose()?,
+        buyer,
+        agent,
         status: q
             .status
             .as_deref()
@@ -408,10 +463,11 @@ fn task_page(state: &AppState, q: ListQuery) -> Result<(Vec<TaskJson>, Option<St
 /// `GET /tasks`: the prototype's `{tasks, count}`, newest first.
 async fn seed_tasks(
     State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let (tasks, next_cursor) = task_page(&state, q)?;
+    let (tasks, next_cursor) = task_page(&state, &caller, q)?;
     Ok(
         Json(json!({"count": tasks.len(), "tasks": tasks, "next_cursor": next_cursor}))
             .into_response(),
@@ -421,20 +477,27 @@ async fn seed_tasks(
 /// `GET /v1/tasks`: filtered and paged.
 async fn list_tasks(
     State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let (tasks, next_cursor) = task_page(&state, q)?;
+    let (tasks, next_cursor) = task_page(&state, &caller, q)?;
     Ok(Json(json!({"tasks": tasks, "next_cursor": next_cursor})).into_response())
 }
 
 async fn get_task(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let Path(id) = path?;
     let id: TaskId = parse_id(&id)?;
-    Ok(Json(task_json(&state, &id)?).into_response())
+    let view = state.task(&id)?;
+    caller.may(Action::ReadTask {
+        buyer: &view.task.buyer_id,
+        agent: view.task.agent_id.as_ref(),
+    })?;
+    Ok(Json(TaskJson::from(view)).into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -453,6 +516,7 @@ struct CompleteBody {
 /// (both default to success, as in the prototype). Answers once the payment shows.
 async fn complete(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<CompleteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -468,7 +532,9 @@ async fn complete(
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
     let success = body.success.or(query.success).unwrap_or(true);
-    let done = state.finish(&id, success, body.result).await?;
+    let done = state
+        .finish(&id, success, body.result, &caller.principal)
+        .await?;
     finished(&state, &id, done).await
 }
 
@@ -489,19 +555,28 @@ async fn finished(state: &AppState, id: &str, done: Written) -> ApiResult {
 
 #[derive(Debug, Deserialize)]
 struct CancelBody {
-    buyer_id: String,
+    /// Defaults to the task's buyer.
+    buyer_id: Option<String>,
     #[serde(default)]
     reason: String,
 }
 
 async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<CancelBody>, JsonRejection>,
 ) -> ApiResult {
     let Path(id) = path?;
     let Json(body) = body?;
-    let done = state.cancel(&id, &body.buyer_id, body.reason).await?;
+    let done = state
+        .cancel(
+            &id,
+            body.buyer_id.as_deref(),
+            body.reason,
+            &caller.principal,
+        )
+        .await?;
     finished(&state, &id, done).await
 }
 
@@ -509,10 +584,11 @@ async fn cancel(
 /// 201 with the new task, or 200 with the retry made earlier.
 async fn retry(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let Path(id) = path?;
-    let retried = state.retry(&id).await?;
+    let retried = state.retry(&id, &caller.principal).await?;
     let mut body = match state.model.task(&retried.task_id)? {
         Some(view) => json!(TaskJson::from(view)),
         None => json!({"id": retried.task_id}),
@@ -529,7 +605,8 @@ async fn retry(
 // ---------------------------------------------------------------------------------------
 
 /// `GET /agents`: the prototype's `{agents}`, every agent.
-async fn seed_agents(State(state): State<AppState>) -> ApiResult {
+async fn seed_agents(State(state): State<AppState>, caller: Caller) -> ApiResult {
+    caller.may(Action::BrowseAgents)?;
     let agents: Vec<AgentJson> = state
         .all_agents()?
         .into_iter()
@@ -546,8 +623,10 @@ struct PageQuery {
 
 async fn list_agents(
     State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
+    caller.may(Action::BrowseAgents)?;
     let Query(q) = q?;
     id_cursor::<AgentId>(&q.cursor)?;
     let page = state.model.agents(&page(q.cursor, q.limit)?)?;
@@ -557,8 +636,10 @@ async fn list_agents(
 
 async fn get_agent(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
+    caller.may(Action::BrowseAgents)?;
     let Path(id) = path?;
     let id: AgentId = parse_id(&id)?;
     Ok(Json(AgentJson::from(state.agent(&id)?)).into_response())
@@ -577,8 +658,10 @@ struct RegisterBody {
 
 async fn register_agent(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<RegisterBody>, JsonRejection>,
 ) -> ApiResult {
+    caller.may(Action::RegisterAgent)?;
     let Json(body) = body?;
     let done = state
         .register_agent(
@@ -587,6 +670,7 @@ async fn register_agent(
             &body.skills,
             body.mode,
             body.executor,
+            &caller.principal,
         )
         .await?;
     let id: AgentId = parse_id(&body.agent_id)?;
@@ -610,12 +694,17 @@ struct UpdateBody {
 
 async fn update_agent(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<UpdateBody>, JsonRejection>,
 ) -> ApiResult {
     let Path(id) = path?;
     let Json(body) = body?;
     let agent_id: AgentId = parse_id(&id)?;
+    caller.may(Action::UpdateAgent {
+        agent: &agent_id,
+        operational: body.mode.is_some() || body.executor.is_some(),
+    })?;
     if body.name.is_none()
         && body.skills.is_none()
         && body.mode.is_none()
@@ -639,7 +728,7 @@ async fn update_agent(
         accepting: body.accepting,
         executor: body.executor,
     };
-    let done = state.update_agent(&id, update).await?;
+    let done = state.update_agent(&id, update, &caller.principal).await?;
     let body = if done.visible {
         json!(AgentJson::from(state.agent(&agent_id)?))
     } else {
@@ -660,8 +749,10 @@ struct QuoteQuery {
 /// `GET /v1/quote`: the agent a task would get now, and its price.
 async fn quote(
     State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<QuoteQuery>, QueryRejection>,
 ) -> ApiResult {
+    caller.may(Action::BrowseAgents)?;
     let Query(q) = q?;
     let skills: Vec<String> = q
         .skills
@@ -687,8 +778,10 @@ async fn quote(
 
 async fn list_buyers(
     State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
+    caller.may(Action::ListBuyers)?;
     let Query(q) = q?;
     id_cursor::<aicp_events::id::BuyerId>(&q.cursor)?;
     let page = state.model.buyers(&page(q.cursor, q.limit)?)?;
@@ -698,10 +791,12 @@ async fn list_buyers(
 
 async fn get_buyer(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let Path(id) = path?;
     let id = parse_id(&id)?;
+    caller.may(Action::ReadBuyer { buyer: &id })?;
     let buyer = state.model.buyer(&id)?.unwrap_or(BuyerView {
         buyer_id: id,
         tasks_submitted: 0,
@@ -715,6 +810,7 @@ async fn get_buyer(
 /// `GET /v1/ledger/{account}`: `escrow`, `buyer:<id>` or `agent:<id>`, newest first.
 async fn ledger(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -723,6 +819,7 @@ async fn ledger(
     let account: Account = account
         .parse()
         .map_err(|e: InvalidAccount| ApiError::bad_request("invalid_account", e.to_string()))?;
+    caller.may(Action::ReadLedger { account: &account })?;
     let balance = state.model.balance(&account)?;
     let page = state.model.ledger(&account, &page(q.cursor, q.limit)?)?;
     let entries: Vec<LedgerEntryJson> = page.items.into_iter().map(LedgerEntryJson::from).collect();
@@ -748,8 +845,10 @@ const DEAD_LETTER_SCAN: usize = 10_000;
 /// because their work message ran out of deliveries; newest first, at most `limit` each.
 async fn dead_letters(
     State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<DeadLetterQuery>, QueryRejection>,
 ) -> ApiResult {
+    caller.may(Action::Operate)?;
     let Query(q) = q?;
     let request = page(None, q.limit)?;
     let poison: Vec<serde_json::Value> = state
@@ -799,7 +898,8 @@ async fn dead_letters(
 /// `GET /v1/read-model/check`: this replica's read model at one checkpoint: each tree's
 /// digest and the money invariants. `aicp verify --live` compares the digests with a
 /// rebuild from the stream. Applying new events waits while it runs (a full scan).
-async fn read_model_check(State(state): State<AppState>) -> ApiResult {
+async fn read_model_check(State(state): State<AppState>, caller: Caller) -> ApiResult {
+    caller.may(Action::Operate)?;
     let model = state.model.clone();
     let checked = tokio::task::spawn_blocking(move || {
         model.consistent(|m| {

@@ -10,6 +10,7 @@
 //! so a step taken twice is stored once. Only when nothing is missing is the event acked;
 //! a crash before that means redelivery, and reconciling again finishes the job.
 
+use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::EscrowState;
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::{AgentOutcomeRecorded, EscrowHeld, EscrowRefunded, EscrowReleased, Event};
@@ -229,7 +230,7 @@ async fn append(state: &AppState, step: &Step) -> Result<aicp_events::Appended, 
     state
         .append(
             &step.aggregate,
-            &[Envelope::new(step.event.clone())],
+            &[Envelope::new(step.event.clone()).by(Principal::Coordinator)],
             Expected::Sequence(step.expected),
             Some(&step.msg_id),
         )

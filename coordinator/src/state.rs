@@ -33,6 +33,10 @@ pub struct AppState {
     pub notices: Notices,
     /// Workers heard from and queue-depth samples, for the dashboard.
     pub fleet: crate::fleet::Fleet,
+    /// A request taking longer is answered 408.
+    pub request_timeout: Duration,
+    /// Authentication mode, the configured admin token and the rate limits.
+    pub auth: std::sync::Arc<crate::auth::Auth>,
     /// Turns true when the server starts shutting down: long-lived responses (the live
     /// event stream) end then, so the graceful shutdown does not wait for them.
     pub closing: watch::Receiver<bool>,

@@ -278,9 +278,10 @@ async fn bad_input_gets_its_status_and_one_error_shape_and_writes_nothing() -> R
             "invalid_id",
         ),
         (
+            // Only a buyer's own submission may leave its buyer out.
             json!({"description": "x", "complexity": 2}),
             StatusCode::BAD_REQUEST,
-            "invalid_json",
+            "invalid_buyer",
         ),
         (
             json!({"description": "x", "complexity": 2, "buyer_id": "b", "required_skills": ["telepathy"]}),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aicp_events::testing::NatsServer;
 use anyhow::{bail, Context, Result};
-use common::TestApp;
+use common::{Api, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -26,8 +26,11 @@ struct EventStream {
 }
 
 impl EventStream {
-    async fn open(base: &str, query: &str, last_event_id: Option<u64>) -> Result<Self> {
-        let mut request = reqwest::Client::new().get(format!("{base}/v1/events/stream{query}"));
+    /// Opens the stream as `api`'s token.
+    async fn open(api: &Api, query: &str, last_event_id: Option<u64>) -> Result<Self> {
+        let mut request = api
+            .http
+            .get(format!("{}/v1/events/stream{query}", api.base));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
@@ -98,12 +101,16 @@ async fn each_audience_sees_its_own_and_a_reconnect_resumes_exactly() -> Result<
     let server = NatsServer::start()?;
     let app = TestApp::spawn(&server).await?;
     let quiet = Duration::from_millis(700);
-    let mut all = EventStream::open(&app.base, "", None).await?;
+    let mut all = EventStream::open(&app.api, "", None).await?;
     let hello = all.next(quiet).await?.context("a hello event")?;
     assert_eq!(hello.event, "hello");
-    let mut mine = EventStream::open(&app.base, "?buyer=buyer-001", None).await?;
+    // The buyer follows with its own token and no filter: what it sees is decided by who it is.
+    let (_, buyer_token) = app.issue_token("buyer:buyer-001").await?;
+    let buyer = app.as_token(Some(&buyer_token));
+    let mut mine = EventStream::open(&buyer, "", None).await?;
     mine.next(quiet).await?.context("hello")?;
-    let mut agent1 = EventStream::open(&app.base, "?agent=agent-1", None).await?;
+    let (_, agent_token) = app.issue_token("agent:agent-1").await?;
+    let mut agent1 = EventStream::open(&app.as_token(Some(&agent_token)), "", None).await?;
     agent1.next(quiet).await?.context("hello")?;
 
     let t1 = app.submit("buyer-001", 2).await?;
@@ -154,7 +161,7 @@ async fn each_audience_sees_its_own_and_a_reconnect_resumes_exactly() -> Result<
             .any(|e| e.event == "payment" && e.data["types"][0] == "EscrowReleased"),
         "the release happened while the buyer was away"
     );
-    let mut back = EventStream::open(&app.base, "?buyer=buyer-001", Some(last)).await?;
+    let mut back = EventStream::open(&buyer, "", Some(last)).await?;
     let resumed = back.drain(quiet).await?;
     assert_eq!(
         ids(&resumed),
@@ -163,8 +170,19 @@ async fn each_audience_sees_its_own_and_a_reconnect_resumes_exactly() -> Result<
     );
     assert!(resumed.iter().all(|e| e.event != "hello"));
 
+    // Nobody follows another's stream, or anyone's without a token.
+    let url = format!("{}/v1/events/stream", app.base);
+    let other = buyer
+        .http
+        .get(format!("{url}?buyer=buyer-002"))
+        .send()
+        .await?;
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let anonymous = reqwest::Client::new().get(&url).send().await?;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
     // Bad requests.
-    let http = reqwest::Client::new();
+    let http = app.http.clone();
     let url = format!("{}/v1/events/stream", app.base);
     let bad_id = http
         .get(&url)
@@ -197,7 +215,7 @@ async fn a_client_away_longer_than_retained_is_told_to_resync() -> Result<()> {
     // A restarted coordinator retains nothing from before it started.
     let data = app.stop().await?;
     let app = TestApp::spawn_in(&server, data).await?;
-    let mut stream = EventStream::open(&app.base, "", Some(1)).await?;
+    let mut stream = EventStream::open(&app.api, "", Some(1)).await?;
     let first = stream
         .next(Duration::from_secs(2))
         .await?

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::access::Principal;
 use crate::envelope::Envelope;
 use crate::event::Event;
 use crate::upcast;
@@ -71,6 +72,9 @@ struct WireOut<'a> {
     occurred_at: &'a DateTime<Utc>,
     correlation_id: Uuid,
     causation_id: Option<Uuid>,
+    // Absent in events written before principals were recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a Principal>,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
@@ -83,6 +87,8 @@ struct WireIn {
     occurred_at: DateTime<Utc>,
     correlation_id: Uuid,
     causation_id: Option<Uuid>,
+    #[serde(default)]
+    principal: Option<Principal>,
     data: serde_bytes::ByteBuf,
 }
 
@@ -101,6 +107,7 @@ pub fn encode_batch(events: &[Envelope]) -> Result<Vec<u8>, EncodeError> {
                 occurred_at: &e.occurred_at,
                 correlation_id: e.correlation_id,
                 causation_id: e.causation_id,
+                principal: e.principal.as_ref(),
                 data: rmp_serde::to_vec_named(&e.event)?,
             })
         })
@@ -124,6 +131,7 @@ pub(crate) fn encode_raw(
         occurred_at: &template.occurred_at,
         correlation_id: template.correlation_id,
         causation_id: template.causation_id,
+        principal: template.principal.as_ref(),
         data,
     };
     Ok(rmp_serde::to_vec_named(&[wire])?)
@@ -152,6 +160,7 @@ fn decode_envelope(wire: WireIn) -> Result<Envelope, DecodeError> {
         occurred_at,
         correlation_id,
         causation_id,
+        principal,
         data,
     } = wire;
     let decoded = Event::decode_current(&event_type, version, &data)
@@ -172,6 +181,7 @@ fn decode_envelope(wire: WireIn) -> Result<Envelope, DecodeError> {
         occurred_at,
         correlation_id,
         causation_id,
+        principal,
         event,
     })
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::domain::access::Principal;
 use crate::event::Event;
 
 /// One event with its metadata.
@@ -18,6 +19,9 @@ pub struct Envelope {
     pub correlation_id: Uuid,
     /// The event (or request) that directly caused this one, if any.
     pub causation_id: Option<Uuid>,
+    /// Who caused it: the authenticated caller of a request, a worker, or the coordinator's
+    /// process managers. `None` only in events written before principals were recorded.
+    pub principal: Option<Principal>,
     /// The fact itself.
     pub event: Event,
 }
@@ -31,8 +35,15 @@ impl Envelope {
             occurred_at: Utc::now(),
             correlation_id: event_id,
             causation_id: None,
+            principal: None,
             event: event.into(),
         }
+    }
+
+    /// The same event, recorded as caused by `principal`.
+    pub fn by(mut self, principal: Principal) -> Self {
+        self.principal = Some(principal);
+        self
     }
 
     /// A new event caused by `cause`: same correlation, causation = `cause`'s id.
@@ -53,9 +64,9 @@ impl Envelope {
         }
     }
 
-    /// The envelope as JSON, for humans and exports.
+    /// The envelope as JSON, for humans and exports (`principal` only when recorded).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "event_id": self.event_id,
             "event_type": self.event.event_type(),
             "schema_version": self.event.schema_version(),
@@ -63,7 +74,11 @@ impl Envelope {
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
             "data": self.event.data_json(),
-        })
+        });
+        if let Some(principal) = &self.principal {
+            json["principal"] = serde_json::json!(principal.to_string());
+        }
+        json
     }
 }
 

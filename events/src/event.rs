@@ -10,10 +10,12 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::domain::access::Principal;
 use crate::domain::assign::Policy;
 use crate::domain::pricing::{Complexity, MultiplierMilli};
-use crate::id::{AgentId, BuyerId, TaskId};
+use crate::id::{AgentId, BuyerId, TaskId, TokenId};
 use crate::subject::Aggregate;
+use crate::token::TokenHash;
 
 /// What every event's data has: its type name and the version of its schema.
 pub trait EventData: Serialize + DeserializeOwned + Into<Event> {
@@ -255,6 +257,32 @@ pub struct EscrowRefunded {
     pub reason: String,
 }
 
+// ---------------------------------------------------------------------------------------
+// Token events, on `aicp.evt.token.<token_id>`: API access, kept like every other fact.
+// ---------------------------------------------------------------------------------------
+
+/// An API token was issued; only its hash is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    /// The token's public id.
+    pub token_id: TokenId,
+    /// Who the token acts as.
+    pub principal: Principal,
+    /// SHA-256 of the secret.
+    pub hash: TokenHash,
+    /// What it is for, in the issuer's words.
+    pub label: String,
+}
+
+/// An API token was revoked: it is refused from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    /// The token.
+    pub token_id: TokenId,
+    /// Why, in the revoker's words.
+    pub reason: String,
+}
+
 /// Declares the [`Event`] enum over the catalogue, with the glue every event type needs.
 /// Only the list of names lives here; each type's schema is its struct above.
 macro_rules! catalogue {
@@ -340,6 +368,8 @@ catalogue! {
     EscrowHeld => 1,
     EscrowReleased => 1,
     EscrowRefunded => 1,
+    TokenIssued => 1,
+    TokenRevoked => 1,
 }
 
 impl Event {
@@ -359,6 +389,8 @@ impl Event {
             Event::EscrowHeld(e) => Aggregate::Payment(e.task_id.clone()),
             Event::EscrowReleased(e) => Aggregate::Payment(e.task_id.clone()),
             Event::EscrowRefunded(e) => Aggregate::Payment(e.task_id.clone()),
+            Event::TokenIssued(e) => Aggregate::Token(e.token_id.clone()),
+            Event::TokenRevoked(e) => Aggregate::Token(e.token_id.clone()),
         }
     }
 }

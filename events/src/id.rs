@@ -124,6 +124,11 @@ id_type!(
     BuyerId,
     "buyer"
 );
+id_type!(
+    /// An API token's public id, such as `t-3fa9c1e0b2d4a6f8` (never the secret).
+    TokenId,
+    "token"
+);
 
 impl TaskId {
     /// A fresh random task id: the first 8 hex characters of a UUIDv4, as the prototype made them.

@@ -2,7 +2,9 @@
 //!
 //! - [`event`]: the catalogue of facts, [`envelope`]: their metadata, [`codec`]: the wire
 //!   format, [`upcast`]: older schema versions.
-//! - [`domain`]: the pure rules (task state machine, pricing, reputation, ledger, assignment).
+//! - [`domain`]: the pure rules (task state machine, pricing, reputation, ledger, assignment,
+//!   access).
+//! - [`token`]: API tokens: made at random, stored only as hashes.
 //! - [`subject`]: stream and subject names, [`store`]: the JetStream event store,
 //!   [`work`]: the work messages of `AICP_WORK`, [`consumers`]: the durable consumers.
 //! - `testing` (feature `testing`): a real `nats-server` for tests.
@@ -53,6 +55,7 @@ pub mod store;
 pub mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod token;
 pub mod upcast;
 pub mod work;
 

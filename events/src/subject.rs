@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::id::{AgentId, TaskId};
+use crate::id::{AgentId, TaskId, TokenId};
 
 /// The aggregate an event belongs to; each has its own subject.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -19,15 +19,18 @@ pub enum Aggregate {
     Agent(AgentId),
     /// A task's money: `aicp.evt.payment.<task_id>`.
     Payment(TaskId),
+    /// An API token: `aicp.evt.token.<token_id>`.
+    Token(TokenId),
 }
 
 impl Aggregate {
-    /// The aggregate kind as written in subjects: `task`, `agent` or `payment`.
+    /// The aggregate kind as written in subjects: `task`, `agent`, `payment` or `token`.
     pub fn kind(&self) -> &'static str {
         match self {
             Aggregate::Task(_) => "task",
             Aggregate::Agent(_) => "agent",
             Aggregate::Payment(_) => "payment",
+            Aggregate::Token(_) => "token",
         }
     }
 
@@ -36,6 +39,7 @@ impl Aggregate {
         match self {
             Aggregate::Task(id) | Aggregate::Payment(id) => id.as_str(),
             Aggregate::Agent(id) => id.as_str(),
+            Aggregate::Token(id) => id.as_str(),
         }
     }
 }
@@ -152,6 +156,7 @@ impl Namespace {
             "task" => TaskId::new(id).ok().map(Aggregate::Task),
             "agent" => AgentId::new(id).ok().map(Aggregate::Agent),
             "payment" => TaskId::new(id).ok().map(Aggregate::Payment),
+            "token" => TokenId::new(id).ok().map(Aggregate::Token),
             _ => None,
         }
     }
@@ -195,6 +200,7 @@ mod tests {
                 task("abc"),
                 Aggregate::Agent(AgentId::new("agent-2").expect("valid")),
                 Aggregate::Payment(TaskId::new("abc").expect("valid")),
+                Aggregate::Token(TokenId::new("t-1").expect("valid")),
             ] {
                 assert_eq!(ns.parse_aggregate(&ns.aggregate_subject(&agg)), Some(agg));
             }

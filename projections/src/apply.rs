@@ -5,6 +5,7 @@
 //! nothing else: with every writer appending under an expected sequence that should never
 //! happen, so a rejection means a bug or a forged event, and is logged loudly.
 
+use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState, Ledger, Transfer};
 use aicp_events::domain::reputation::Reputation;
 use aicp_events::domain::task::{Task, TaskStatus};
@@ -16,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use crate::tables::{deadline_key, index_key, Changes, ProjectionError, ReadModel, Table};
 use crate::views::{
-    AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, PoisonRecord, TaskView,
+    AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, PoisonRecord, TaskView, TokenView,
 };
 
 /// Key of the counters record in [`Table::Counters`].
@@ -185,6 +186,13 @@ fn touch(
                 changes.put(Table::Agents, key.to_vec(), view);
             }
         }
+        Aggregate::Token(id) => {
+            let key = id.as_str().as_bytes();
+            if let Some(mut view) = changes.get::<TokenView>(model, Table::Tokens, key)? {
+                view.last_sequence = sequence;
+                changes.put(Table::Tokens, key.to_vec(), view);
+            }
+        }
     }
     Ok(())
 }
@@ -276,8 +284,73 @@ impl Writer<'_> {
             Event::EscrowHeld(_) | Event::EscrowReleased(_) | Event::EscrowRefunded(_) => {
                 self.payment(&envelope.event)
             }
+            Event::TokenIssued(e) => self.token_issued(e, envelope.principal.clone()),
+            Event::TokenRevoked(e) => self.token_revoked(e, envelope.principal.clone()),
             task_event => self.task_changed(task_event),
         }
+    }
+
+    fn token_issued(
+        &mut self,
+        e: &aicp_events::event::TokenIssued,
+        by: Option<Principal>,
+    ) -> Outcome {
+        let key = e.token_id.as_str().as_bytes();
+        if self.get::<TokenView>(Table::Tokens, key)?.is_some() {
+            return Ok(Err(Rejected(format!(
+                "token {} already exists",
+                e.token_id
+            ))));
+        }
+        // One hash names one token: a second token with the same secret would be ambiguous.
+        let hash = e.hash.as_str().as_bytes();
+        if self.get::<String>(Table::TokenHashes, hash)?.is_some() {
+            return Ok(Err(Rejected(format!(
+                "token {} has the hash of another token",
+                e.token_id
+            ))));
+        }
+        let view = TokenView {
+            token_id: e.token_id.clone(),
+            principal: e.principal.clone(),
+            label: e.label.clone(),
+            issued_at: self.at,
+            issued_by: by,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+            last_sequence: self.sequence,
+        };
+        self.changes.put(Table::Tokens, key.to_vec(), view);
+        self.changes
+            .put(Table::TokenHashes, hash.to_vec(), e.token_id.to_string());
+        Ok(Ok(()))
+    }
+
+    fn token_revoked(
+        &mut self,
+        e: &aicp_events::event::TokenRevoked,
+        by: Option<Principal>,
+    ) -> Outcome {
+        let key = e.token_id.as_str().as_bytes();
+        let Some(mut view) = self.get::<TokenView>(Table::Tokens, key)? else {
+            return Ok(Err(Rejected(format!(
+                "token {} does not exist",
+                e.token_id
+            ))));
+        };
+        if view.revoked_at.is_some() {
+            return Ok(Err(Rejected(format!(
+                "token {} is already revoked",
+                e.token_id
+            ))));
+        }
+        view.revoked_at = Some(self.at);
+        view.revoked_by = by;
+        view.revoke_reason = Some(e.reason.clone());
+        view.last_sequence = self.sequence;
+        self.changes.put(Table::Tokens, key.to_vec(), view);
+        Ok(Ok(()))
     }
 
     fn get<T: serde::de::DeserializeOwned + Clone + 'static>(

@@ -2,13 +2,15 @@
 
 use aicp_events::domain::ledger::{Account, Escrow};
 use aicp_events::domain::task::TaskStatus;
-use aicp_events::id::{AgentId, BuyerId, TaskId};
+use aicp_events::id::{AgentId, BuyerId, TaskId, TokenId};
+use aicp_events::token::TokenHash;
 use serde::de::DeserializeOwned;
 
 use crate::apply::COUNTERS;
 use crate::tables::{decode, index_prefix, ProjectionError, ReadModel, Table};
 use crate::views::{
     AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, Page, PoisonRecord, TaskView,
+    TokenView,
 };
 
 /// Which tasks a list shows; every filter set must match.
@@ -185,6 +187,24 @@ impl ReadModel {
     /// One agent.
     pub fn agent(&self, id: &AgentId) -> Result<Option<AgentView>, ProjectionError> {
         self.get(Table::Agents, id.as_str().as_bytes())
+    }
+
+    /// One token by id.
+    pub fn token(&self, id: &TokenId) -> Result<Option<TokenView>, ProjectionError> {
+        self.get(Table::Tokens, id.as_str().as_bytes())
+    }
+
+    /// The token whose secret has this hash, revoked or not; `None` if no token has it.
+    pub fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenView>, ProjectionError> {
+        let Some(id) = self.get::<String>(Table::TokenHashes, hash.as_str().as_bytes())? else {
+            return Ok(None);
+        };
+        self.get(Table::Tokens, id.as_bytes())
+    }
+
+    /// Tokens in id order.
+    pub fn tokens(&self, page: &PageRequest) -> Result<Page<TokenView>, QueryError> {
+        by_id(self, Table::Tokens, page)
     }
 
     /// Agents in id order.

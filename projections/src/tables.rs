@@ -74,11 +74,15 @@ pub enum Table {
     Poison,
     /// deadline (µs since the epoch), task id -> task id: unfinished tasks with a deadline.
     Deadlines,
+    /// token id -> TokenView.
+    Tokens,
+    /// token hash -> token id: how a request's token is found.
+    TokenHashes,
 }
 
 impl Table {
     /// Every table, in index order.
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 17] = [
         Table::Meta,
         Table::Tasks,
         Table::TasksByTime,
@@ -94,6 +98,8 @@ impl Table {
         Table::Series,
         Table::Poison,
         Table::Deadlines,
+        Table::Tokens,
+        Table::TokenHashes,
     ];
 
     /// The sled tree's name.
@@ -114,6 +120,8 @@ impl Table {
             Table::Series => "series",
             Table::Poison => "poison",
             Table::Deadlines => "deadlines",
+            Table::Tokens => "tokens",
+            Table::TokenHashes => "token_hashes",
         }
     }
 }
@@ -134,7 +142,8 @@ impl Table {
             | Table::TasksByBuyer
             | Table::TasksByAgent
             | Table::TasksByStatus
-            | Table::Deadlines => json::<String>(bytes),
+            | Table::Deadlines
+            | Table::TokenHashes => json::<String>(bytes),
             Table::Agents => json::<AgentView>(bytes),
             Table::Buyers => json::<BuyerView>(bytes),
             Table::Escrows => json::<aicp_events::domain::ledger::Escrow>(bytes),
@@ -143,13 +152,14 @@ impl Table {
             Table::Counters => json::<Counters>(bytes),
             Table::Series => json::<MinuteStats>(bytes),
             Table::Poison => json::<PoisonRecord>(bytes),
+            Table::Tokens => json::<TokenView>(bytes),
         }
     }
 }
 
 /// Version of the read model's record layout; bump it when a view or key format changes,
 /// and every replica rebuilds its read model from the stream on start.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// sled's page cache, in MiB, unless configured: sled's own default (1 GiB) let a
 /// coordinator grow past 200 MiB after 80,000 tasks; the benchmark measures the effect.

@@ -2,12 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::{Account, EscrowState};
 use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::domain::reputation::Reputation;
 use aicp_events::domain::task::Task;
 use aicp_events::event::{AgentMode, ExecutorSettings};
-use aicp_events::id::{AgentId, BuyerId, TaskId};
+use aicp_events::id::{AgentId, BuyerId, TaskId, TokenId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -178,4 +179,27 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// An API token: who it acts as and whether it still may. Never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    /// The token's public id.
+    pub token_id: TokenId,
+    /// Who it acts as.
+    pub principal: Principal,
+    /// What it is for.
+    pub label: String,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// Who issued it (the coordinator for the first admin token).
+    pub issued_by: Option<Principal>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Who revoked it.
+    pub revoked_by: Option<Principal>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<String>,
+    /// Stream sequence of the token's last message.
+    pub last_sequence: u64,
 }

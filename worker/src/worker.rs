@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aicp_events::consumers::{self, WorkerConsumerSettings};
+use aicp_events::domain::access::{Principal, WorkerScope};
 use aicp_events::domain::task::Task;
 use aicp_events::event::{Event, ExecutorSettings, TaskCompleted, TaskFailed, TaskStarted};
 use aicp_events::id::AgentId;
@@ -72,6 +73,8 @@ pub struct Worker {
     store: EventStore,
     default_executor: ExecutorSettings,
     worker_id: String,
+    /// Who this worker's events are recorded as caused by.
+    principal: Principal,
     seed: u64,
     ack_wait: Duration,
     max_deliver: i64,
@@ -98,6 +101,11 @@ impl Worker {
             store,
             default_executor: config.default_executor()?,
             worker_id: config.worker_id(),
+            principal: Principal::Worker(if all {
+                WorkerScope::All
+            } else {
+                WorkerScope::Agents(agents.iter().cloned().collect())
+            }),
             seed: config.seed,
             ack_wait: config.ack_wait(),
             max_deliver: config.max_deliver,
@@ -354,7 +362,7 @@ impl Worker {
                 self.store
                     .append(
                         &aggregate,
-                        &[Envelope::new(event)],
+                        &[Envelope::new(event).by(self.principal.clone())],
                         Expected::Sequence(stored.last_sequence),
                         None,
                     )
@@ -398,7 +406,7 @@ impl Worker {
                 .store
                 .append(
                     &aggregate,
-                    &[Envelope::new(event.clone())],
+                    &[Envelope::new(event.clone()).by(self.principal.clone())],
                     Expected::Sequence(expected),
                     None,
                 )
@@ -435,7 +443,7 @@ impl Worker {
                 .store
                 .append(
                     aggregate,
-                    &[Envelope::new(event.clone())],
+                    &[Envelope::new(event.clone()).by(self.principal.clone())],
                     Expected::Sequence(expected),
                     None,
                 )
@@ -451,7 +459,7 @@ impl Worker {
         self.store
             .append(
                 aggregate,
-                &[Envelope::new(event)],
+                &[Envelope::new(event).by(self.principal.clone())],
                 Expected::Sequence(expected),
                 None,
             )

@@ -6,23 +6,26 @@ use aicp_events::event::AgentMode;
 use aicp_events::id::AgentId;
 use aicp_projections::{PageRequest, TaskFilter};
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::layout::{multiplier, page as shell, percent_bp, sats};
-use super::{no_store, signed_in, Principal};
+use super::{auth_off, home_of, no_store};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use aicp_events::domain::access::Principal;
 
 /// Tasks shown, newest first.
 const SHOWN: usize = 50;
 
 /// `GET /agent`.
-pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let who = signed_in(&headers);
-    let Some(Principal::Agent(agent)) = who.clone() else {
-        return Redirect::to("/sign-in").into_response();
+pub async fn page(State(state): State<AppState>, caller: Option<Caller>) -> Response {
+    let who = caller.map(|c| c.principal);
+    let agent = match &who {
+        Some(Principal::Agent(id)) => id.clone(),
+        Some(other) => return Redirect::to(home_of(other)).into_response(),
+        None => return Redirect::to("/sign-in").into_response(),
     };
     // An agent that is no longer registered (a wiped read model, another deployment):
     // forget it rather than trap the browser on an error.
@@ -49,6 +52,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         shell(
             "Agent",
             who.as_ref(),
+            auth_off(&state),
             Some(format!("?agent={agent}&after={after}")),
             body,
         )

@@ -6,23 +6,26 @@ use aicp_events::id::BuyerId;
 use aicp_projections::views::TaskView;
 use aicp_projections::{PageRequest, TaskFilter};
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::layout::{multiplier, page as shell, percent_bp, sats};
-use super::{no_store, signed_in, Principal};
+use super::{auth_off, home_of, no_store};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use aicp_events::domain::access::Principal;
 
 /// Tasks shown on the page, newest first.
 const SHOWN: usize = 50;
 
 /// `GET /buyer`.
-pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let who = signed_in(&headers);
-    let Some(Principal::Buyer(buyer)) = who.clone() else {
-        return Redirect::to("/sign-in").into_response();
+pub async fn page(State(state): State<AppState>, caller: Option<Caller>) -> Response {
+    let who = caller.map(|c| c.principal);
+    let buyer = match &who {
+        Some(Principal::Buyer(id)) => id.clone(),
+        Some(other) => return Redirect::to(home_of(other)).into_response(),
+        None => return Redirect::to("/sign-in").into_response(),
     };
     // What the page shows is at least this new: the stream resumes after it.
     let after = state.notices.last();
@@ -88,6 +91,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         shell(
             "Buyer",
             who.as_ref(),
+            auth_off(&state),
             Some(format!("?buyer={buyer}&after={after}")),
             body,
         )

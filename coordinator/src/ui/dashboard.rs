@@ -1,25 +1,31 @@
-//! `/dashboard`: the marketplace at a glance, live. Anyone may look; it shows no buyer's
-//! tasks in detail beyond the most recent ones, as the prototype's did.
+//! `/dashboard`: the marketplace at a glance, live, for admins: it shows every buyer's
+//! most recent tasks and every agent's earnings.
 
 use aicp_projections::{PageRequest, TaskFilter};
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
 use maud::{html, Markup};
 
 use super::chart::{line_chart, Series};
 use super::layout::{multiplier, page as shell, percent_bp, sats, thousands};
-use super::{no_store, signed_in};
+use super::{auth_off, home_of, no_store};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+use aicp_events::domain::access::Principal;
 
 /// Minutes the task and money charts cover.
 const CHART_MINUTES: i64 = 30;
 
 /// `GET /dashboard`.
-pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let who = signed_in(&headers);
+pub async fn page(State(state): State<AppState>, caller: Option<Caller>) -> Response {
+    let who = caller.map(|c| c.principal);
+    match &who {
+        Some(Principal::Admin) => {}
+        Some(other) => return Redirect::to(home_of(other)).into_response(),
+        None => return Redirect::to("/sign-in").into_response(),
+    }
     // What the page shows is at least this new: the stream resumes after it.
     let after = state.notices.last();
     let parts = (|| {
@@ -50,6 +56,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         shell(
             "Dashboard",
             who.as_ref(),
+            auth_off(&state),
             Some(format!("?after={after}")),
             body,
         )

@@ -2,13 +2,19 @@
 
 use maud::{html, Markup, DOCTYPE};
 
-use super::Principal;
+use aicp_events::domain::access::Principal;
 
 /// A whole page: head, top bar (with sign-out when signed in) and `body`.
 ///
 /// `stream` is the query of the live event stream the page follows (`?buyer=...`), or
-/// `None` for a page without live parts.
-pub fn page(title: &str, who: Option<&Principal>, stream: Option<String>, body: Markup) -> Markup {
+/// `None` for a page without live parts; `auth_off` shows that nobody is authenticated.
+pub fn page(
+    title: &str,
+    who: Option<&Principal>,
+    auth_off: bool,
+    stream: Option<String>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -30,16 +36,31 @@ pub fn page(title: &str, who: Option<&Principal>, stream: Option<String>, body: 
                     }
                     span.spacer {}
                     @if let Some(who) = who {
-                        span.who { (who.role()) " " strong { (who.id()) } }
+                        span.who #who { (who.role()) " " strong { (id_of(who)) } }
                         form.inline method="post" action="/sign-out" {
                             button #sign-out type="submit" { "Sign out" }
                         }
                     }
                     span #live .live title="Live updates: connecting" aria-hidden="true" {}
                 }
+                @if auth_off {
+                    p #auth-off .banner role="status" {
+                        "Authentication is off (--auth none): anyone who reaches this port acts as any buyer, agent or admin. For a developer's machine only."
+                    }
+                }
                 main { (body) }
             }
         }
+    }
+}
+
+/// The id part of a principal, as shown next to its role.
+fn id_of(who: &Principal) -> String {
+    match who {
+        Principal::Buyer(id) => id.to_string(),
+        Principal::Agent(id) => id.to_string(),
+        Principal::Worker(_) => who.to_string(),
+        Principal::Admin | Principal::Coordinator => String::new(),
     }
 }
 

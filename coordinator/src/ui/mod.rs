@@ -13,82 +13,30 @@ mod dashboard;
 mod layout;
 mod sign_in;
 
-use std::fmt;
-
-use aicp_events::id::{AgentId, BuyerId};
+use aicp_events::domain::access::Principal;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::Markup;
 
+use crate::auth::{AuthMode, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The cookie that remembers who signed in on this browser.
-const COOKIE: &str = "aicp_who";
-
-/// Who is using the UI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// A buyer, by id.
-    Buyer(BuyerId),
-    /// An agent, by id.
-    Agent(AgentId),
-}
-
-impl Principal {
-    /// `buyer` or `agent`.
-    pub fn role(&self) -> &'static str {
-        match self {
-            Principal::Buyer(_) => "buyer",
-            Principal::Agent(_) => "agent",
-        }
-    }
-
-    /// The id.
-    pub fn id(&self) -> &str {
-        match self {
-            Principal::Buyer(id) => id.as_str(),
-            Principal::Agent(id) => id.as_str(),
-        }
-    }
-
-    /// Parses `buyer:<id>` or `agent:<id>`.
-    fn parse(raw: &str) -> Option<Self> {
-        match raw.split_once(':')? {
-            ("buyer", id) => id.parse().ok().map(Principal::Buyer),
-            ("agent", id) => id.parse().ok().map(Principal::Agent),
-            _ => None,
-        }
-    }
-
-    /// The page this principal works on.
-    fn home(&self) -> &'static str {
-        match self {
-            Principal::Buyer(_) => "/buyer",
-            Principal::Agent(_) => "/agent",
-        }
+/// The page a principal works on: admins the dashboard, buyers and agents their own.
+pub fn home_of(principal: &Principal) -> &'static str {
+    match principal {
+        Principal::Buyer(_) => "/buyer",
+        Principal::Agent(_) => "/agent",
+        _ => "/dashboard",
     }
 }
 
-impl fmt::Display for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.role(), self.id())
-    }
-}
-
-/// The principal signed in on this browser, from its cookie.
-pub fn signed_in(headers: &HeaderMap) -> Option<Principal> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, value)| Principal::parse(value))
+/// Whether the UI says that authentication is off (`--auth none`).
+fn auth_off(state: &AppState) -> bool {
+    state.auth.mode == AuthMode::None
 }
 
 /// The UI's routes.
@@ -105,9 +53,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Where `GET /` sends a browser: its page, or the sign-in page.
-pub fn home_for(headers: &HeaderMap) -> Redirect {
-    match signed_in(headers) {
-        Some(who) => Redirect::to(who.home()),
+pub fn home_for(caller: Option<&Caller>) -> Redirect {
+    match caller {
+        Some(caller) => Redirect::to(home_of(&caller.principal)),
         None => Redirect::to("/sign-in"),
     }
 }
@@ -115,25 +63,34 @@ pub fn home_for(headers: &HeaderMap) -> Redirect {
 /// `GET /ui/fragments/{name}`: one live part of a page, as HTML.
 async fn fragment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Option<Caller>,
     Path(name): Path<String>,
 ) -> Response {
-    let who = signed_in(&headers);
+    let who = caller.map(|c| c.principal);
+    let admin = who == Some(Principal::Admin);
     let markup: Result<Markup, ApiError> = match (name.as_str(), &who) {
         ("buyer-summary", Some(Principal::Buyer(id))) => buyer::summary(&state, id),
         ("buyer-tasks", Some(Principal::Buyer(id))) => buyer::tasks(&state, id),
-        ("agents", _) => buyer::agents(&state),
+        ("agents", Some(_)) => buyer::agents(&state),
         ("agent-stats", Some(Principal::Agent(id))) => agent::stats(&state, id),
         ("agent-tasks", Some(Principal::Agent(id))) => agent::tasks(&state, id),
-        ("dash-status", _) => Ok(dashboard::status(&state).await),
-        ("dash-counters", _) => dashboard::counters(&state),
-        ("dash-queue", _) => Ok(dashboard::queue(&state).await),
-        ("dash-agents", _) => dashboard::agents(&state),
-        ("dash-recent", _) => dashboard::recent(&state),
-        ("dash-charts", _) => dashboard::charts(&state),
-        ("buyer-summary" | "buyer-tasks" | "agent-stats" | "agent-tasks", _) => {
-            return (StatusCode::UNAUTHORIZED, "sign in first").into_response()
-        }
+        ("dash-status", _) if admin => Ok(dashboard::status(&state).await),
+        ("dash-counters", _) if admin => dashboard::counters(&state),
+        ("dash-queue", _) if admin => Ok(dashboard::queue(&state).await),
+        ("dash-agents", _) if admin => dashboard::agents(&state),
+        ("dash-recent", _) if admin => dashboard::recent(&state),
+        ("dash-charts", _) if admin => dashboard::charts(&state),
+        (
+            "agents" | "buyer-summary" | "buyer-tasks" | "agent-stats" | "agent-tasks"
+            | "dash-status" | "dash-counters" | "dash-queue" | "dash-agents" | "dash-recent"
+            | "dash-charts",
+            None,
+        ) => return (StatusCode::UNAUTHORIZED, "sign in first").into_response(),
+        (
+            "buyer-summary" | "buyer-tasks" | "agent-stats" | "agent-tasks" | "dash-status"
+            | "dash-counters" | "dash-queue" | "dash-agents" | "dash-recent" | "dash-charts",
+            Some(_),
+        ) => return (StatusCode::FORBIDDEN, "not yours to see").into_response(),
         _ => return (StatusCode::NOT_FOUND, "no such fragment").into_response(),
     };
     match markup {

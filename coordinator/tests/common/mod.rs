@@ -11,6 +11,20 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+/// The admin token every test coordinator is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+
+/// The flags every test coordinator gets: the admin token above, and no rate limits (a
+/// test that measures them sets its own; `args_override_self` lets later flags win).
+pub const TEST_FLAGS: [&str; 6] = [
+    "--admin-token",
+    ADMIN_TOKEN,
+    "--rate-limit",
+    "off",
+    "--rate-limit-ip",
+    "off",
+];
+
 /// A running coordinator and what it needs, torn down on drop.
 pub struct TestApp {
     pub api: Api,
@@ -50,6 +64,7 @@ impl TestApp {
                 "5000",
             ]
             .into_iter()
+            .chain(TEST_FLAGS)
             .chain(extra.iter().copied()),
         )?;
         let app = App::build(config).await?;
@@ -97,33 +112,80 @@ impl TestApp {
     }
 }
 
-/// An HTTP client of one coordinator.
+/// An HTTP client of one coordinator, signed in with a token (the admin's by default):
+/// `http` sends it with every request.
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
 }
 
+/// A client that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
 impl Api {
+    /// A client signed in as the admin.
     pub fn new(base: String) -> Self {
         Self {
             base,
-            http: reqwest::Client::new(),
+            http: client_with(Some(ADMIN_TOKEN)),
         }
     }
 
+    /// The same coordinator, with another token (or none).
+    pub fn as_token(&self, token: Option<&str>) -> Api {
+        Api {
+            base: self.base.clone(),
+            http: client_with(token),
+        }
+    }
+
+    /// A request with this client's token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
     pub async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let response = self.request(reqwest::Method::GET, path).send().await?;
         Ok((response.status(), response.json().await?))
     }
 
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
-        let mut request = self.http.post(format!("{}{path}", self.base));
+        let mut request = self.request(reqwest::Method::POST, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await?;
         Ok((response.status(), response.json().await?))
+    }
+
+    /// Issues a token for `principal` as this client; returns (token id, secret).
+    pub async fn issue_token(&self, principal: &str) -> Result<(String, String)> {
+        let (status, body) = self
+            .post(
+                "/v1/tokens",
+                Some(json!({"principal": principal, "label": "test"})),
+            )
+            .await?;
+        ensure!(
+            status == StatusCode::CREATED,
+            "issue {principal}: {status} {body}"
+        );
+        Ok((
+            body["token_id"].as_str().unwrap_or_default().to_owned(),
+            body["token"].as_str().unwrap_or_default().to_owned(),
+        ))
     }
 
     pub async fn submit(&self, buyer: &str, complexity: i64) -> Result<String> {
@@ -209,6 +271,7 @@ impl CoordinatorProcess {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(TEST_FLAGS)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 
+use crate::domain::access::Principal;
 use crate::domain::assign::Policy;
 use crate::domain::pricing::{Complexity, MultiplierMilli};
 use crate::envelope::Envelope;
@@ -32,6 +33,7 @@ pub fn sample_envelope(n: u128, event: impl Into<Event>) -> Envelope {
         correlation_id: Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0000),
         causation_id: (n > 0)
             .then(|| Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0000 + n - 1)),
+        principal: None,
         event: event.into(),
     }
 }
@@ -146,11 +148,30 @@ pub fn sample_events() -> Vec<Envelope> {
             reason: "task failed".into(),
         }
         .into(),
+        TokenIssued {
+            token_id: id("t-0123456789abcdef"),
+            principal: id("buyer:buyer-001"),
+            hash: crate::token::TokenSecret::from_text("aicp_sample").hash(),
+            label: "buyer-001's laptop".into(),
+        }
+        .into(),
+        TokenRevoked {
+            token_id: id("t-0123456789abcdef"),
+            reason: "laptop lost".into(),
+        }
+        .into(),
     ];
     events
         .into_iter()
         .enumerate()
-        .map(|(n, e)| sample_envelope(n as u128, e))
+        .map(|(n, e)| {
+            let envelope = sample_envelope(n as u128, e);
+            // Token events show how an envelope records who caused it.
+            match envelope.event {
+                Event::TokenIssued(_) | Event::TokenRevoked(_) => envelope.by(Principal::Admin),
+                _ => envelope,
+            }
+        })
         .collect()
 }
 
