@@ -22,6 +22,7 @@ pub mod routes;
 pub mod settlement;
 pub mod state;
 pub mod task_consumer;
+pub mod testing;
 pub mod tokens;
 pub mod ui;
 

@@ -5,7 +5,8 @@
 # its store under $AICP_DATA (default .data); provisions the streams; starts the
 # coordinator and three workers (agent-1..3, simulate executor); with DEMO=1 also drives
 # simulated buyers. Ctrl-C (or SIGTERM) stops everything it started. Data persists in
-# $AICP_DATA between runs.
+# $AICP_DATA between runs, with the admin token ($AICP_DATA/admin-token, made on the first
+# run, readable by you alone) and the tokens of buyer-001 and agent-1 ($AICP_DATA/tokens/).
 #
 # Settings (environment): NATS_URL, AICP_DATA, AICP_LISTEN (127.0.0.1:8000), SIMULATE_MS
 # (1500), AICP_PROFILE (release; `debug` skips the optimised build), DEMO (0), DEMO_RATE (2).
@@ -67,6 +68,13 @@ export NATS_URL
 "$bin/aicp" streams init --agents agent-1,agent-2,agent-3 >/dev/null
 echo "streams and consumers provisioned"
 
+# The admin token of this machine's marketplace: made once, kept in a file only you can read.
+if [ ! -s "$DATA/admin-token" ]; then
+  (umask 077 && head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$DATA/admin-token")
+fi
+AICP_ADMIN_TOKEN=$(cat "$DATA/admin-token")
+export AICP_ADMIN_TOKEN AICP_TOKEN=$AICP_ADMIN_TOKEN
+
 "$bin/aicp-coordinator" --data-dir "$DATA/coordinator" --listen "$LISTEN" &
 pids+=($!)
 ready=
@@ -77,6 +85,15 @@ for _ in $(seq 300); do
 done
 [ -n "$ready" ] || { echo "the coordinator did not become ready on $LISTEN (see its log above)" >&2; exit 1; }
 
+# A buyer's and an agent's token for the UI, issued once.
+mkdir -p "$DATA/tokens" && chmod 700 "$DATA/tokens"
+for principal in buyer:buyer-001 agent:agent-1; do
+  file="$DATA/tokens/${principal#*:}"
+  if [ ! -s "$file" ]; then
+    (umask 077 && "$bin/aicp" --api "http://$LISTEN" tokens issue "$principal" --label "make run" > "$file" 2>/dev/null)
+  fi
+done
+
 # One worker per seed agent, simulating work of about SIMULATE_MS each.
 for n in 1 2 3; do
   "$bin/aicp-worker" --agents "agent-$n" --worker-id "local-$n" --simulate-ms "${SIMULATE_MS:-1500}" &
@@ -86,9 +103,12 @@ done
 cat <<MSG
 
 AICP is running (Ctrl-C stops it):
-  UI         http://$LISTEN/              (sign in as buyer-001, or as agent-1)
+  UI         http://$LISTEN/              (sign in with a token below)
+  tokens     admin      $DATA/admin-token
+             buyer-001  $DATA/tokens/buyer-001
+             agent-1    $DATA/tokens/agent-1
   dashboard  http://$LISTEN/dashboard
-  API        http://$LISTEN/v1/tasks      (try: $bin/aicp --api http://$LISTEN agents list)
+  API        http://$LISTEN/v1/tasks      (try: AICP_TOKEN=\$(cat $DATA/admin-token) $bin/aicp --api http://$LISTEN agents list)
   API docs   http://$LISTEN/docs
   metrics    http://$LISTEN/metrics
   readiness  http://$LISTEN/ready
@@ -96,7 +116,8 @@ AICP is running (Ctrl-C stops it):
   data       $DATA (kept between runs)
 Submit a task:
   curl -s -X POST http://$LISTEN/tasks/submit -H 'content-type: application/json' \\
-    -d '{"description": "Process payment", "complexity": 2, "buyer_id": "buyer-001"}'
+    -H "authorization: Bearer \$(cat $DATA/tokens/buyer-001)" \\
+    -d '{"description": "Process payment", "complexity": 2}'
 MSG
 
 if [ "${DEMO:-0}" = 1 ]; then

@@ -17,15 +17,27 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the API at `base` (e.g. `http://127.0.0.1:8000`).
-    pub fn new(base: &str) -> Result<Self, OpsError> {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:8000`), sending `token`
+    /// (`Authorization: Bearer`) with every request.
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self, OpsError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(OpsError::Usage(format!(
                 "--api {base:?}: expected a URL like http://127.0.0.1:8000"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    OpsError::Usage("--token / AICP_TOKEN holds characters a header cannot".into())
+                })?;
+            // Never printed by reqwest's Debug either.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| OpsError::Usage(format!("HTTP client: {e}")))?;
@@ -151,6 +163,7 @@ async fn wait_settled(client: &Client, id: &str, limit: Duration) -> Result<Valu
 }
 
 fn submit_body(args: &SubmitArgs) -> Value {
+    // Without --buyer the coordinator takes the caller's own id (a buyer's token).
     json!({
         "buyer_id": args.buyer,
         "description": args.description,

@@ -48,6 +48,9 @@ pub struct Global {
         default_value = "http://127.0.0.1:8000"
     )]
     pub api: String,
+    /// API token for --api (an admin's for most commands; `aicp tokens issue` makes others).
+    #[arg(long, global = true, env = "AICP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print data as JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -87,6 +90,9 @@ pub enum Command {
     /// List and register agents through the REST API.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Issue, list and revoke API tokens (admin), and see who a token is.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Drive simulated buyers against the REST API so the dashboard moves.
     #[command(after_help = "Example:\n  aicp demo --buyers 5 --rate 2 --duration 60")]
     Demo(DemoArgs),
@@ -270,9 +276,9 @@ pub enum TasksCommand {
 /// `aicp tasks submit`
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// Who pays.
+    /// Who pays (default: the buyer whose token is used).
     #[arg(long)]
-    pub buyer: String,
+    pub buyer: Option<String>,
     /// What is to be done.
     #[arg(long)]
     pub description: String,
@@ -318,6 +324,38 @@ pub enum AgentsCommand {
         #[arg(long, default_value = "worker")]
         mode: String,
     },
+}
+
+/// `aicp tokens ...`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue a token; prints its secret once (only its hash is kept).
+    #[command(
+        after_help = "Principals: admin, buyer:<id>, agent:<id>, worker (every agent), worker:<agent>,<agent>.\n\nExamples:\n  aicp tokens issue buyer:buyer-001 --label 'buyer-001 laptop'\n  aicp tokens issue worker:agent-1,agent-2 --label 'pool a' --json"
+    )]
+    Issue {
+        /// Who the token acts as.
+        principal: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Every token, revoked ones too (never their secrets).
+    #[command(after_help = "Example:\n  aicp tokens list --json")]
+    List,
+    /// Revoke a token: every coordinator refuses it from then on.
+    #[command(
+        after_help = "Example:\n  aicp tokens revoke t-3fa9c1e0b2d4a6f8 --reason 'laptop lost'"
+    )]
+    Revoke {
+        /// The token's id (not its secret).
+        token_id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Who --token / AICP_TOKEN is.
+    Whoami,
 }
 
 /// `aicp demo`

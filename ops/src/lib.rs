@@ -16,6 +16,7 @@ pub mod progress;
 pub mod queue;
 pub mod replay;
 pub mod streams;
+pub mod tokens;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -40,7 +41,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, OpsError> {
             replay::command(&connect(&global).await?, &args, global.json).await
         }
         Command::Verify(args) => {
-            verify::command(&connect(&global).await?, &args, &global.api, global.json).await
+            verify::command(
+                &connect(&global).await?,
+                &args,
+                &client(&global)?,
+                global.json,
+            )
+            .await
         }
         Command::Events(EventsCommand::Tail {
             count,
@@ -64,19 +71,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, OpsError> {
         }
         Command::QueueDepth => queue::command(&connect(&global).await?, global.json).await,
         Command::DeadLetters(DeadLettersCommand::List) => {
-            dead_letters::list(&api::Client::new(&global.api)?, global.json).await
+            dead_letters::list(&client(&global)?, global.json).await
         }
         Command::DeadLetters(DeadLettersCommand::Retry { task_id }) => {
-            dead_letters::retry(&api::Client::new(&global.api)?, &task_id, global.json).await
+            dead_letters::retry(&client(&global)?, &task_id, global.json).await
         }
-        Command::Tasks(command) => {
-            api::tasks(&api::Client::new(&global.api)?, command, global.json).await
-        }
-        Command::Agents(command) => {
-            api::agents(&api::Client::new(&global.api)?, command, global.json).await
-        }
-        Command::Demo(args) => demo::command(&api::Client::new(&global.api)?, &args).await,
+        Command::Tasks(command) => api::tasks(&client(&global)?, command, global.json).await,
+        Command::Agents(command) => api::agents(&client(&global)?, command, global.json).await,
+        Command::Tokens(command) => tokens::command(&client(&global)?, command, global.json).await,
+        Command::Demo(args) => demo::command(&client(&global)?, &args).await,
     }
+}
+
+/// A client of the API named by the global flags, with their token.
+pub fn client(global: &cli::Global) -> Result<api::Client, OpsError> {
+    api::Client::new(&global.api, global.token.as_deref())
 }
 
 /// Connects to the event store named by the global flags.

@@ -45,12 +45,12 @@ pub struct Comparison {
 pub async fn command(
     store: &EventStore,
     args: &VerifyArgs,
-    api: &str,
+    api: &Client,
     as_json: bool,
 ) -> Result<ExitCode, OpsError> {
     let verdict = match (&args.data_dir, args.live) {
         (Some(dir), false) => verify_dir(store, dir, args, as_json).await?,
-        (None, true) => verify_live(store, &Client::new(api)?, as_json).await?,
+        (None, true) => verify_live(store, api, as_json).await?,
         _ => {
             return Err(OpsError::Usage(
                 "pass either --data-dir (a stopped coordinator's read model) or --live (a running one, through --api)".into(),

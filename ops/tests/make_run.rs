@@ -177,15 +177,28 @@ fn make_run_starts_everything_completes_a_task_and_ctrl_c_leaves_nothing_behind(
     let listen = format!("127.0.0.1:{http_port}");
     let log = data.path().join("run.log");
 
+    let tokens = data.path().join("tokens");
     let id = run_once(data.path(), nats_port, &listen, &log, || {
+        // As the banner says: the buyer's token, which the script issued.
+        let buyer = format!(
+            "authorization: Bearer {}",
+            std::fs::read_to_string(tokens.join("buyer-001"))?.trim()
+        );
+        let without_token = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{listen}/v1/tasks"))
+            .output()?;
+        ensure!(without_token.stdout == b"401", "no token, no tasks");
         let submitted = curl(&[
             "-X",
             "POST",
             &format!("http://{listen}/tasks/submit"),
             "-H",
             "content-type: application/json",
+            "-H",
+            &buyer,
             "-d",
-            r#"{"description": "Process payment", "complexity": 2, "buyer_id": "buyer-001"}"#,
+            r#"{"description": "Process payment", "complexity": 2}"#,
         ])?;
         let submitted: Value = serde_json::from_str(&submitted)?;
         let id = submitted["task_id"]
@@ -194,8 +207,11 @@ fn make_run_starts_everything_completes_a_task_and_ctrl_c_leaves_nothing_behind(
             .to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let task: Value =
-                serde_json::from_str(&curl(&[&format!("http://{listen}/v1/tasks/{id}")])?)?;
+            let task: Value = serde_json::from_str(&curl(&[
+                "-H",
+                &buyer,
+                &format!("http://{listen}/v1/tasks/{id}"),
+            ])?)?;
             if task["payment"] == "released" || task["payment"] == "refunded" {
                 ensure!(
                     matches!(task["status"].as_str(), Some("completed" | "failed")),
@@ -211,11 +227,18 @@ fn make_run_starts_everything_completes_a_task_and_ctrl_c_leaves_nothing_behind(
     assert!(text.contains("starting nats-server -js"), "{text}");
     assert!(text.contains("stopping"), "{text}");
 
-    // A second run in a row finds the first one's data.
+    // A second run in a row finds the first one's data, and the same admin token.
     let log = data.path().join("run2.log");
     run_once(data.path(), nats_port, &listen, &log, || {
-        let task: Value =
-            serde_json::from_str(&curl(&[&format!("http://{listen}/v1/tasks/{id}")])?)?;
+        let admin = format!(
+            "authorization: Bearer {}",
+            std::fs::read_to_string(data.path().join("admin-token"))?.trim()
+        );
+        let task: Value = serde_json::from_str(&curl(&[
+            "-H",
+            &admin,
+            &format!("http://{listen}/v1/tasks/{id}"),
+        ])?)?;
         ensure!(task["id"] == id.as_str(), "{task}");
         Ok(())
     })

@@ -11,19 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-/// The admin token every test coordinator is configured with.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
-
-/// The flags every test coordinator gets: the admin token above, and no rate limits (a
-/// test that measures them sets its own; `args_override_self` lets later flags win).
-pub const TEST_FLAGS: [&str; 6] = [
-    "--admin-token",
-    ADMIN_TOKEN,
-    "--rate-limit",
-    "off",
-    "--rate-limit-ip",
-    "off",
-];
+pub use aicp_coordinator::testing::{ADMIN_TOKEN, FLAGS as TEST_FLAGS};
 
 /// A running coordinator and what it needs, torn down on drop.
 pub struct TestApp {

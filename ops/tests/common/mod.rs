@@ -52,6 +52,7 @@ impl Coordinator {
                 "5000",
             ]
             .iter()
+            .chain(&aicp_coordinator::testing::FLAGS)
             .chain(args),
         )?;
         let app = App::build(config).await?;
@@ -62,7 +63,7 @@ impl Coordinator {
         }));
         let coordinator = Self {
             base,
-            http: reqwest::Client::new(),
+            http: admin_client()?,
             stop: Some(stop),
             task,
         };
@@ -153,6 +154,20 @@ impl Coordinator {
     }
 }
 
+/// A client that sends the test admin token with every request.
+pub fn admin_client() -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_TOKEN}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
+pub use aicp_coordinator::testing::ADMIN_TOKEN;
+
 /// Registers a manual agent, submits tasks and drives each kind of ending: completed,
 /// failed, failed by exhausted deliveries, cancelled, expired, and one left open. Returns
 /// once every finished task has settled.
@@ -208,6 +223,7 @@ pub async fn aicp(server_url: &str, args: &[&str]) -> Result<Output> {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_aicp"))
         .args(args)
         .env("NATS_URL", server_url)
+        .env("AICP_TOKEN", ADMIN_TOKEN)
         .env_remove("AICP_PREFIX")
         .env_remove("AICP_API")
         .env_remove("AICP_DATA_DIR")
