@@ -31,10 +31,7 @@ impl Load {
 
 /// One client per connection, so `connections` TCP connections really are used.
 fn client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+    crate::stack::admin_client(Some(Duration::from_secs(30)))
 }
 
 /// Submits tasks from `connections` buyers for `duration`; returns the load and the

@@ -35,7 +35,9 @@ pub fn watch(base: &str) -> (Settled, tokio::task::JoinHandle<()>) {
     let settled = Settled::default();
     let (into, url) = (settled.clone(), format!("{base}/v1/events/stream"));
     let handle = tokio::spawn(async move {
-        let client = reqwest::Client::new();
+        let Ok(client) = crate::stack::admin_client(None) else {
+            return;
+        };
         let mut last: Option<String> = None;
         loop {
             let mut request = client.get(&url);

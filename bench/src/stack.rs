@@ -7,6 +7,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// The admin token of the benchmark's coordinators; every load request carries it.
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef0123456789";
+
+/// An HTTP client that sends [`ADMIN_TOKEN`] with every request, over at most one idle
+/// connection (so `connections` clients really use that many TCP connections); each
+/// response within `timeout`, if given (not for a stream).
+pub fn admin_client(timeout: Option<Duration>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_TOKEN}"))?,
+    );
+    let builder = reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(1);
+    Ok(match timeout {
+        Some(timeout) => builder.timeout(timeout),
+        None => builder,
+    }
+    .build()?)
+}
 /// A running coordinator process.
 pub struct Coordinator {
     /// Its base URL.
@@ -33,6 +54,9 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--max-body-bytes", "65536", "--log-format", "json"])
+            // The load generator is one admin client: rate limits would measure themselves.
+            .args(["--admin-token", ADMIN_TOKEN])
+            .args(["--rate-limit", "off", "--rate-limit-ip", "off"])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -43,7 +67,7 @@ impl Coordinator {
             base: format!("http://{listen}"),
             child,
         };
-        let http = reqwest::Client::new();
+        let http = admin_client(Some(Duration::from_secs(5)))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = http.get(format!("{}/ready", coordinator.base)).send().await {

@@ -86,20 +86,32 @@ export async function openPage(browser, { viewport = DESKTOP, acceptConfirm = fa
 /** The path of a page's URL (`http://h/buyer?x` → `/buyer`). */
 export const pathOf = (url) => new URL(url).pathname;
 
+/** The page each role lands on after signing in. */
+const HOME = { admin: '/dashboard', buyer: '/buyer', agent: '/agent' };
+
 /**
- * Signs in through /sign-in as `role` ('buyer' or 'agent') and waits for the page of that
- * role (`/buyer` or `/agent`).
+ * Signs in through /sign-in as `role` ('admin', 'buyer' or 'agent', with `principalId` for
+ * the last two) and waits for that role's page. With tokens (the default) it pastes a token
+ * the stack's admin issued (the admin's own for 'admin'); with `--auth none` it picks the
+ * role and types the id, as the prototype's UI did. Resolves to the token used, if any.
  */
-export async function signIn(page, baseUrl, role, principalId) {
-  const res = await page.goto(`${baseUrl}/sign-in`);
+export async function signIn(page, stack, role, principalId) {
+  const res = await page.goto(`${stack.baseUrl}/sign-in`);
   assert.equal(res?.status(), 200, `GET /sign-in answered ${res?.status()}`);
-  await page.locator(`#role-${role}`).check();
-  await page.locator('#principal-id').fill(principalId);
+  let token = null;
+  if (stack.adminToken) {
+    token = role === 'admin' ? stack.adminToken : await stack.api.issueToken(`${role}:${principalId}`);
+    await page.locator('#token').fill(token);
+  } else {
+    await page.locator(`#role-${role}`).check();
+    await page.locator('#principal-id').fill(principalId);
+  }
   await Promise.all([
-    page.waitForURL((url) => pathOf(url.href) === `/${role}`, { timeout: ACTION_TIMEOUT }),
+    page.waitForURL((url) => pathOf(url.href) === HOME[role], { timeout: ACTION_TIMEOUT }),
     page.locator('#sign-in').click(),
   ]);
   await page.waitForLoadState('load');
+  return token;
 }
 
 /**

@@ -12,6 +12,7 @@
 // UI_TESTS_KEEP=1 (its path is printed then). A start that fails prints the logs' tails.
 
 import { spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -213,17 +214,20 @@ export class HttpError extends Error {
   }
 }
 
-/** REST helpers bound to one coordinator. Writes accept 200, 201 and 202. */
+/** REST helpers bound to one coordinator, sending `token`. Writes accept 200, 201 and 202. */
 export class Api {
-  constructor(baseUrl) {
+  constructor(baseUrl, token) {
     this.baseUrl = baseUrl;
+    this.token = token;
   }
 
   async request(method, urlPath, body, { ok = [200, 201, 202] } = {}) {
     const url = `${this.baseUrl}${urlPath}`;
+    const headers = body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' };
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
     const res = await fetch(url, {
       method,
-      headers: body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(15_000),
     });
@@ -244,6 +248,16 @@ export class Api {
 
   async post(urlPath, body) {
     return this.request('POST', urlPath, body);
+  }
+
+  /** `POST /v1/tokens` (as an admin): the new token's secret for `principal` (`buyer:<id>`...). */
+  async issueToken(principal) {
+    return (await this.request('POST', '/v1/tokens', { principal, label: 'ui test' }, { ok: [201] })).body.token;
+  }
+
+  /** `POST /v1/tokens/{id}/revoke` (as an admin). */
+  revokeToken(tokenId) {
+    return this.request('POST', `/v1/tokens/${encodeURIComponent(tokenId)}/revoke`, { reason: 'ui test' });
   }
 
   /** `POST /v1/agents`; answers `{status, body}` (201 expected). */
@@ -335,8 +349,10 @@ export class Api {
  * @param {string} [options.name] a label for the temporary folder
  * @param {Array<{agents: string[], simulateMs?: number, workerId?: string}>} [options.workers]
  * @param {string[]} [options.coordinatorArgs] extra flags for aicp-coordinator
+ * @param {'token'|'none'} [options.auth] the coordinator's --auth (token: a random admin
+ *   token in `stack.adminToken`, which `stack.api` sends)
  */
-export async function startStack({ name = 'ui-test', workers = [], coordinatorArgs = [], seedAgents = true } = {}) {
+export async function startStack({ name = 'ui-test', workers = [], coordinatorArgs = [], seedAgents = true, auth = 'token' } = {}) {
   const coordinatorBin = path.join(BIN_DIR, 'aicp-coordinator');
   const workerBin = path.join(BIN_DIR, 'aicp-worker');
   const build = 'build it with `cargo build -p aicp-coordinator -p aicp-worker` (or `make ui-test`), or set AICP_BIN_DIR';
@@ -352,6 +368,8 @@ export async function startStack({ name = 'ui-test', workers = [], coordinatorAr
     natsUrl: null,
     baseUrl: null,
     api: null,
+    // As an operator would configure it: random, at least 32 characters.
+    adminToken: auth === 'token' ? `ui-admin-${crypto.randomBytes(24).toString('base64url')}` : null,
     stopped: false,
     /** Stops workers, then the coordinator, then NATS (each by its own pid); removes the folder. */
     async stop() {
@@ -387,7 +405,11 @@ export async function startStack({ name = 'ui-test', workers = [], coordinatorAr
     const coordinator = new Proc(
       'coordinator',
       coordinatorBin,
-      ['--nats-url', stack.natsUrl, '--listen', listen, '--data-dir', path.join(dir, 'coordinator'), ...coordinatorArgs],
+      [
+        '--nats-url', stack.natsUrl, '--listen', listen, '--data-dir', path.join(dir, 'coordinator'),
+        '--auth', auth, ...(stack.adminToken ? ['--admin-token', stack.adminToken] : []),
+        ...coordinatorArgs,
+      ],
       dir,
     );
     procs.push(coordinator);
@@ -396,7 +418,7 @@ export async function startStack({ name = 'ui-test', workers = [], coordinatorAr
       await res.arrayBuffer();
       return res.status === 200;
     });
-    stack.api = new Api(stack.baseUrl);
+    stack.api = new Api(stack.baseUrl, stack.adminToken);
     if (seedAgents) {
       await waitFor('the seed agents agent-1..3', coordinator, 15_000, async () => {
         for (const id of ['agent-1', 'agent-2', 'agent-3']) await stack.api.agent(id);

@@ -17,7 +17,7 @@ const env = useStackAndBrowser({ name: 'story-1' });
 test('story 1: buyer-001 gets a quote and submits a task that shows up assigned, live', { timeout: 90_000 }, async () => {
   const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('buyer', page, watch, async () => {
-    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
 
     await page.locator('#description').fill('Process payment');

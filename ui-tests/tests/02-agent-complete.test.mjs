@@ -31,7 +31,7 @@ test('story 2: manual-1 completes its task in the browser and its earnings rise,
 
   const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('agent', page, watch, async () => {
-    await signIn(page, env.stack.baseUrl, 'agent', 'manual-1');
+    await signIn(page, env.stack, 'agent', 'manual-1');
     const mark = await markNoReload(page, watch);
 
     const earnings = page.locator('#agent-earnings');

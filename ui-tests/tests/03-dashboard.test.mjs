@@ -1,12 +1,13 @@
-// Story 3: the operator's dashboard: counters, recent tasks and charts follow tasks as
-// they are submitted and finished by a worker, without a page reload.
+// Story 3: the operator's dashboard (an admin signs in with the admin token): counters,
+// recent tasks and charts follow tasks as they are submitted and finished by a worker,
+// without a page reload.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import {
   DESKTOP, assertNoDialogsOrErrors, assertNoReload, eventually, markNoReload,
-  openPage, pathOf, screenshot, story, textOf,
+  openPage, pathOf, screenshot, signIn, story, textOf,
   useStackAndBrowser,
 } from '../lib/browser.mjs';
 import { intIn } from '../lib/stack.mjs';
@@ -37,8 +38,10 @@ async function chartTotal(page, id) {
 test('story 3: the dashboard counts tasks and draws them as they happen, live', { timeout: 90_000 }, async () => {
   const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('dashboard', page, watch, async () => {
-    const res = await page.goto(`${env.stack.baseUrl}/dashboard`);
-    assert.equal(res.status(), 200);
+    // The dashboard is the admin's: without a sign-in it leads to /sign-in.
+    await page.goto(`${env.stack.baseUrl}/dashboard`);
+    assert.equal(pathOf(page.url()), '/sign-in');
+    await signIn(page, env.stack, 'admin');
     assert.equal(pathOf(page.url()), '/dashboard');
     for (const sel of ['#count-submitted', '#count-completed', '#count-failed', '#success-rate', '#uptime',
       '#nats-status', '#workers-online', '#queue-depth']) {

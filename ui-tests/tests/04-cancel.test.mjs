@@ -17,7 +17,7 @@ test('cancelling a task in the buyer page refunds its escrow, live', { timeout: 
   // A confirm() before cancelling is allowed (and accepted); an alert() is not.
   const { page, watch } = await openPage(env.browser, { viewport: DESKTOP, acceptConfirm: true });
   await story('cancel', page, watch, async () => {
-    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
 
     await page.locator('#description').fill('Translate the manual');

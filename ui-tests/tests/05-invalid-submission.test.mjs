@@ -15,7 +15,7 @@ const env = useStackAndBrowser({ name: 'invalid' });
 test('submitting without a description shows an inline error and submits nothing', { timeout: 90_000 }, async () => {
   const { page, watch } = await openPage(env.browser, { viewport: DESKTOP });
   await story('invalid', page, watch, async () => {
-    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
 
     await page.locator('#description').fill('');

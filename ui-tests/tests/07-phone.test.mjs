@@ -22,7 +22,7 @@ async function assertNoHorizontalScroll(page, when) {
 test('the buyer page fits a 390 px phone and its form works there', { timeout: 90_000 }, async () => {
   const { page, watch } = await openPage(env.browser, { viewport: PHONE });
   await story('buyer-phone', page, watch, async () => {
-    await signIn(page, env.stack.baseUrl, 'buyer', 'buyer-001');
+    await signIn(page, env.stack, 'buyer', 'buyer-001');
     const mark = await markNoReload(page, watch);
     await assertNoHorizontalScroll(page, 'on load');
 

@@ -27,15 +27,19 @@ struct Coordinator {
 impl Coordinator {
     async fn start(server: &NatsServer) -> Result<Self> {
         let data = tempfile::tempdir()?;
-        let config = Config::try_parse_from([
-            "aicp-coordinator",
-            "--nats-url",
-            &server.url(),
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data.path().display().to_string(),
-        ])?;
+        let config = Config::try_parse_from(
+            [
+                "aicp-coordinator",
+                "--nats-url",
+                &server.url(),
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &data.path().display().to_string(),
+            ]
+            .into_iter()
+            .chain(aicp_coordinator::testing::FLAGS),
+        )?;
         let app = App::build(config).await?;
         let base = format!("http://{}", app.local_addr()?);
         let state = app.state();
@@ -45,7 +49,16 @@ impl Coordinator {
         }));
         let coordinator = Self {
             base,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {}", aicp_coordinator::testing::ADMIN_TOKEN).parse()?,
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
+                .build()?,
             state,
             stop,
             task,

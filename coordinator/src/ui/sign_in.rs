@@ -7,7 +7,7 @@ use aicp_events::id::{AgentId, BuyerId};
 use aicp_events::token::TokenSecret;
 use axum::extract::{Form, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -121,11 +121,12 @@ pub async fn sign_out() -> Response {
 /// Clears the cookies and goes to the sign-in page.
 pub fn forget() -> Response {
     let clear = |name: &str| format!("{name}=; Path=/; Max-Age=0; SameSite=Strict; HttpOnly");
+    // Appended, not inserted: an array of pairs would keep only the last Set-Cookie.
     (
-        [
+        AppendHeaders([
             (header::SET_COOKIE, clear(TOKEN_COOKIE)),
             (header::SET_COOKIE, clear(WHO_COOKIE)),
-        ],
+        ]),
         Redirect::to("/sign-in"),
     )
         .into_response()
