@@ -15,7 +15,7 @@ use aicp_events::domain::reputation::{Reputation, PRIOR_WEIGHT};
 use aicp_events::domain::task::{Task, TaskStatus};
 use aicp_events::event::{
     AgentMode, AgentRegistered, AgentUpdated, Event, ExecutorSettings, TaskAssigned, TaskCancelled,
-    TaskCompleted, TaskExpired, TaskFailed, TaskSubmitted,
+    TaskCompleted, TaskExpired, TaskFailed, TaskStarted, TaskSubmitted,
 };
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::AppendError;
@@ -373,6 +373,67 @@ impl AppState {
                     reason,
                 })
             })
+        })
+        .await
+    }
+
+    /// A worker starts assignment `assignment` of a task (again, after a redelivery).
+    ///
+    /// 409 `not_yet` if this replica has not seen that assignment (it lags the dispatch:
+    /// ask again shortly); 409 `not_running` if the task finished or was assigned again
+    /// since (the work message is stale: drop it).
+    pub async fn start(
+        &self,
+        task_id: &str,
+        assignment: u32,
+        worker_id: String,
+        by: &Principal,
+    ) -> Result<Written, ApiError> {
+        let task_id: TaskId = parse_id(task_id)?;
+        let seen = self.model.task(&task_id)?;
+        if seen.is_none_or(|v| v.task.assignment < assignment) {
+            return Err(ApiError::conflict(
+                "not_yet",
+                format!(
+                    "task {task_id} assignment {assignment} is not visible here yet; retry shortly"
+                ),
+            ));
+        }
+        let worker_id = worker_id.trim().to_owned();
+        if worker_id.is_empty() || worker_id.chars().count() > 200 {
+            return Err(ApiError::bad_request(
+                "invalid_worker_id",
+                "worker_id must be 1 to 200 characters",
+            ));
+        }
+        self.change_task(&task_id, by, |task| {
+            authorize(
+                by,
+                Action::WorkOnTask {
+                    agent: task.agent_id.as_ref(),
+                },
+            )?;
+            if task.status.is_terminal() || task.assignment != assignment {
+                return Err(ApiError::conflict(
+                    "not_running",
+                    format!(
+                        "task {} is {} at assignment {}: nothing to start",
+                        task.task_id, task.status, task.assignment
+                    ),
+                ));
+            }
+            let agent_id = task.agent_id.clone().ok_or_else(|| {
+                ApiError::conflict(
+                    "invalid_state",
+                    format!("task {} has no agent yet", task.task_id),
+                )
+            })?;
+            Ok(Event::TaskStarted(TaskStarted {
+                task_id: task.task_id.clone(),
+                agent_id,
+                assignment,
+                worker_id: worker_id.clone(),
+            }))
         })
         .await
     }

@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/complete", post(complete))
         .route("/v1/tasks", get(list_tasks).post(submit))
         .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/tasks/{id}/start", post(start))
         .route("/v1/tasks/{id}/complete", post(complete))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/retry", post(retry))
@@ -535,7 +536,38 @@ async fn complete(
     let done = state
         .finish(&id, success, body.result, &caller.principal)
         .await?;
+    if matches!(caller.principal, Principal::Worker(_)) {
+        // A worker goes on with its next task; the settlement is not its business.
+        return Ok(written(done, StatusCode::OK, json!({"id": id})));
+    }
     finished(&state, &id, done).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    assignment: u32,
+    worker_id: String,
+}
+
+/// `POST /v1/tasks/{id}/start`: a worker begins (or, after a redelivery, begins again)
+/// the assignment its work message names.
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<StartBody>, JsonRejection>,
+) -> ApiResult {
+    let Path(id) = path?;
+    let Json(body) = body?;
+    let done = state
+        .start(&id, body.assignment, body.worker_id, &caller.principal)
+        .await?;
+    Ok(written(
+        done,
+        StatusCode::OK,
+        json!({"id": id, "status": "running"}),
+    ))
 }
 
 /// The answer to a command that finished a task: waits (bounded) until its money has

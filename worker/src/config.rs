@@ -20,6 +20,13 @@ pub struct Config {
     /// How to authenticate to NATS.
     #[command(flatten)]
     pub nats_credentials: NatsCredentials,
+    /// The coordinator's API, through which tasks are started and reported.
+    #[arg(long, env = "AICP_API", default_value = "http://127.0.0.1:8000")]
+    pub api: String,
+    /// A worker token (`aicp tokens issue worker:<agent>,<agent>`, or `worker` for every
+    /// agent); not needed when the coordinator runs with `--auth none`.
+    #[arg(long, env = "AICP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Prefix of stream names and subjects (as the coordinator's).
     #[arg(long, env = "AICP_PREFIX", default_value = "")]
     pub prefix: String,

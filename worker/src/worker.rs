@@ -1,14 +1,17 @@
 //! The worker: pulls work messages, starts, executes and reports each task, acks.
 //!
-//! Per task: read the task from the stream (direct gets, no consumer); if it finished, was
-//! reassigned or cancelled, ack and do nothing; if the read is behind the work message (a
-//! lagging replica), retry later; else append TaskStarted under the task's last sequence (a
-//! redelivered message after a crash starts it again), execute with progress acks so long
-//! work is not redelivered, append TaskCompleted or TaskFailed under the sequence of our
-//! start, and only then ack: the outcome is durable before the message goes. If another
-//! worker reported first, ours conflicts and the message is simply acked. The last
-//! delivery a message is allowed fails its task with `max-deliveries` instead of running
-//! it again, and the coordinator refunds it.
+//! Per task: tell the coordinator it starts (with the assignment its work message names);
+//! if the task finished, was cancelled, expired or was assigned again, ack and do nothing;
+//! if the coordinator has not seen the assignment yet (a replica that lags), retry later.
+//! Execute with progress acks so long work is not redelivered, report the outcome, and
+//! only then ack: the outcome is recorded before the message goes. A redelivered message
+//! after a crash starts the task again; if another worker reported first, ours is refused
+//! as stale and the message is simply acked. The last delivery a message is allowed fails
+//! its task with `max-deliveries` instead of running it again, and the coordinator
+//! refunds it.
+//!
+//! The worker writes no events: the coordinator checks that its token serves the task's
+//! agent and records each event with the worker as its principal.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,12 +19,11 @@ use std::time::Duration;
 
 use aicp_events::consumers::{self, WorkerConsumerSettings};
 use aicp_events::domain::access::{Principal, WorkerScope};
-use aicp_events::domain::task::Task;
-use aicp_events::event::{Event, ExecutorSettings, TaskCompleted, TaskFailed, TaskStarted};
+use aicp_events::event::ExecutorSettings;
 use aicp_events::id::AgentId;
-use aicp_events::store::{AppendError, StoreError, StreamSettings};
+use aicp_events::store::StreamSettings;
 use aicp_events::work::{Heartbeat, WorkItem, HEARTBEAT_EVERY};
-use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
+use aicp_events::{EventStore, Namespace};
 use async_nats::jetstream::consumer::{pull, Consumer};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::executor::{self, Outcome};
+use crate::report::{Coordinator, ReportError};
 
 pub use aicp_events::work::MAX_DELIVERIES;
 
@@ -42,21 +45,16 @@ const DISCOVERY: Duration = Duration::from_secs(2);
 /// How long one pull waits for a message before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
+/// How long a refused report (a token that does not serve the agent) waits before the
+/// message is offered again, maybe to a worker with the right token.
+const REFUSED_DELAY: Duration = Duration::from_secs(5);
+
 /// Why a task could not be reported now; its message is redelivered.
 #[derive(Debug, thiserror::Error)]
 enum NotReported {
-    /// An append failed.
+    /// The coordinator did not take the report.
     #[error(transparent)]
-    Append(#[from] AppendError),
-    /// Reading the task failed.
-    #[error(transparent)]
-    Read(#[from] StoreError),
-    /// Others kept changing the task.
-    #[error("the task kept changing")]
-    Busy,
-    /// The read did not show the task as dispatched yet: a replica that lags answered.
-    #[error("the task as read is older than its work message")]
-    Behind,
+    Report(#[from] ReportError),
 }
 
 /// What became of one work message.
@@ -71,10 +69,9 @@ enum Handled {
 #[derive(Clone)]
 pub struct Worker {
     store: EventStore,
+    coordinator: Coordinator,
     default_executor: ExecutorSettings,
     worker_id: String,
-    /// Who this worker's events are recorded as caused by.
-    principal: Principal,
     seed: u64,
     ack_wait: Duration,
     max_deliver: i64,
@@ -97,15 +94,17 @@ impl Worker {
             .filter(|a| a.trim() != ALL_AGENTS)
             .map(|a| a.trim().parse::<AgentId>())
             .collect::<Result<Vec<_>, _>>()?;
+        let coordinator = Coordinator::new(&config.api, config.token.as_deref())?;
+        tokio::pin!(shutdown);
+        tokio::select! {
+            checked = check_token(&coordinator, all, &agents) => checked?,
+            () = &mut shutdown => return Ok(()),
+        }
         let worker = Worker {
             store,
+            coordinator,
             default_executor: config.default_executor()?,
             worker_id: config.worker_id(),
-            principal: Principal::Worker(if all {
-                WorkerScope::All
-            } else {
-                WorkerScope::Agents(agents.iter().cloned().collect())
-            }),
             seed: config.seed,
             ack_wait: config.ack_wait(),
             max_deliver: config.max_deliver,
@@ -130,7 +129,6 @@ impl Worker {
         }
 
         // With `--agents all`, serve every agent that has work, as its queue appears.
-        tokio::pin!(shutdown);
         let mut discover = tokio::time::interval(DISCOVERY);
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         let beat = serde_json::to_vec(&Heartbeat {
@@ -299,6 +297,10 @@ impl Worker {
         let acked = match result {
             Ok(Handled::Done) => message.ack().await,
             Ok(Handled::Abandoned) => message.ack_with(AckKind::Nak(None)).await,
+            Err(NotReported::Report(e @ ReportError::Refused { .. })) => {
+                tracing::error!(task = %item.task_id, agent = %item.agent_id, "the coordinator refused this worker's token: {e}; handing the task back");
+                message.ack_with(AckKind::Nak(Some(REFUSED_DELAY))).await
+            }
             Err(e) => {
                 tracing::warn!(task = %item.task_id, "task not reported: {e}; it will be redelivered");
                 message
@@ -319,151 +321,52 @@ impl Worker {
         delivered: i64,
         mut abandon: watch::Receiver<bool>,
     ) -> Result<Handled, NotReported> {
-        let aggregate = Aggregate::Task(item.task_id.clone());
-        let mut started_at = None;
-        for _ in 0..5 {
-            let stored = self.store.read_direct(&aggregate).await?;
-            let (task, _) = Task::replay_skipping_refused(stored.events().map(|e| &e.event));
-            let last_delivery = delivered >= self.max_deliver;
-            // Work is dispatched only after its assignment is stored, so a task missing or
-            // behind its work message was read from a replica that lags: try again later
-            // (on the last delivery there is nothing left to do).
-            let task = match task {
-                Some(task) if task.assignment >= item.assignment => task,
-                _ if last_delivery => return Ok(Handled::Done),
-                _ => return Err(NotReported::Behind),
+        if delivered >= self.max_deliver {
+            // The last delivery: a nak would never come back, so keep trying here.
+            let gave_up = Outcome::Failed(MAX_DELIVERIES.to_owned());
+            return match self.report_patiently(item, &gave_up).await {
+                // Finished meanwhile, or never dispatched where we asked: nothing to do.
+                Ok(()) | Err(ReportError::Stale(_) | ReportError::NotYet(_)) => Ok(Handled::Done),
+                Err(e) => Err(e.into()),
             };
-            // Finished, cancelled, expired or reassigned since: nothing to do.
-            if task.status.is_terminal() || task.assignment != item.assignment {
-                return Ok(Handled::Done);
-            }
-            let event: Event = if last_delivery {
-                TaskFailed {
-                    task_id: item.task_id.clone(),
-                    agent_id: item.agent_id.clone(),
-                    reason: MAX_DELIVERIES.to_owned(),
-                }
-                .into()
-            } else {
-                TaskStarted {
-                    task_id: item.task_id.clone(),
-                    agent_id: item.agent_id.clone(),
-                    assignment: item.assignment,
-                    worker_id: self.worker_id.clone(),
-                }
-                .into()
-            };
-            let gave_up = matches!(event, Event::TaskFailed(_));
-            let appended = if gave_up {
-                // The last delivery: a nak would never come back, so keep trying here.
-                self.append_patiently(&aggregate, event, stored.last_sequence)
-                    .await
-            } else {
-                self.store
-                    .append(
-                        &aggregate,
-                        &[Envelope::new(event).by(self.principal.clone())],
-                        Expected::Sequence(stored.last_sequence),
-                        None,
-                    )
-                    .await
-            };
-            match appended {
-                Ok(_) if gave_up => return Ok(Handled::Done),
-                Ok(appended) => {
-                    started_at = Some(appended.sequence);
-                    break;
-                }
-                Err(AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
         }
-        let Some(started_at) = started_at else {
-            return Err(NotReported::Busy);
-        };
+        match self.coordinator.start(item, &self.worker_id).await {
+            Ok(()) => {}
+            // Finished, cancelled, expired or assigned again since: nothing to do.
+            Err(ReportError::Stale(_)) => return Ok(Handled::Done),
+            Err(e) => return Err(e.into()),
+        }
 
         let outcome = tokio::select! {
             outcome = self.execute_with_progress(message, item) => outcome,
             _ = abandon.wait_for(|a| *a) => return Ok(Handled::Abandoned),
         };
-        let event: Event = match outcome {
-            Outcome::Completed(result) => TaskCompleted {
-                task_id: item.task_id.clone(),
-                agent_id: item.agent_id.clone(),
-                result,
-            }
-            .into(),
-            Outcome::Failed(reason) => TaskFailed {
-                task_id: item.task_id.clone(),
-                agent_id: item.agent_id.clone(),
-                reason,
-            }
-            .into(),
-        };
-        let mut expected = started_at;
-        for _ in 0..5 {
-            match self
-                .store
-                .append(
-                    &aggregate,
-                    &[Envelope::new(event.clone()).by(self.principal.clone())],
-                    Expected::Sequence(expected),
-                    None,
-                )
-                .await
-            {
-                Ok(_) => return Ok(Handled::Done),
-                Err(AppendError::Conflict { .. }) => {
-                    // Another worker started or reported it meanwhile (a redelivery).
-                    let stored = self.store.read_direct(&aggregate).await?;
-                    let (task, _) =
-                        Task::replay_skipping_refused(stored.events().map(|e| &e.event));
-                    if task.is_none_or(|t| t.status.is_terminal()) {
-                        return Ok(Handled::Done);
-                    }
-                    expected = stored.last_sequence;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        match self.report_patiently(item, &outcome).await {
+            // Another worker reported first (a redelivery raced ours).
+            Ok(()) | Err(ReportError::Stale(_)) => Ok(Handled::Done),
+            Err(e) => Err(e.into()),
         }
-        Err(NotReported::Busy)
     }
 
-    /// Appends with retries and backoff for transient failures (a conflict is returned at
-    /// once, for the caller to decide again).
-    async fn append_patiently(
+    /// Reports an outcome, retrying with backoff while the coordinator is unavailable or
+    /// has not seen the start yet: the work is done, and a redelivery would do it again.
+    async fn report_patiently(
         &self,
-        aggregate: &Aggregate,
-        event: Event,
-        expected: u64,
-    ) -> Result<aicp_events::Appended, AppendError> {
+        item: &WorkItem,
+        outcome: &Outcome,
+    ) -> Result<(), ReportError> {
         let mut delay = Duration::from_millis(200);
-        for _ in 0..10 {
-            match self
-                .store
-                .append(
-                    aggregate,
-                    &[Envelope::new(event.clone()).by(self.principal.clone())],
-                    Expected::Sequence(expected),
-                    None,
-                )
-                .await
-            {
-                Err(AppendError::Publish { .. } | AppendError::StreamNotFound { .. }) => {
+        for _ in 0..8 {
+            match self.coordinator.finish(item, outcome).await {
+                Err(ReportError::Unavailable(e) | ReportError::NotYet(e)) => {
+                    tracing::debug!(task = %item.task_id, "report not taken yet: {e}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 other => return other,
             }
         }
-        self.store
-            .append(
-                aggregate,
-                &[Envelope::new(event).by(self.principal.clone())],
-                Expected::Sequence(expected),
-                None,
-            )
-            .await
+        self.coordinator.finish(item, outcome).await
     }
 
     /// Executes, telling JetStream every third of the ack wait that the work goes on.
@@ -489,4 +392,47 @@ impl Worker {
             }
         }
     }
+}
+
+/// Waits until the coordinator answers, then checks that the token serves every agent of
+/// `--agents` (all of them for `all`): a token for other agents would only ever be refused.
+async fn check_token(
+    coordinator: &Coordinator,
+    all: bool,
+    agents: &[AgentId],
+) -> anyhow::Result<()> {
+    let identity = loop {
+        match coordinator.whoami().await {
+            Ok(identity) => break identity,
+            Err(ReportError::Refused { message, .. }) => {
+                anyhow::bail!(
+                    "the coordinator at {} refuses this worker's token: {message}",
+                    coordinator.base()
+                )
+            }
+            Err(e) => {
+                tracing::warn!("waiting for the coordinator at {}: {e}", coordinator.base());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    match &identity.principal {
+        Principal::Worker(scope) => {
+            if all && *scope != WorkerScope::All {
+                anyhow::bail!("--agents all needs a token for every agent (principal `worker`), not {}", identity.principal);
+            }
+            if let Some(other) = agents.iter().find(|a| !scope.serves(a)) {
+                anyhow::bail!("this worker's token ({}) does not serve {other}: issue one that does (aicp tokens issue worker:{other})", identity.principal);
+            }
+        }
+        Principal::Admin if !identity.authenticated => {
+            tracing::warn!("the coordinator checks no tokens (--auth none)");
+        }
+        Principal::Admin => {
+            tracing::warn!("this worker uses an admin token: give it a worker token (aicp tokens issue worker:<agents>)");
+        }
+        other => anyhow::bail!("this worker's token is {other}'s: a worker needs a worker token (aicp tokens issue worker:<agents>)"),
+    }
+    tracing::info!(principal = %identity.principal, "the coordinator accepts this worker's token");
+    Ok(())
 }

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 struct Coordinator {
     base: String,
     http: reqwest::Client,
+    /// A worker token for every agent, issued by the admin.
+    worker_token: String,
     state: aicp_coordinator::state::AppState,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -47,7 +49,8 @@ impl Coordinator {
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
-        let coordinator = Self {
+        let mut coordinator = Self {
+            worker_token: String::new(),
             base,
             http: reqwest::Client::builder()
                 .default_headers(
@@ -74,11 +77,26 @@ impl Coordinator {
                 .json()
                 .await?;
             if agents["agents"].as_array().is_some_and(|a| a.len() == 3) {
+                coordinator.worker_token = coordinator.issue_token("worker").await?;
                 return Ok(coordinator);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("the seed agents never showed up")
+    }
+
+    /// A new token for `principal`.
+    async fn issue_token(&self, principal: &str) -> Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/v1/tokens", self.base))
+            .json(&json!({"principal": principal}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        ensure!(status.is_success(), "issue {principal}: {status} {body}");
+        Ok(body["token"].as_str().unwrap_or_default().to_owned())
     }
 
     async fn submit(&self, n: usize) -> Result<String> {
@@ -135,11 +153,22 @@ impl Coordinator {
 struct WorkerProcess(Child);
 
 impl WorkerProcess {
-    fn start(server: &NatsServer, name: &str, extra: &[&str]) -> Result<Self> {
+    /// Starts a worker for agent-1..3 (unless `extra` says otherwise) that reports to
+    /// `coordinator` with its worker token.
+    fn start(
+        server: &NatsServer,
+        coordinator: &Coordinator,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let child = Command::new(env!("CARGO_BIN_EXE_aicp-worker"))
             .args([
                 "--nats-url",
                 &server.url(),
+                "--api",
+                &coordinator.base,
+                "--token",
+                &coordinator.worker_token,
                 "--agents",
                 "agent-1,agent-2,agent-3",
                 "--worker-id",
@@ -286,7 +315,14 @@ async fn a_thousand_tasks_with_three_workers_each_end_once_and_are_paid_once() -
     let server = NatsServer::start()?;
     let coordinator = Coordinator::start(&server).await?;
     let workers: Vec<WorkerProcess> = (0..3)
-        .map(|n| WorkerProcess::start(&server, &format!("w{n}"), &["--concurrency", "8"]))
+        .map(|n| {
+            WorkerProcess::start(
+                &server,
+                &coordinator,
+                &format!("w{n}"),
+                &["--concurrency", "8"],
+            )
+        })
         .collect::<Result<_>>()?;
     let mut ids = Vec::with_capacity(TASKS);
     for n in 0..TASKS {
@@ -312,14 +348,14 @@ async fn a_worker_killed_mid_task_leaves_its_work_to_another() -> Result<()> {
         "--ack-wait-ms",
         "2000",
     ];
-    let doomed = WorkerProcess::start(&server, "doomed", &slow)?;
+    let doomed = WorkerProcess::start(&server, &coordinator, "doomed", &slow)?;
     let mut ids = Vec::new();
     for n in 0..24 {
         ids.push(coordinator.submit(n).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     doomed.kill()?;
-    let survivor = WorkerProcess::start(&server, "survivor", &slow)?;
+    let survivor = WorkerProcess::start(&server, &coordinator, "survivor", &slow)?;
     all_finished(&coordinator, Duration::from_secs(60)).await?;
     check_books(&server, &coordinator, &ids).await?;
     // The survivor did work that the doomed worker had started.
@@ -349,6 +385,7 @@ async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()>
     let coordinator = Coordinator::start(&server).await?;
     let worker = WorkerProcess::start(
         &server,
+        &coordinator,
         "w",
         &[
             "--simulate-ms",
@@ -440,7 +477,7 @@ async fn a_task_whose_attempts_keep_crashing_fails_with_max_deliveries_and_is_re
         if task["status"] == "failed" {
             break;
         }
-        let mut worker = WorkerProcess::start(&server, "w", &flags)?;
+        let mut worker = WorkerProcess::start(&server, &coordinator, "w", &flags)?;
         // Up to 5 s for it to crash on the task; a worker still alive gave up on it instead.
         for _ in 0..50 {
             if let Some(status) = worker.0.try_wait()? {
@@ -476,6 +513,7 @@ async fn a_nats_restart_while_tasks_flow_loses_and_duplicates_nothing() -> Resul
         .map(|n| {
             WorkerProcess::start(
                 &server,
+                &coordinator,
                 &format!("w{n}"),
                 &[
                     "--simulate-ms",
@@ -523,7 +561,7 @@ async fn a_nats_restart_while_tasks_flow_loses_and_duplicates_nothing() -> Resul
 async fn a_worker_for_all_agents_serves_one_registered_after_it_started() -> Result<()> {
     let server = NatsServer::start()?;
     let coordinator = Coordinator::start(&server).await?;
-    let _worker = WorkerProcess::start(&server, "w", &["--agents", "all"])?;
+    let _worker = WorkerProcess::start(&server, &coordinator, "w", &["--agents", "all"])?;
     let response = coordinator
         .http
         .post(format!("{}/v1/agents", coordinator.base))
@@ -568,7 +606,7 @@ async fn work_that_outlasts_the_grace_period_is_handed_to_another_worker_at_once
         "--ack-wait-ms",
         "60000",
     ];
-    let leaving = WorkerProcess::start(&server, "leaving", &slow)?;
+    let leaving = WorkerProcess::start(&server, &coordinator, "leaving", &slow)?;
     let id = coordinator.submit(0).await?;
     let running = |t: &Value| t["status"] == "running";
     let (started, _) = coordinator
@@ -577,11 +615,110 @@ async fn work_that_outlasts_the_grace_period_is_handed_to_another_worker_at_once
     ensure!(started, "the task never started");
     let exit = leaving.terminate()?;
     ensure!(exit.success(), "worker exited with {exit}");
-    let _quick = WorkerProcess::start(&server, "quick", &["--simulate-ms", "0"])?;
+    let _quick = WorkerProcess::start(&server, &coordinator, "quick", &["--simulate-ms", "0"])?;
     let finished = |t: &Value| matches!(t["status"].as_str(), Some("completed" | "failed"));
     let (done, _) = coordinator
         .wait_task(&id, 100, Duration::from_millis(100), finished)
         .await?;
     ensure!(done, "the handed-back task was not picked up within 10 s");
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_agent_1_credentials_cannot_complete_agent_2_tasks() -> Result<()> {
+    let server = NatsServer::start()?;
+    let coordinator = Coordinator::start(&server).await?;
+    let agent_1_token = coordinator.issue_token("worker:agent-1").await?;
+    // Tasks for agent-2 only: it alone has the skill.
+    let response = coordinator
+        .http
+        .patch(format!("{}/v1/agents/agent-2", coordinator.base))
+        .json(&json!({"skills": ["two"]}))
+        .send()
+        .await?;
+    ensure!(response.status().is_success(), "{}", response.status());
+    let task: Value = coordinator
+        .http
+        .post(format!("{}/v1/tasks", coordinator.base))
+        .json(&json!({"description": "for agent-2", "complexity": 1, "buyer_id": "b1", "required_skills": ["two"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    ensure!(task["agent_name"] == "agent-2", "{task}");
+
+    // A worker told to serve agent-2 with agent-1's token refuses to start, saying why.
+    let output = Command::new(env!("CARGO_BIN_EXE_aicp-worker"))
+        .args(["--nats-url", &server.url(), "--api", &coordinator.base])
+        .args(["--agents", "agent-2", "--token", &agent_1_token])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    ensure!(!output.status.success(), "the worker started");
+    let said = String::from_utf8_lossy(&output.stderr);
+    ensure!(said.contains("does not serve agent-2"), "{said}");
+    ensure!(
+        !said.contains(&agent_1_token),
+        "the token is in the output: {said}"
+    );
+
+    // Nor can its token start or complete agent-2's task through the API: 403, nothing
+    // recorded, the task still assigned.
+    let before = coordinator.state.store.last_sequence().await?;
+    let worker = reqwest::Client::new();
+    for (path, body) in [
+        ("start", json!({"assignment": 1, "worker_id": "intruder"})),
+        ("complete", json!({"success": true, "result": "not mine"})),
+    ] {
+        let response = worker
+            .post(format!("{}/v1/tasks/{id}/{path}", coordinator.base))
+            .bearer_auth(&agent_1_token)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            response.status() == reqwest::StatusCode::FORBIDDEN,
+            "{path}: {}",
+            response.status()
+        );
+    }
+    ensure!(
+        coordinator.state.store.last_sequence().await? == before,
+        "a refused call wrote"
+    );
+    ensure!(coordinator.task(&id).await?["status"] == "assigned");
+
+    // With agent-2's worker token, the same task is done, and its events say by whom.
+    let agent_2_token = coordinator.issue_token("worker:agent-2").await?;
+    let _worker = Command::new(env!("CARGO_BIN_EXE_aicp-worker"))
+        .args(["--nats-url", &server.url(), "--api", &coordinator.base])
+        .args(["--agents", "agent-2", "--token", &agent_2_token])
+        .args(["--simulate-ms", "0", "--seed", "1"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map(WorkerProcess)?;
+    let (done, _) = coordinator
+        .wait_task(&id, 100, Duration::from_millis(100), |t| {
+            matches!(t["status"].as_str(), Some("completed" | "failed"))
+        })
+        .await?;
+    ensure!(done, "agent-2's worker never reported");
+    let events = coordinator
+        .state
+        .store
+        .read(&aicp_events::Aggregate::Task(id.parse()?))
+        .await?;
+    let by: Vec<String> = events
+        .events()
+        .skip(2)
+        .map(|e| {
+            e.principal
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        })
+        .collect();
+    ensure!(by == ["worker:agent-2", "worker:agent-2"], "{by:?}");
     coordinator.stop().await
 }

@@ -1,0 +1,158 @@
+//! Reporting to the coordinator: a worker starts and finishes tasks through the
+//! coordinator's API with its worker token, and never writes events itself. The coordinator
+//! checks that the token serves the task's agent (403 otherwise), decides from the task's
+//! state, and records the event with the worker as its principal.
+
+use std::time::Duration;
+
+use aicp_events::domain::access::Principal;
+use aicp_events::work::WorkItem;
+use serde_json::{json, Value};
+
+use crate::executor::Outcome;
+
+/// How long one request to the coordinator may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the coordinator did not take a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The task finished, was cancelled, expired or was assigned again: the work message
+    /// is stale and there is nothing to do.
+    #[error("stale work: {0}")]
+    Stale(String),
+    /// The coordinator has not seen the task's assignment yet (a replica that lags).
+    #[error("not visible yet: {0}")]
+    NotYet(String),
+    /// The token may not do this (missing, revoked, or serving other agents).
+    #[error("refused ({status}): {message}")]
+    Refused {
+        /// 401 or 403.
+        status: u16,
+        /// The coordinator's reason.
+        message: String,
+    },
+    /// The coordinator could not be reached, or failed.
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Who the worker's token is, as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's principal.
+    pub principal: Principal,
+    /// Whether the coordinator checks tokens at all (`--auth none` does not).
+    pub authenticated: bool,
+}
+
+/// A client of the coordinator's API, sending the worker's token.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Coordinator {
+    /// A client of the API at `base`, with `token` (if any) on every request.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        anyhow::ensure!(
+            base.starts_with("http://") || base.starts_with("https://"),
+            "--api {base:?}: expected the coordinator's URL, like http://aicp-coordinator:8000"
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    anyhow::anyhow!("--token / AICP_TOKEN holds characters a header cannot")
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Self { base, http })
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/whoami`: who the token is.
+    pub async fn whoami(&self) -> Result<Identity, ReportError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/whoami", self.base))
+            .send()
+            .await
+            .map_err(|e| ReportError::Unavailable(e.to_string()))?;
+        let me = answer(response).await?;
+        let principal = me["principal"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| ReportError::Unavailable(format!("unexpected whoami answer {me}")))?;
+        Ok(Identity {
+            principal,
+            authenticated: me["auth"] != "none",
+        })
+    }
+
+    /// `POST /v1/tasks/{id}/start` for the assignment `item` names.
+    pub async fn start(&self, item: &WorkItem, worker_id: &str) -> Result<(), ReportError> {
+        let body = json!({"assignment": item.assignment, "worker_id": worker_id});
+        self.post(&format!("/v1/tasks/{}/start", item.task_id), &body)
+            .await
+    }
+
+    /// `POST /v1/tasks/{id}/complete` with the outcome: completed with its result, or
+    /// failed with its reason.
+    pub async fn finish(&self, item: &WorkItem, outcome: &Outcome) -> Result<(), ReportError> {
+        let body = match outcome {
+            Outcome::Completed(result) => json!({"success": true, "result": result}),
+            Outcome::Failed(reason) => json!({"success": false, "result": reason}),
+        };
+        self.post(&format!("/v1/tasks/{}/complete", item.task_id), &body)
+            .await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<(), ReportError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ReportError::Unavailable(e.to_string()))?;
+        answer(response).await.map(|_| ())
+    }
+}
+
+/// The answer's JSON, or what its error means for the work message.
+async fn answer(response: reqwest::Response) -> Result<Value, ReportError> {
+    let status = response.status().as_u16();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ReportError::Unavailable(e.to_string()))?;
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    let message = body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string());
+    Err(match (status, code) {
+        (409, "not_yet") | (404, "unknown_task") => ReportError::NotYet(message),
+        // Others kept changing the task: ask again, the report still stands.
+        (409, "busy") => ReportError::Unavailable(message),
+        (409, _) => ReportError::Stale(message),
+        (401 | 403, _) => ReportError::Refused { status, message },
+        _ => ReportError::Unavailable(format!("{status}: {message}")),
+    })
+}
