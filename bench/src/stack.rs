@@ -10,6 +10,21 @@ use anyhow::{bail, Context, Result};
 /// The admin token of the benchmark's coordinators; every load request carries it.
 pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef0123456789";
 
+/// Issues a token for `principal` through the coordinator at `base`, as the admin.
+pub async fn issue_token(base: &str, principal: &str) -> Result<String> {
+    let response = admin_client(Some(Duration::from_secs(10)))?
+        .post(format!("{base}/v1/tokens"))
+        .json(&serde_json::json!({"principal": principal, "label": "benchmark"}))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await?;
+    match body["token"].as_str() {
+        Some(token) if status.is_success() => Ok(token.to_owned()),
+        _ => bail!("issuing a token for {principal}: {status} {body}"),
+    }
+}
+
 /// An HTTP client that sends [`ADMIN_TOKEN`] with every request, over at most one idle
 /// connection (so `connections` clients really use that many TCP connections); each
 /// response within `timeout`, if given (not for a stream).
@@ -134,13 +149,17 @@ impl Stack {
             &[],
         )
         .await?;
+        let worker_token = issue_token(&coordinator.base, "worker:agent-1,agent-2,agent-3").await?;
         let worker = Command::new(bin_dir.join("aicp-worker"))
             .args([
                 "--nats-url",
                 nats_url,
+                "--api",
+                &coordinator.base,
                 "--agents",
                 "agent-1,agent-2,agent-3",
             ])
+            .env("AICP_TOKEN", worker_token)
             .args([
                 "--simulate-ms",
                 "0",

@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use aicp_events::domain::access::{Principal, WorkerScope};
+
 use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::routes;
@@ -69,7 +71,7 @@ impl App {
             request_timeout: config.request_timeout(),
             auth: Auth::new(
                 config.auth,
-                config.admin_token.as_ref(),
+                &configured_tokens(&config),
                 config.rate_limit.0,
                 config.rate_limit_ip.0,
                 config.client_ip_header.clone(),
@@ -223,6 +225,18 @@ fn cors(origins: &[String]) -> CorsLayer {
             axum::http::header::CONTENT_TYPE,
             axum::http::header::AUTHORIZATION,
         ])
+}
+
+/// The tokens given by configuration, with whom each acts as.
+fn configured_tokens(config: &Config) -> Vec<(&aicp_events::token::TokenSecret, Principal)> {
+    let mut tokens = Vec::new();
+    if let Some(token) = &config.admin_token {
+        tokens.push((token, Principal::Admin));
+    }
+    if let Some(token) = &config.worker_token {
+        tokens.push((token, Principal::Worker(WorkerScope::All)));
+    }
+    tokens
 }
 
 /// Shows the first admin token once, on standard error and outside the log (tokens are

@@ -4,8 +4,8 @@
 //! `aicp_token` cookie. It is hashed and looked up in this replica's read model, which
 //! applies `TokenIssued` and `TokenRevoked` from the stream like any other event: a token
 //! revoked through any replica is refused by every replica as soon as each has applied the
-//! revocation (milliseconds). A token given by configuration (`--admin-token`) is checked
-//! against its hash in memory and is never written to the stream.
+//! revocation (milliseconds). A token given by configuration (`--admin-token`,
+//! `--worker-token`) is checked against its hash in memory and never written to the stream.
 //!
 //! Every request also counts against two rate limits: its client IP's (before anything
 //! else, so guessing tokens is slow too) and its principal's.
@@ -47,8 +47,9 @@ pub enum AuthMode {
 pub struct Auth {
     /// Token or none.
     pub mode: AuthMode,
-    /// The hash of the admin token given by configuration, if any.
-    pub configured_admin: Option<TokenHash>,
+    /// Tokens given by configuration (`--admin-token`, `--worker-token`): their hashes and
+    /// principals.
+    pub configured: Vec<(TokenHash, Principal)>,
     /// Requests per principal.
     pub per_principal: Limiter,
     /// Requests per client IP.
@@ -61,14 +62,17 @@ impl Auth {
     /// Settings from configuration.
     pub fn new(
         mode: AuthMode,
-        admin_token: Option<&TokenSecret>,
+        configured: &[(&TokenSecret, Principal)],
         per_principal: Option<Rate>,
         per_ip: Option<Rate>,
         client_ip_header: Option<HeaderName>,
     ) -> Arc<Self> {
         Arc::new(Self {
             mode,
-            configured_admin: admin_token.map(TokenSecret::hash),
+            configured: configured
+                .iter()
+                .map(|(token, principal)| (token.hash(), principal.clone()))
+                .collect(),
             per_principal: Limiter::new(per_principal),
             per_ip: Limiter::new(per_ip),
             client_ip_header,
@@ -81,7 +85,7 @@ impl Auth {
 pub struct Caller {
     /// Who it acts as.
     pub principal: Principal,
-    /// The token it used (`None` for the configured admin token and in `--auth none`).
+    /// The token it used (`None` for a configured token and in `--auth none`).
     pub token_id: Option<TokenId>,
 }
 
@@ -209,9 +213,9 @@ fn cookie_principal(headers: &HeaderMap) -> Option<Principal> {
 /// The caller a token names: 401 if no token has it or it was revoked.
 pub fn by_token(state: &AppState, token: &TokenSecret) -> Result<Caller, ApiError> {
     let hash = token.hash();
-    if state.auth.configured_admin.as_ref() == Some(&hash) {
+    if let Some((_, principal)) = state.auth.configured.iter().find(|(h, _)| *h == hash) {
         return Ok(Caller {
-            principal: Principal::Admin,
+            principal: principal.clone(),
             token_id: None,
         });
     }

@@ -70,8 +70,13 @@ pub struct Config {
     pub auth: AuthMode,
     /// An admin token of your choice (at least 32 characters), accepted by its hash and
     /// never written to the stream; without it the first start issues one and prints it once.
-    #[arg(long, env = "AICP_ADMIN_TOKEN", hide_env_values = true, value_parser = admin_token)]
+    #[arg(long, env = "AICP_ADMIN_TOKEN", hide_env_values = true, value_parser = configured_token)]
     pub admin_token: Option<TokenSecret>,
+    /// A worker token (for every agent) of your choice, at least 32 characters, accepted by
+    /// its hash like --admin-token: how a deployment gives its workers a token before any
+    /// admin has issued one. Per-agent worker tokens are issued with `aicp tokens issue`.
+    #[arg(long, env = "AICP_WORKER_TOKEN", hide_env_values = true, value_parser = configured_token)]
+    pub worker_token: Option<TokenSecret>,
     /// Requests per principal: `N/s` or `N/s,burst`, or `off`.
     #[arg(long, env = "AICP_RATE_LIMIT", default_value = "100/s,200")]
     pub rate_limit: RateSetting,
@@ -102,14 +107,14 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Shortest admin token accepted from configuration: it must be as hard to guess as ours.
-pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// Shortest token accepted from configuration: it must be as hard to guess as ours.
+pub const MIN_CONFIGURED_TOKEN_CHARS: usize = 32;
 
-fn admin_token(raw: &str) -> Result<TokenSecret, String> {
+fn configured_token(raw: &str) -> Result<TokenSecret, String> {
     let token = TokenSecret::from_text(raw);
-    if token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS {
+    if token.expose().chars().count() < MIN_CONFIGURED_TOKEN_CHARS {
         return Err(format!(
-            "an admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (random ones; `openssl rand -base64 32` makes one)"
+            "a configured token must be at least {MIN_CONFIGURED_TOKEN_CHARS} characters (random ones; `openssl rand -base64 32` makes one)"
         ));
     }
     Ok(token)

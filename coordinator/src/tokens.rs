@@ -189,7 +189,12 @@ impl AppState {
     /// first admin token and returns it; `None` if there is one already. Replicas racing
     /// for it append under one aggregate with `Expected::NEW`: one wins.
     pub async fn bootstrap_admin_token(&self) -> Result<Option<TokenSecret>, ApiError> {
-        if self.auth.mode != AuthMode::Token || self.auth.configured_admin.is_some() {
+        let configured_admin = self
+            .auth
+            .configured
+            .iter()
+            .any(|(_, p)| *p == Principal::Admin);
+        if self.auth.mode != AuthMode::Token || configured_admin {
             return Ok(None);
         }
         if !self

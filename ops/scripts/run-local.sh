@@ -6,7 +6,8 @@
 # coordinator and three workers (agent-1..3, simulate executor); with DEMO=1 also drives
 # simulated buyers. Ctrl-C (or SIGTERM) stops everything it started. Data persists in
 # $AICP_DATA between runs, with the admin token ($AICP_DATA/admin-token, made on the first
-# run, readable by you alone) and the tokens of buyer-001 and agent-1 ($AICP_DATA/tokens/).
+# run, readable by you alone) and the tokens of buyer-001, agent-1 and the three workers
+# ($AICP_DATA/tokens/).
 #
 # Settings (environment): NATS_URL, AICP_DATA, AICP_LISTEN (127.0.0.1:8000), SIMULATE_MS
 # (1500), AICP_PROFILE (release; `debug` skips the optimised build), DEMO (0), DEMO_RATE (2).
@@ -87,16 +88,20 @@ done
 
 # A buyer's and an agent's token for the UI, issued once.
 mkdir -p "$DATA/tokens" && chmod 700 "$DATA/tokens"
-for principal in buyer:buyer-001 agent:agent-1; do
-  file="$DATA/tokens/${principal#*:}"
+for principal in buyer:buyer-001 agent:agent-1 worker:agent-1 worker:agent-2 worker:agent-3; do
+  file="$DATA/tokens/${principal/:/-}"
+  [ "${principal%%:*}" = worker ] || file="$DATA/tokens/${principal#*:}"
   if [ ! -s "$file" ]; then
-    (umask 077 && "$bin/aicp" --api "http://$LISTEN" tokens issue "$principal" --label "make run" > "$file" 2>/dev/null)
+    (umask 077 && "$bin/aicp" --api "http://$LISTEN" tokens issue "$principal" --label "make run" > "$file" 2>/dev/null) ||
+      { rm -f "$file"; echo "could not issue a token for $principal" >&2; exit 1; }
   fi
 done
 
-# One worker per seed agent, simulating work of about SIMULATE_MS each.
+# One worker per seed agent, simulating work of about SIMULATE_MS each; each reports to the
+# coordinator with a token for its agent alone.
 for n in 1 2 3; do
-  "$bin/aicp-worker" --agents "agent-$n" --worker-id "local-$n" --simulate-ms "${SIMULATE_MS:-1500}" &
+  AICP_TOKEN=$(cat "$DATA/tokens/worker-agent-$n") AICP_API="http://$LISTEN" \
+    "$bin/aicp-worker" --agents "agent-$n" --worker-id "local-$n" --simulate-ms "${SIMULATE_MS:-1500}" &
   pids+=($!)
 done
 

@@ -90,9 +90,9 @@ function tail(file, lines = 40) {
   }
 }
 
-/** One spawned process, its output going to `<dir>/<name>.log`. */
+/** One spawned process, its output going to `<dir>/<name>.log`; `env` adds variables. */
 class Proc {
-  constructor(name, bin, args, dir) {
+  constructor(name, bin, args, dir, env = {}) {
     this.name = name;
     this.bin = bin;
     this.args = args;
@@ -100,7 +100,7 @@ class Proc {
     const fd = fs.openSync(this.log, 'a');
     this.child = spawn(bin, args, {
       stdio: ['ignore', fd, fd],
-      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
+      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info', ...env },
     });
     fs.closeSync(fd);
     this.exit = null;
@@ -429,12 +429,15 @@ export async function startStack({ name = 'ui-test', workers = [], coordinatorAr
     for (const [i, w] of workers.entries()) {
       const args = [
         '--nats-url', stack.natsUrl,
+        '--api', stack.baseUrl,
         '--agents', w.agents.join(','),
         '--simulate-ms', String(w.simulateMs ?? 200),
         '--worker-id', w.workerId ?? (workers.length > 1 ? `ui-test-${i + 1}` : 'ui-test'),
         '--grace-ms', String(w.graceMs ?? 1000),
       ];
-      procs.push(new Proc(`worker-${i + 1}`, workerBin, args, dir));
+      // A worker token for exactly its agents, in the environment (not on the command line).
+      const env = stack.adminToken ? { AICP_TOKEN: await stack.api.issueToken(`worker:${w.agents.join(',')}`) } : {};
+      procs.push(new Proc(`worker-${i + 1}`, workerBin, args, dir, env));
     }
     // A worker that cannot start (bad flag, no NATS) usually dies within a moment.
     if (workers.length) {
