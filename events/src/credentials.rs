@@ -1,7 +1,9 @@
-//! How a process proves itself to NATS: a user and password, a token, or a credentials
-//! file (a JWT and NKey seed), as the operator configures through flags or the environment
-//! (the Helm chart fills them from a Secret). Secrets are never printed: not in `Debug`,
-//! not in `--help`, not in an error that shows the server's URL.
+//! How a process proves itself to NATS, and how it knows the server is the right one: a
+//! user and password, a token, or a credentials file (a JWT and NKey seed); TLS with the
+//! certificate authority that signed the server's certificate and, for servers that verify
+//! clients, a client certificate. The operator configures them through flags or the
+//! environment (the Helm chart fills them from Secrets). Secrets are never printed: not in
+//! `Debug`, not in `--help`, not in an error that shows the server's URL.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,6 +30,16 @@ pub struct NatsCredentials {
     /// Credentials file (JWT and NKey seed) for a NATS server run by an operator.
     #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
     pub nats_creds: Option<PathBuf>,
+    /// PEM file of the certificate authority that signed the NATS server's certificate (a
+    /// private CA); the connection then requires TLS. A `tls://` URL requires TLS too.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a NATS server that verifies its clients (`verify: true`).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for NatsCredentials {
@@ -37,6 +49,9 @@ impl fmt::Debug for NatsCredentials {
             .field("nats_password", &self.nats_password.as_ref().map(|_| "***"))
             .field("nats_token", &self.nats_token.as_ref().map(|_| "***"))
             .field("nats_creds", &self.nats_creds)
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
             .finish()
     }
 }
@@ -53,6 +68,16 @@ impl NatsCredentials {
         let options = match &self.nats_token {
             Some(token) => options.token(token.clone()),
             None => options,
+        };
+        let options = match &self.nats_tls_ca {
+            Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+            None => options,
+        };
+        let options = match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(cert), Some(key)) => options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true),
+            _ => options,
         };
         match &self.nats_creds {
             Some(path) => options.credentials_file(path).await,

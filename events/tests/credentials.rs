@@ -81,3 +81,126 @@ async fn a_missing_credentials_file_is_a_clear_error() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("openssl is needed for the TLS test (apt-get install openssl)")?;
+    anyhow::ensure!(status.success(), "openssl {args:?} failed");
+    Ok(())
+}
+
+/// A private CA, and a certificate signed by it for `name` (with `san`), in `dir`.
+fn issue(dir: &std::path::Path, name: &str, san: &str) -> Result<()> {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    if !dir.join("ca.pem").exists() {
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=aicp test CA",
+                ],
+            ]
+            .concat(),
+        )?;
+    }
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n"))?;
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ],
+    )
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_and_client_certificates() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    issue(d, "server", "IP:127.0.0.1,DNS:localhost")?;
+    issue(d, "client", "DNS:aicp-worker")?;
+    let path = |f: &str| d.join(f).display().to_string();
+    let server = NatsServer::start_with_args(&[
+        "--tls",
+        "--tlscert",
+        &path("server.pem"),
+        "--tlskey",
+        &path("server.key"),
+        "--tlsverify",
+        "--tlscacert",
+        &path("ca.pem"),
+    ])?;
+    let url = server.url();
+    let tls = |ca: bool, client: bool| NatsCredentials {
+        nats_tls_ca: ca.then(|| d.join("ca.pem")),
+        nats_tls_cert: client.then(|| d.join("client.pem")),
+        nats_tls_key: client.then(|| d.join("client.key")),
+        ..NatsCredentials::default()
+    };
+    // Not trusting the private CA, the client refuses the server; without a client
+    // certificate, the server refuses the client.
+    for (ca, client) in [(false, false), (false, true), (true, false)] {
+        let refused = EventStore::connect_with(&url, Namespace::default(), &tls(ca, client)).await;
+        assert!(refused.is_err(), "connected with ca={ca} client={client}");
+    }
+    let store = EventStore::connect_with(&url, Namespace::default(), &tls(true, true)).await?;
+    store.provision().await?;
+    assert_eq!(store.last_sequence().await?, 0);
+    Ok(())
+}
