@@ -8,7 +8,8 @@
 //! `--worker-token`) is checked against its hash in memory and never written to the stream.
 //!
 //! Every request also counts against two rate limits: its client IP's (before anything
-//! else, so guessing tokens is slow too) and its principal's.
+//! else, so guessing tokens is slow too) and its principal's (workers excepted: see
+//! [`identify`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -121,7 +122,13 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    if let Some(caller) = &caller {
+    // Workers are the marketplace's own service: a pool shares one token and makes two
+    // calls per task, so a per-principal budget would cap the whole fleet's throughput.
+    // Their address limit still applies, and their calls only touch tasks queued for them.
+    let limited = caller
+        .as_ref()
+        .filter(|c| !matches!(c.principal, Principal::Worker(_)));
+    if let Some(caller) = limited {
         let key = caller.principal.to_string();
         if let Err(wait) = state.auth.per_principal.check(&key, now) {
             return ApiError::too_many_requests(

@@ -77,7 +77,7 @@ pub struct Config {
     /// admin has issued one. Per-agent worker tokens are issued with `aicp tokens issue`.
     #[arg(long, env = "AICP_WORKER_TOKEN", hide_env_values = true, value_parser = configured_token)]
     pub worker_token: Option<TokenSecret>,
-    /// Requests per principal: `N/s` or `N/s,burst`, or `off`.
+    /// Requests per principal (workers excepted): `N/s` or `N/s,burst`, or `off`.
     #[arg(long, env = "AICP_RATE_LIMIT", default_value = "100/s,200")]
     pub rate_limit: RateSetting,
     /// Requests per client IP: `N/s` or `N/s,burst`, or `off`.

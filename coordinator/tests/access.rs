@@ -588,6 +588,12 @@ async fn a_burst_over_the_limit_gets_429_and_others_are_unaffected() -> Result<(
     for _ in 0..5 {
         assert_eq!(patient.get("/v1/tasks").await?.0, StatusCode::OK);
     }
+    // Workers have no per-principal budget (a pool shares one token, two calls per task).
+    let (_, worker) = app.issue_token("worker").await?;
+    let worker = app.as_token(Some(&worker));
+    for _ in 0..15 {
+        assert_eq!(worker.get("/v1/whoami").await?.0, StatusCode::OK);
+    }
     // After Retry-After, the greedy one may go on.
     tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
     assert_eq!(greedy.get("/v1/tasks").await?.0, StatusCode::OK);

@@ -93,5 +93,8 @@ refuse "replicas" --set streams.replicas=7
 refuse "bundled NATS server" --set streams.replicas=3             # 3 replicas on 1 server
 refuse "minReplicas >= 1" --set workers.autoscaling.mode=hpa --set workers.autoscaling.minReplicas=0
 refuse "maxFileStore" --set nats.jetstream.maxFileStore=8Gi          # nats-server wants 8GB
+refuse "tokenSecret" --set 'workers.pools[0].name=a' --set 'workers.pools[0].agents={x}' --set 'workers.pools[0].tokenSecret.name=s'   # no key
+refuse "tokenSecret" --set 'workers.pools[0].name=a' --set 'workers.pools[0].agents={x}' --set 'workers.pools[0].tokenSecret.key=k'    # no name
+refuse "perPrincipal" --set-string coordinator.rateLimit.perPrincipal=0/s
 echo "  $refused refused as expected"
 echo "chart-check: ok"

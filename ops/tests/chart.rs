@@ -13,6 +13,7 @@ use aicp_events::id::AgentId;
 use aicp_events::testing::NatsServer;
 use aicp_events::{EventStore, Namespace};
 use anyhow::{bail, ensure, Context, Result};
+use base64::Engine;
 use clap::Parser;
 use serde_json::Value;
 
@@ -59,6 +60,53 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
         .iter()
         .find(|e| e["name"] == name)?["value"]
         .as_str()
+}
+
+/// The Secret and key a container's env entry `name` is read from (`secretKeyRef`).
+fn env_secret<'a>(container: &'a Value, name: &str) -> Option<(&'a str, &'a str)> {
+    let entry = container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?;
+    let reference = &entry["valueFrom"]["secretKeyRef"];
+    Some((reference["name"].as_str()?, reference["key"].as_str()?))
+}
+
+/// The value of `key` in the rendered Secret `name`, as a pod sees it: `stringData` as
+/// written, `data` base64-decoded.
+fn secret_value(docs: &[Value], name: &str, key: &str) -> Result<String> {
+    let secret = of_kind(docs, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == name)
+        .with_context(|| format!("no Secret {name} is rendered"))?;
+    if let Some(value) = secret["stringData"][key].as_str() {
+        return Ok(value.to_owned());
+    }
+    let encoded = secret["data"][key]
+        .as_str()
+        .with_context(|| format!("the Secret {name} has no key {key}"))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+    Ok(String::from_utf8(decoded)?)
+}
+
+/// What a container's env entry `name` holds when it is read from a Secret of the render:
+/// the way the kubelet resolves the `secretKeyRef`.
+fn env_from_secret(docs: &[Value], container: &Value, name: &str) -> Result<String> {
+    let (secret, key) =
+        env_secret(container, name).with_context(|| format!("{name} is not from a Secret"))?;
+    secret_value(docs, secret, key)
+}
+
+/// The chart's auth Secret (component `auth`), if it renders one.
+fn auth_secret(docs: &[Value]) -> Option<&Value> {
+    of_kind(docs, "Secret")
+        .into_iter()
+        .find(|s| component(s) == "auth")
+}
+
+/// The first container of a Pod (the helm tests).
+fn pod_container(pod: &Value) -> &Value {
+    &pod["spec"]["containers"][0]
 }
 
 fn containers(workload: &Value) -> Vec<&Value> {
@@ -239,6 +287,206 @@ fn the_default_chart_runs_what_the_issue_asks_for() -> Result<()> {
     Ok(())
 }
 
+/// Every caller of the API gets its token from a Secret: the coordinator the admin and
+/// worker tokens, each worker pool a worker token, the helm tests that call the API the
+/// admin token. And what the chart makes of the other new coordinator settings.
+#[test]
+fn the_chart_gives_every_api_caller_its_token() -> Result<()> {
+    let docs = render(&[])?;
+    let secret = auth_secret(&docs).context("the chart renders no auth Secret")?;
+    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
+    assert_eq!(name, "aicp-auth");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "an uninstall must not take the tokens of data that outlives it"
+    );
+    let admin = secret_value(&docs, name, "admin-token")?;
+    let worker = secret_value(&docs, name, "worker-token")?;
+    for token in [&admin, &worker] {
+        // The coordinator refuses shorter configured tokens (MIN_CONFIGURED_TOKEN_CHARS).
+        assert!(token.chars().count() >= 32, "{token:?} is too short");
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+    assert_ne!(admin, worker, "the workers must not hold the admin token");
+    assert_eq!(token_references(&docs)?, expected_references(name, &[]));
+
+    // The coordinator's settings parse as the binary's flags (the tokens too: a configured
+    // token shorter than 32 characters is refused), and default to its defaults.
+    let coordinator = of_kind(&docs, "Deployment")
+        .into_iter()
+        .find(|d| component(d) == "coordinator")
+        .context("no coordinator Deployment")?;
+    let c = containers(coordinator)[0];
+    assert_eq!(env(c, "AICP_AUTH"), Some("token"));
+    assert_eq!(
+        env(c, "AICP_CLIENT_IP_HEADER"),
+        None,
+        "no proxy: the peer address"
+    );
+    let rendered = aicp_coordinator::Config::try_parse_from([
+        "aicp-coordinator",
+        "--rate-limit",
+        env(c, "AICP_RATE_LIMIT").context("no AICP_RATE_LIMIT")?,
+        "--rate-limit-ip",
+        env(c, "AICP_RATE_LIMIT_IP").context("no AICP_RATE_LIMIT_IP")?,
+        "--request-timeout-ms",
+        env(c, "AICP_REQUEST_TIMEOUT_MS").context("no AICP_REQUEST_TIMEOUT_MS")?,
+        "--admin-token",
+        &admin,
+        "--worker-token",
+        &worker,
+    ])?;
+    let defaults = aicp_coordinator::Config::try_parse_from(["aicp-coordinator"])?;
+    assert_eq!(rendered.rate_limit, defaults.rate_limit);
+    assert_eq!(rendered.rate_limit_ip, defaults.rate_limit_ip);
+    assert_eq!(rendered.request_timeout_ms, defaults.request_timeout_ms);
+
+    // Workers reach the coordinator through its Service.
+    let service = of_kind(&docs, "Service")
+        .into_iter()
+        .find(|s| component(s) == "coordinator" && s["spec"]["clusterIP"] != "None")
+        .context("no coordinator Service")?;
+    let api = format!(
+        "http://{}:{}",
+        service["metadata"]["name"].as_str().unwrap_or_default(),
+        service["spec"]["ports"][0]["port"]
+    );
+    for worker in of_kind(&docs, "Deployment")
+        .into_iter()
+        .filter(|d| component(d).starts_with("worker"))
+    {
+        assert_eq!(env(containers(worker)[0], "AICP_API"), Some(api.as_str()));
+    }
+
+    // A Secret of the operator's: the chart makes none and every reference names it.
+    let docs = render(&["--set", "auth.existingSecret=x"])?;
+    assert!(auth_secret(&docs).is_none());
+    assert!(of_kind(&docs, "Secret").is_empty(), "no Secret at all");
+    assert_eq!(token_references(&docs)?, expected_references("x", &[]));
+
+    // A pool with a token of its own uses it; the rest still use the auth Secret.
+    let pool = [
+        "--set",
+        "workers.pools[0].name=a",
+        "--set",
+        "workers.pools[0].agents={agent-1}",
+        "--set",
+        "workers.pools[0].tokenSecret.name=pool-a-token",
+        "--set",
+        "workers.pools[0].tokenSecret.key=token",
+    ];
+    let docs = render(&pool)?;
+    assert_eq!(
+        token_references(&docs)?,
+        expected_references("aicp-auth", &[("worker-a", "pool-a-token", "token")])
+    );
+
+    // A tokenSecret without its name or its key, or a rate the binary would refuse, fails
+    // the install instead of a pod that cannot start.
+    for (bad, expect) in [
+        ("workers.pools[0].tokenSecret.name=s", "key is required"),
+        ("workers.pools[0].tokenSecret.key=k", "name is required"),
+    ] {
+        let args = [
+            "--set",
+            "workers.pools[0].name=a",
+            "--set",
+            "workers.pools[0].agents={agent-1}",
+            "--set",
+            bad,
+        ];
+        let error = render_error(&args)?;
+        assert!(error.contains(expect), "{bad}: {error}");
+    }
+    for rate in ["100", "0/s", "10/s\\,0", "fast"] {
+        let set = format!("coordinator.rateLimit.perPrincipal={rate}");
+        let error = render_error(&["--set-string", &set])?;
+        assert!(error.contains("perPrincipal"), "{rate}: {error}");
+    }
+
+    // Behind the chart's Ingress (the only way in), the client is who the proxy says.
+    let ingress = ["--set", "coordinator.ingress.enabled=true"];
+    let client_ip_header = |args: &[&str]| -> Result<Option<String>> {
+        let docs = render(args)?;
+        let coordinator = of_kind(&docs, "Deployment")
+            .into_iter()
+            .find(|d| component(d) == "coordinator")
+            .context("no coordinator Deployment")?;
+        Ok(env(containers(coordinator)[0], "AICP_CLIENT_IP_HEADER").map(str::to_owned))
+    };
+    assert_eq!(
+        client_ip_header(&ingress)?.as_deref(),
+        Some("X-Forwarded-For")
+    );
+    let direct = ["--set", "coordinator.service.type=LoadBalancer"];
+    assert_eq!(client_ip_header(&[&ingress[..], &direct].concat())?, None);
+    let none = ["--set-string", "coordinator.clientIpHeader="];
+    assert_eq!(client_ip_header(&[&ingress[..], &none].concat())?, None);
+    let own = ["--set", "coordinator.clientIpHeader=X-Real-IP"];
+    assert_eq!(client_ip_header(&own)?.as_deref(), Some("X-Real-IP"));
+    Ok(())
+}
+
+/// `helm template` that must fail: its error.
+fn render_error(args: &[&str]) -> Result<String> {
+    match render(args) {
+        Ok(_) => bail!("helm template {args:?} rendered values it must refuse"),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+/// (workload or pod, env entry, Secret, key) of every token the render hands out.
+type TokenReference = (String, String, String, String);
+
+/// Every env entry of the coordinator, the workers and the helm tests that holds an API
+/// token, with where it is read from; sorted. An API token given as a plain value fails.
+fn token_references(docs: &[Value]) -> Result<Vec<TokenReference>> {
+    let mut found = Vec::new();
+    let workloads = of_kind(docs, "Deployment")
+        .into_iter()
+        .chain(of_kind(docs, "StatefulSet"))
+        .flat_map(|w| containers(w).into_iter().map(move |c| (component(w), c)));
+    let tests = of_kind(docs, "Pod").into_iter().map(|p| {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        (name, pod_container(p))
+    });
+    for (owner, container) in workloads.chain(tests) {
+        for name in ["AICP_ADMIN_TOKEN", "AICP_WORKER_TOKEN", "AICP_TOKEN"] {
+            ensure!(
+                env(container, name).is_none(),
+                "{owner}: {name} is a plain value, not from a Secret"
+            );
+            if let Some((secret, key)) = env_secret(container, name) {
+                found.push((owner.into(), name.into(), secret.into(), key.into()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What [`token_references`] must find in the default render with the auth Secret
+/// `secret`, and `pools` of (component, Secret, key) with tokens of their own.
+fn expected_references(secret: &str, pools: &[(&str, &str, &str)]) -> Vec<TokenReference> {
+    let entry = |owner: &str, env: &str, secret: &str, key: &str| {
+        (owner.into(), env.into(), secret.into(), key.into())
+    };
+    let mut expected = vec![
+        entry("coordinator", "AICP_ADMIN_TOKEN", secret, "admin-token"),
+        entry("coordinator", "AICP_WORKER_TOKEN", secret, "worker-token"),
+        entry("worker-all", "AICP_TOKEN", secret, "worker-token"),
+        // The helm tests that call the API: verify --live (an operator's route) and the
+        // submission (for any buyer). `streams status` talks to NATS only.
+        entry("aicp-test-verify", "AICP_TOKEN", secret, "admin-token"),
+        entry("aicp-test-submit", "AICP_TOKEN", secret, "admin-token"),
+    ];
+    for (pool, secret, key) in pools {
+        expected.push(entry(pool, "AICP_TOKEN", secret, key));
+    }
+    expected.sort();
+    expected
+}
+
 /// The arguments of the helm test Pod that submits a task and waits, pointed at `api`
 /// and waiting `wait` seconds.
 fn helm_test_submission(docs: &[Value], api: &str, wait: &str) -> Result<Vec<String>> {
@@ -332,9 +580,21 @@ async fn keda_reads_the_real_queue_depth_and_sees_it_drain() -> Result<()> {
     aicp_ok(&server.url(), &as_str(&job_args(&docs)?)).await?;
     assert_eq!(total_lag(&monitoring, &triggers).await?, 0);
 
+    // The coordinator gets the worker token the chart gives it: what the rendered
+    // Deployment's AICP_WORKER_TOKEN reads from the rendered Secret.
+    let deployments = of_kind(&docs, "Deployment");
+    let coordinator_container = deployments
+        .iter()
+        .find(|d| component(d) == "coordinator")
+        .map(|d| containers(d)[0])
+        .context("no coordinator Deployment")?;
+    let worker_token = env_from_secret(&docs, coordinator_container, "AICP_WORKER_TOKEN")?;
+
     // Tasks assigned with no worker running queue up, and KEDA sees exactly them.
     let data = tempfile::tempdir()?;
-    let coordinator = Coordinator::start_with(&server, data.path(), "", &[]).await?;
+    let coordinator =
+        Coordinator::start_with(&server, data.path(), "", &["--worker-token", &worker_token])
+            .await?;
     let tasks = 12;
     let mut ids = Vec::new();
     for n in 0..tasks {
@@ -362,27 +622,44 @@ async fn keda_reads_the_real_queue_depth_and_sees_it_drain() -> Result<()> {
     .await?;
     assert_eq!(waited.status.code(), Some(1), "{waited:?}");
 
-    // The chart's worker pool drains it, and the lag falls to 0.
-    let worker_deployment = of_kind(&docs, "Deployment")
-        .into_iter()
+    // The chart's worker pool drains it, and the lag falls to 0. Its worker reports through
+    // this coordinator (the Service's name does not resolve here) with the token its
+    // Deployment reads from the rendered Secret: the coordinator accepts it for every agent,
+    // or the worker would refuse to start and nothing would settle.
+    let worker_deployment = deployments
+        .iter()
         .find(|d| component(d).starts_with("worker"))
         .context("no worker Deployment")?;
-    let agents = env(containers(worker_deployment)[0], "AICP_AGENTS").context("no AICP_AGENTS")?;
+    let worker_container = containers(worker_deployment)[0];
+    let agents = env(worker_container, "AICP_AGENTS").context("no AICP_AGENTS")?;
+    let token = env_from_secret(&docs, worker_container, "AICP_TOKEN")?;
     let config = aicp_worker::Config::try_parse_from([
         "aicp-worker",
         "--nats-url",
         &server.url(),
+        "--api",
+        &api,
+        "--token",
+        &token,
         "--agents",
         agents,
         "--simulate-ms",
         "0",
     ])?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(aicp_worker::Worker::run(config, async move {
+    let mut worker = tokio::spawn(aicp_worker::Worker::run(config, async move {
         let _ = stopped.await;
     }));
-    for id in &ids {
-        coordinator.settled(id).await?;
+    let settled = async {
+        for id in &ids {
+            coordinator.settled(id).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    // A worker whose token is refused stops at once: say so rather than wait for tasks.
+    tokio::select! {
+        result = settled => result?,
+        stopped = &mut worker => bail!("the worker stopped before the queue drained: {stopped:?}"),
     }
     let mut lag = u64::MAX;
     for _ in 0..100 {

@@ -45,6 +45,52 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The coordinator's Deployment (or StatefulSet) and its Service. */}}
+{{- define "aicp.coordinator.fullname" -}}
+{{- printf "%s-coordinator" (include "aicp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The coordinator's API as the release's pods reach it: its Service, by name (same namespace). */}}
+{{- define "aicp.coordinator.url" -}}
+{{- printf "http://%s:%v" (include "aicp.coordinator.fullname" .) .Values.coordinator.service.port }}
+{{- end }}
+
+{{/* ---------- API tokens ---------- */}}
+
+{{/* The Secret holding the admin-token and worker-token keys: auth.existingSecret, else the
+     one the chart creates (templates/auth-secret.yaml). */}}
+{{- define "aicp.authSecretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else }}
+{{- printf "%s-auth" (include "aicp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* An env entry read from the auth Secret; pass a dict {ctx, env, key}. */}}
+{{- define "aicp.authEnv" -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "aicp.authSecretName" .ctx }}
+      key: {{ .key }}
+{{- end }}
+
+{{/* AICP_CLIENT_IP_HEADER: coordinator.clientIpHeader when set ("" = none: the peer address
+     is the client). Unset (null): X-Forwarded-For when the chart's Ingress is the only way
+     in from outside the cluster (enabled, Service ClusterIP): every outside request then
+     comes from the ingress controller, and all clients would share its address's per-IP
+     budget. None otherwise: a client reaching the coordinator without the proxy could write
+     any address in that header and escape the per-IP limit. */}}
+{{- define "aicp.clientIpHeader" -}}
+{{- $c := .Values.coordinator }}
+{{- if not (kindIs "invalid" $c.clientIpHeader) }}
+{{- $c.clientIpHeader }}
+{{- else if and $c.ingress.enabled (eq $c.service.type "ClusterIP") }}
+{{- "X-Forwarded-For" }}
+{{- end }}
+{{- end }}
+
 {{/* An AICP image; pass a dict {ctx, image}. */}}
 {{- define "aicp.image" -}}
 {{- $registry := .ctx.Values.images.registry -}}
