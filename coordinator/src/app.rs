@@ -75,6 +75,7 @@ impl App {
                 config.rate_limit.0,
                 config.rate_limit_ip.0,
                 config.client_ip_header.clone(),
+                &config.cors_origins,
             ),
             closing: closing_rx,
         };

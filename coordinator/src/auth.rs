@@ -20,7 +20,7 @@ use aicp_events::id::TokenId;
 use aicp_events::token::{TokenHash, TokenSecret};
 use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName};
+use axum::http::{header, HeaderMap, HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -57,6 +57,9 @@ pub struct Auth {
     pub per_ip: Limiter,
     /// The header a trusted proxy puts the client's address in (its last entry is used).
     pub client_ip_header: Option<HeaderName>,
+    /// Origins (`scheme://host:port`) besides the coordinator's own whose pages may send
+    /// cookie-authenticated writes: the CORS allow-list.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Auth {
@@ -67,6 +70,7 @@ impl Auth {
         per_principal: Option<Rate>,
         per_ip: Option<Rate>,
         client_ip_header: Option<HeaderName>,
+        allowed_origins: &[String],
     ) -> Arc<Self> {
         Arc::new(Self {
             mode,
@@ -77,6 +81,7 @@ impl Auth {
             per_principal: Limiter::new(per_principal),
             per_ip: Limiter::new(per_ip),
             client_ip_header,
+            allowed_origins: allowed_origins.to_vec(),
         })
     }
 }
@@ -122,6 +127,9 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = same_origin(&state.auth, request.method(), request.headers()) {
+        return e.into_response();
+    }
     // Workers are the marketplace's own service: a pool shares one token and makes two
     // calls per task, so a per-principal budget would cap the whole fleet's throughput.
     // Their address limit still applies, and their calls only touch tasks queued for them.
@@ -142,16 +150,54 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
     next.run(request).await
 }
 
-/// The client's address: the peer, or the last entry of the trusted proxy's header.
+/// Refuses a write a browser sends from another site's page (cross-site request forgery)
+/// when it would be authenticated by a cookie (or by nothing, with `--auth none`): its
+/// `Origin` must be the coordinator's own or an allowed one. Calls with a bearer token
+/// are not forgeable that way, and clients that send no `Origin` are not browsers on a
+/// foreign page.
+fn same_origin(auth: &Auth, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if safe || headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority == host);
+    if own || auth.allowed_origins.iter().any(|o| o == origin || o == "*") {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "cross_site",
+        format!("a write from a page of {origin} is refused; send a bearer token instead"),
+    ))
+}
+
+/// The client's address: the peer, or the last entry of the trusted proxy's header (its
+/// last line, as a proxy appends); IPv6 addresses count by their /64, which one client
+/// usually holds whole.
 fn client_ip(auth: &Auth, headers: &HeaderMap, peer: Option<IpAddr>) -> String {
     let forwarded = auth
         .client_ip_header
         .as_ref()
-        .and_then(|name| headers.get(name))
+        .and_then(|name| headers.get_all(name).iter().last())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse::<IpAddr>().ok());
     match forwarded.or(peer) {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map_or_else(String::new, |v4| v4.to_string()),
         Some(ip) => ip.to_string(),
         None => "unknown".to_owned(),
     }

@@ -138,6 +138,16 @@ pub fn parse_skills(raw: &[String]) -> Result<BTreeSet<String>, ApiError> {
         .collect()
 }
 
+/// The task's agent, or 409 if it has none yet.
+fn assigned_agent(task: &Task) -> Result<AgentId, ApiError> {
+    task.agent_id.clone().ok_or_else(|| {
+        ApiError::conflict(
+            "invalid_state",
+            format!("task {} has no agent yet", task.task_id),
+        )
+    })
+}
+
 fn parse_complexity(raw: i64) -> Result<Complexity, ApiError> {
     Complexity::new(raw).map_err(|e| ApiError::bad_request("invalid_complexity", e.to_string()))
 }
@@ -349,12 +359,7 @@ impl AppState {
                     agent: task.agent_id.as_ref(),
                 },
             )?;
-            let agent_id = task.agent_id.clone().ok_or_else(|| {
-                ApiError::conflict(
-                    "invalid_state",
-                    format!("task {} has no agent yet", task.task_id),
-                )
-            })?;
+            let agent_id = assigned_agent(task)?;
             Ok(if success {
                 Event::TaskCompleted(TaskCompleted {
                     task_id: task.task_id.clone(),
@@ -391,6 +396,15 @@ impl AppState {
     ) -> Result<Written, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
         let seen = self.model.task(&task_id)?;
+        if let Some(view) = &seen {
+            // Before saying anything about the task's state.
+            authorize(
+                by,
+                Action::WorkOnTask {
+                    agent: view.task.agent_id.as_ref(),
+                },
+            )?;
+        }
         if seen.is_none_or(|v| v.task.assignment < assignment) {
             return Err(ApiError::conflict(
                 "not_yet",
@@ -422,12 +436,7 @@ impl AppState {
                     ),
                 ));
             }
-            let agent_id = task.agent_id.clone().ok_or_else(|| {
-                ApiError::conflict(
-                    "invalid_state",
-                    format!("task {} has no agent yet", task.task_id),
-                )
-            })?;
+            let agent_id = assigned_agent(task)?;
             Ok(Event::TaskStarted(TaskStarted {
                 task_id: task.task_id.clone(),
                 agent_id,

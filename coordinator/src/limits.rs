@@ -120,6 +120,14 @@ impl Limiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             buckets.retain(|_, bucket| !bucket.full(rate, now));
+            // Still full (many keys, all busy: a flood of new addresses): forget a tenth,
+            // which at worst gives those keys their burst again, rather than grow.
+            if buckets.len() >= MAX_KEYS {
+                let forget: Vec<String> = buckets.keys().take(MAX_KEYS / 10).cloned().collect();
+                for k in forget {
+                    buckets.remove(&k);
+                }
+            }
         }
         let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: rate.burst,
@@ -135,14 +143,23 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
     seconds.max(1)
 }
 
-/// Middleware: a request not answered within the configured time gets 408 (the live event
-/// stream is routed outside it).
+/// Middleware: a read not answered within the configured time gets 408 (the live event
+/// stream is routed outside it). Writes are not cut short: one dropped half-way through an
+/// append may still be stored, and a client told to retry would then pay twice; their own
+/// waits are bounded instead (the write wait, the store's publish timeout).
 pub async fn deadline(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let read = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !read {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => crate::error::ApiError::request_timeout(state.request_timeout).into_response(),

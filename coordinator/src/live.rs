@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use aicp_events::domain::access::{Principal, WorkerScope};
-use aicp_events::id::{AgentId, BuyerId};
+use aicp_events::id::{AgentId, BuyerId, TokenId};
 use aicp_events::Aggregate;
 use aicp_projections::notices::Notice;
 use axum::extract::rejection::QueryRejection;
@@ -135,14 +135,21 @@ pub async fn stream(
     };
 
     let (tx, mut rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(feed(state, audience, after, tx));
+    tokio::spawn(feed(state, audience, caller.token_id, after, tx));
     let events = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)));
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Sends the audience's events to `tx` until the client goes, the server closes, or the
-/// client falls so far behind that it must reconnect (and resume by its last id).
-async fn feed(state: AppState, audience: Audience, after: Option<u64>, tx: mpsc::Sender<Event>) {
+/// Sends the audience's events to `tx` until the client goes, the server closes, the
+/// caller's token is revoked, or the client falls so far behind that it must reconnect
+/// (and resume by its last id).
+async fn feed(
+    state: AppState,
+    audience: Audience,
+    token: Option<TokenId>,
+    after: Option<u64>,
+    tx: mpsc::Sender<Event>,
+) {
     let mut closing = state.closing.clone();
     let subscription = match state.notices.subscribe(after) {
         Ok(subscription) => subscription,
@@ -191,6 +198,13 @@ async fn feed(state: AppState, audience: Audience, after: Option<u64>, tx: mpsc:
             Err(broadcast::error::RecvError::Lagged(_))
             | Err(broadcast::error::RecvError::Closed) => return,
         };
+        // The token the stream was opened with was revoked: its reconnect is refused.
+        if let (Some(Aggregate::Token(id)), Some(own)) = (&notice.aggregate, &token) {
+            let revoked = !matches!(state.model.token(own), Ok(Some(t)) if t.revoked_at.is_none());
+            if id == own && revoked {
+                return;
+            }
+        }
         if let Some(event) = event_for(&state, &audience, &notice) {
             if !deliver(&tx, &mut closing, event).await {
                 return;

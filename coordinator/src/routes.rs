@@ -218,6 +218,18 @@ pub struct AgentJson {
     success_rate_bp: u32,
 }
 
+impl AgentJson {
+    /// As `caller` may see it: how an agent's tasks are run (a command line, a URL that may
+    /// hold credentials) is for admins and the agent itself.
+    fn for_caller(mut self, caller: &Caller) -> Self {
+        let own = caller.principal == Principal::Agent(self.name.clone());
+        if !(own || caller.principal == Principal::Admin) {
+            self.executor = None;
+        }
+        self
+    }
+}
+
 impl From<AgentView> for AgentJson {
     fn from(a: AgentView) -> Self {
         Self {
@@ -642,7 +654,7 @@ async fn seed_agents(State(state): State<AppState>, caller: Caller) -> ApiResult
     let agents: Vec<AgentJson> = state
         .all_agents()?
         .into_iter()
-        .map(AgentJson::from)
+        .map(|a| AgentJson::from(a).for_caller(&caller))
         .collect();
     Ok(Json(json!({"agents": agents})).into_response())
 }
@@ -662,7 +674,11 @@ async fn list_agents(
     let Query(q) = q?;
     id_cursor::<AgentId>(&q.cursor)?;
     let page = state.model.agents(&page(q.cursor, q.limit)?)?;
-    let agents: Vec<AgentJson> = page.items.into_iter().map(AgentJson::from).collect();
+    let agents: Vec<AgentJson> = page
+        .items
+        .into_iter()
+        .map(|a| AgentJson::from(a).for_caller(&caller))
+        .collect();
     Ok(Json(json!({"agents": agents, "next_cursor": page.next_cursor})).into_response())
 }
 
@@ -674,7 +690,7 @@ async fn get_agent(
     caller.may(Action::BrowseAgents)?;
     let Path(id) = path?;
     let id: AgentId = parse_id(&id)?;
-    Ok(Json(AgentJson::from(state.agent(&id)?)).into_response())
+    Ok(Json(AgentJson::from(state.agent(&id)?).for_caller(&caller)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

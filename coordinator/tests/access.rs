@@ -502,6 +502,13 @@ async fn a_revoked_token_is_refused_within_a_second_on_every_replica() -> Result
         assert!(accepted, "the new token is never accepted by {}", app.base);
     }
 
+    // A live event stream opened with the token, on the other replica.
+    let mut stream = second
+        .as_token(Some(&token))
+        .request(Method::GET, "/v1/events/stream")
+        .send()
+        .await?;
+    assert_eq!(stream.status(), StatusCode::OK);
     let revoked_at = Instant::now();
     let (status, body) = first
         .post(
@@ -529,6 +536,15 @@ async fn a_revoked_token_is_refused_within_a_second_on_every_replica() -> Result
         }
     }
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    // The open stream ends too (it is read until it closes; hello and keep-alives aside).
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the revoked token's event stream is still open"
+    );
     // Revoking again changes nothing; the list shows who revoked it and why.
     let before = first.state.store.last_sequence().await?;
     let (status, _) = second
@@ -687,6 +703,77 @@ async fn pages_carry_security_headers_and_cors_allows_only_the_listed_origins() 
     );
     let other = preflight("https://evil.example").await?;
     assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // A write authenticated by the UI's cookie is refused from another site's page (a
+    // forged form post), accepted from the coordinator's own pages and listed origins.
+    let (_, agent_token) = app.issue_token("agent:agent-1").await?;
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let cookie_write = |origin: String| {
+        app.as_token(None)
+            .request(Method::PATCH, "/v1/agents/agent-1")
+            .header("cookie", format!("aicp_token={agent_token}"))
+            .header("origin", origin)
+            .json(&json!({"accepting": true}))
+            .send()
+    };
+    let before = app.state.store.last_sequence().await?;
+    let forged = cookie_write("https://evil.example".into()).await?;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let body: Value = forged.json().await?;
+    assert_eq!(body["error"]["code"], "cross_site");
+    assert_eq!(app.state.store.last_sequence().await?, before);
+    assert_eq!(
+        cookie_write(format!("http://{host}")).await?.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        cookie_write("https://ui.example".into()).await?.status(),
+        StatusCode::OK
+    );
+    // A bearer token is no cookie a foreign page could ride on.
+    let bearer = app
+        .as_token(Some(&agent_token))
+        .request(Method::PATCH, "/v1/agents/agent-1")
+        .header("origin", "https://evil.example")
+        .json(&json!({"accepting": true}))
+        .send()
+        .await?;
+    assert_eq!(bearer.status(), StatusCode::OK);
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_an_agent_runs_is_shown_to_admins_and_the_agent_alone() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let exec = json!({"kind": "exec", "command": ["agent", "--key", "s3cret"], "timeout_ms": 1000});
+    let (status, _) = app
+        .request(Method::PATCH, "/v1/agents/agent-1")
+        .json(&json!({"executor": exec}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))?;
+    assert_eq!(status, StatusCode::OK);
+    let (_, own) = app.issue_token("agent:agent-1").await?;
+    let (_, buyer) = app.issue_token("buyer:buyer-001").await?;
+    for (token, shown) in [(None, true), (Some(own), true), (Some(buyer), false)] {
+        let client = match &token {
+            Some(t) => app.as_token(Some(t)),
+            None => app.api.clone(),
+        };
+        for path in ["/v1/agents/agent-1", "/v1/agents", "/agents"] {
+            let body = client.get(path).await?.1;
+            let agent = if path == "/v1/agents/agent-1" {
+                body.clone()
+            } else {
+                body["agents"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|a| a["name"] == "agent-1").cloned())
+                    .context("agent-1 listed")?
+            };
+            assert_eq!(agent["executor"] == exec, shown, "{path}: {agent}");
+        }
+    }
     app.shutdown().await
 }
 

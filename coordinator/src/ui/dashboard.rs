@@ -23,7 +23,17 @@ pub async fn page(State(state): State<AppState>, caller: Option<Caller>) -> Resp
     let who = caller.map(|c| c.principal);
     match &who {
         Some(Principal::Admin) => {}
-        Some(other) => return Redirect::to(home_of(other)).into_response(),
+        Some(p @ (Principal::Buyer(_) | Principal::Agent(_))) => {
+            return Redirect::to(home_of(p)).into_response()
+        }
+        // A worker's token has no page: say so rather than send it round in circles.
+        Some(_) => {
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                "the dashboard is for admins; sign out and sign in with an admin token",
+            )
+                .into_response()
+        }
         None => return Redirect::to("/sign-in").into_response(),
     }
     // What the page shows is at least this new: the stream resumes after it.

@@ -270,9 +270,9 @@ fn describe(action: Action<'_>) -> String {
             (None, None) => "list every task (filter by your own id)".to_owned(),
         },
         Action::ReadTask { .. } => "read this task".to_owned(),
-        Action::WorkOnTask { agent: Some(a) } => format!("work on the tasks of agent {a}"),
-        Action::WorkOnTask { agent: None } => "work on a task with no agent".to_owned(),
-        Action::ChangeOrder { buyer } => format!("change the tasks of buyer {buyer}"),
+        // Not naming the task's owner: that would tell anyone whose task an id is.
+        Action::WorkOnTask { .. } => "work on this task".to_owned(),
+        Action::ChangeOrder { .. } => "change this task".to_owned(),
         Action::BrowseAgents => "browse agents".to_owned(),
         Action::RegisterAgent => "register agents".to_owned(),
         Action::UpdateAgent { agent, operational } => {
