@@ -186,7 +186,7 @@ fn client_ip(auth: &Auth, headers: &HeaderMap, peer: Option<IpAddr>) -> String {
     let forwarded = auth
         .client_ip_header
         .as_ref()
-        .and_then(|name| headers.get_all(name).iter().last())
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse::<IpAddr>().ok());

@@ -40,6 +40,11 @@ pub struct NatsCredentials {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
+    /// Prefix of this process's reply subjects instead of `_INBOX`, so that a server's
+    /// permissions can let it receive its own replies and nobody else's (workers use
+    /// `_INBOX_worker` with `ops/nats/worker-permissions.conf`).
+    #[arg(long, env = "NATS_INBOX_PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
 }
 
 impl fmt::Debug for NatsCredentials {
@@ -52,6 +57,7 @@ impl fmt::Debug for NatsCredentials {
             .field("nats_tls_ca", &self.nats_tls_ca)
             .field("nats_tls_cert", &self.nats_tls_cert)
             .field("nats_tls_key", &self.nats_tls_key)
+            .field("nats_inbox_prefix", &self.nats_inbox_prefix)
             .finish()
     }
 }
@@ -71,6 +77,10 @@ impl NatsCredentials {
         };
         let options = match &self.nats_tls_ca {
             Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+            None => options,
+        };
+        let options = match &self.nats_inbox_prefix {
+            Some(prefix) => options.custom_inbox_prefix(prefix.clone()),
             None => options,
         };
         let options = match (&self.nats_tls_cert, &self.nats_tls_key) {
@@ -123,7 +133,7 @@ mod tests {
             nats_user: Some("alice".into()),
             nats_password: Some("s3cret".into()),
             nats_token: Some("t0ken".into()),
-            nats_creds: None,
+            ..NatsCredentials::default()
         };
         let shown = format!("{credentials:?}");
         assert!(shown.contains("alice"));

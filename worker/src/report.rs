@@ -32,9 +32,29 @@ pub enum ReportError {
         /// The coordinator's reason.
         message: String,
     },
-    /// The coordinator could not be reached, or failed.
+    /// The coordinator will not take this report as it is (400, 413): asking again
+    /// would not help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The coordinator could not be reached, or failed, or is busy (429): ask again.
     #[error("coordinator unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The most of a result or failure reason sent to the coordinator: its JSON must fit the
+/// coordinator's body limit (64 KiB by default) even when every character is escaped.
+pub const MAX_REPORT_BYTES: usize = 8 * 1024;
+
+/// `text` cut to at most [`MAX_REPORT_BYTES`] bytes, on a character boundary.
+fn capped(text: &str) -> String {
+    if text.len() <= MAX_REPORT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_REPORT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut at {MAX_REPORT_BYTES} bytes]", &text[..end])
 }
 
 /// Who the worker's token is, as the coordinator sees it.
@@ -112,8 +132,8 @@ impl Coordinator {
     /// failed with its reason.
     pub async fn finish(&self, item: &WorkItem, outcome: &Outcome) -> Result<(), ReportError> {
         let body = match outcome {
-            Outcome::Completed(result) => json!({"success": true, "result": result}),
-            Outcome::Failed(reason) => json!({"success": false, "result": reason}),
+            Outcome::Completed(result) => json!({"success": true, "result": capped(result)}),
+            Outcome::Failed(reason) => json!({"success": false, "result": capped(reason)}),
         };
         self.post(&format!("/v1/tasks/{}/complete", item.task_id), &body)
             .await
@@ -153,6 +173,21 @@ async fn answer(response: reqwest::Response) -> Result<Value, ReportError> {
         (409, "busy") => ReportError::Unavailable(message),
         (409, _) => ReportError::Stale(message),
         (401 | 403, _) => ReportError::Refused { status, message },
+        (400 | 413 | 415 | 422, _) => ReportError::Rejected(message),
         _ => ReportError::Unavailable(format!("{status}: {message}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reports_are_cut_on_a_character_boundary() {
+        assert_eq!(capped("short"), "short");
+        let long = "é".repeat(MAX_REPORT_BYTES);
+        let cut = capped(&long);
+        assert!(cut.len() <= MAX_REPORT_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("[cut at {MAX_REPORT_BYTES} bytes]")));
+    }
 }

@@ -49,6 +49,14 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// message is offered again, maybe to a worker with the right token.
 const REFUSED_DELAY: Duration = Duration::from_secs(5);
 
+/// How long a start is asked again while the coordinator is unavailable, before the
+/// message goes back to the queue (costing one delivery).
+const START_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a coordinator may answer "not yet" (it has not seen the task) before the
+/// worker stops asking.
+const NOT_YET_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Why a task could not be reported now; its message is redelivered.
 #[derive(Debug, thiserror::Error)]
 enum NotReported {
@@ -70,6 +78,8 @@ enum Handled {
 pub struct Worker {
     store: EventStore,
     coordinator: Coordinator,
+    /// Set when the coordinator stops accepting this worker's token: the worker stops.
+    fatal: Arc<watch::Sender<Option<String>>>,
     default_executor: ExecutorSettings,
     worker_id: String,
     seed: u64,
@@ -100,9 +110,11 @@ impl Worker {
             checked = check_token(&coordinator, all, &agents) => checked?,
             () = &mut shutdown => return Ok(()),
         }
+        let (fatal, mut fatal_rx) = watch::channel(None);
         let worker = Worker {
             store,
             coordinator,
+            fatal: Arc::new(fatal),
             default_executor: config.default_executor()?,
             worker_id: config.worker_id(),
             seed: config.seed,
@@ -138,6 +150,7 @@ impl Worker {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = fatal_rx.changed() => break,
                 _ = heartbeat.tick() => {
                     let client = worker.store.jetstream().client();
                     let subject = worker.store.namespace().worker_heartbeat_subject();
@@ -191,6 +204,9 @@ impl Worker {
             tracing::warn!("could not flush the last acks: {e}");
         }
         tracing::info!("worker stopped");
+        if let Some(why) = worker.fatal.borrow().clone() {
+            anyhow::bail!("the coordinator refused this worker's token: {why}");
+        }
         Ok(())
     }
 
@@ -297,8 +313,20 @@ impl Worker {
         let acked = match result {
             Ok(Handled::Done) => message.ack().await,
             Ok(Handled::Abandoned) => message.ack_with(AckKind::Nak(None)).await,
-            Err(NotReported::Report(e @ ReportError::Refused { .. })) => {
-                tracing::error!(task = %item.task_id, agent = %item.agent_id, "the coordinator refused this worker's token: {e}; handing the task back");
+            Err(NotReported::Report(ReportError::Refused {
+                status: 401,
+                message: why,
+            })) => {
+                // Revoked (or never valid here): this worker can do nothing more. Hand the
+                // task back at once and stop, rather than take every message and drop it.
+                tracing::error!(task = %item.task_id, "the coordinator no longer accepts this worker's token ({why}); stopping");
+                let _ = self.fatal.send(Some(why));
+                message.ack_with(AckKind::Nak(None)).await
+            }
+            Err(NotReported::Report(
+                e @ (ReportError::Refused { .. } | ReportError::Rejected(_)),
+            )) => {
+                tracing::error!(task = %item.task_id, agent = %item.agent_id, "the coordinator refused this worker's report: {e}; handing the task back");
                 message.ack_with(AckKind::Nak(Some(REFUSED_DELAY))).await
             }
             Err(e) => {
@@ -322,18 +350,32 @@ impl Worker {
         mut abandon: watch::Receiver<bool>,
     ) -> Result<Handled, NotReported> {
         if delivered >= self.max_deliver {
-            // The last delivery: a nak would never come back, so keep trying here.
+            // The last delivery: a nak would never come back, so keep trying here, however
+            // long the coordinator is away (until this worker shuts down).
             let gave_up = Outcome::Failed(MAX_DELIVERIES.to_owned());
-            return match self.report_patiently(item, &gave_up).await {
-                // Finished meanwhile, or never dispatched where we asked: nothing to do.
+            let reported = self
+                .persist(message, item, &mut abandon, None, || {
+                    self.coordinator.finish(item, &gave_up)
+                })
+                .await;
+            return match reported {
+                // Finished meanwhile, or unknown where we asked: nothing to do.
                 Ok(()) | Err(ReportError::Stale(_) | ReportError::NotYet(_)) => Ok(Handled::Done),
                 Err(e) => Err(e.into()),
             };
         }
-        match self.coordinator.start(item, &self.worker_id).await {
+        // A coordinator restarting, or over its rate, costs this message no delivery: ask
+        // again here for a while rather than nak.
+        let started = self
+            .persist(message, item, &mut abandon, Some(START_PATIENCE), || {
+                self.coordinator.start(item, &self.worker_id)
+            })
+            .await;
+        match started {
             Ok(()) => {}
             // Finished, cancelled, expired or assigned again since: nothing to do.
             Err(ReportError::Stale(_)) => return Ok(Handled::Done),
+            Err(_) if *abandon.borrow() => return Ok(Handled::Abandoned),
             Err(e) => return Err(e.into()),
         }
 
@@ -341,32 +383,68 @@ impl Worker {
             outcome = self.execute_with_progress(message, item) => outcome,
             _ = abandon.wait_for(|a| *a) => return Ok(Handled::Abandoned),
         };
-        match self.report_patiently(item, &outcome).await {
+        // The work is done: a redelivery would do it again, so keep trying to report it.
+        let reported = self
+            .persist(message, item, &mut abandon, None, || {
+                self.coordinator.finish(item, &outcome)
+            })
+            .await;
+        match reported {
             // Another worker reported first (a redelivery raced ours).
             Ok(()) | Err(ReportError::Stale(_)) => Ok(Handled::Done),
+            Err(ReportError::Rejected(reason)) => {
+                // The coordinator will not take this outcome (too large, malformed): report
+                // the task failed with why, rather than run it again.
+                let failed =
+                    Outcome::Failed(format!("the coordinator rejected the outcome: {reason}"));
+                match self.coordinator.finish(item, &failed).await {
+                    Ok(()) | Err(ReportError::Stale(_)) => Ok(Handled::Done),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(_) if *abandon.borrow() => Ok(Handled::Abandoned),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Reports an outcome, retrying with backoff while the coordinator is unavailable or
-    /// has not seen the start yet: the work is done, and a redelivery would do it again.
-    async fn report_patiently(
+    /// Calls `attempt` until the coordinator answers it (anything but unavailable or "not
+    /// yet"), backing off and telling JetStream the work goes on meanwhile; stops when the
+    /// worker shuts down, or after `patience` if given. The last error, if it never did.
+    async fn persist<F, Fut>(
         &self,
+        message: &jetstream::Message,
         item: &WorkItem,
-        outcome: &Outcome,
-    ) -> Result<(), ReportError> {
-        let mut delay = Duration::from_millis(200);
-        for _ in 0..8 {
-            match self.coordinator.finish(item, outcome).await {
-                Err(ReportError::Unavailable(e) | ReportError::NotYet(e)) => {
-                    tracing::debug!(task = %item.task_id, "report not taken yet: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
+        abandon: &mut watch::Receiver<bool>,
+        patience: Option<Duration>,
+        attempt: F,
+    ) -> Result<(), ReportError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), ReportError>>,
+    {
+        let begun = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let error = match attempt().await {
+                Err(e @ (ReportError::Unavailable(_) | ReportError::NotYet(_))) => e,
+                answered => return answered,
+            };
+            let waited = begun.elapsed();
+            // "Not yet" for long means this coordinator will not know the task: give up.
+            let hopeless = matches!(error, ReportError::NotYet(_)) && waited > NOT_YET_PATIENCE;
+            if hopeless || patience.is_some_and(|p| waited > p) || *abandon.borrow() {
+                return Err(error);
             }
+            tracing::debug!(task = %item.task_id, "coordinator did not take it yet: {error}");
+            if let Err(e) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(task = %item.task_id, "progress ack failed: {e}");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = abandon.wait_for(|a| *a) => return Err(error),
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
-        self.coordinator.finish(item, outcome).await
     }
 
     /// Executes, telling JetStream every third of the ack wait that the work goes on.

@@ -10,7 +10,7 @@ use aicp_events::domain::ledger::{Account, EscrowState};
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::testing::NatsServer;
 use aicp_events::{Aggregate, EventStore, Namespace};
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 
@@ -690,12 +690,13 @@ async fn a_worker_with_agent_1_credentials_cannot_complete_agent_2_tasks() -> Re
 
     // With agent-2's worker token, the same task is done, and its events say by whom.
     let agent_2_token = coordinator.issue_token("worker:agent-2").await?;
-    let _worker = Command::new(env!("CARGO_BIN_EXE_aicp-worker"))
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_aicp-worker"))
         .args(["--nats-url", &server.url(), "--api", &coordinator.base])
         .args(["--agents", "agent-2", "--token", &agent_2_token])
         .args(["--simulate-ms", "0", "--seed", "1"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .map(WorkerProcess)?;
     let (done, _) = coordinator
@@ -720,5 +721,55 @@ async fn a_worker_with_agent_1_credentials_cannot_complete_agent_2_tasks() -> Re
         })
         .collect();
     ensure!(by == ["worker:agent-2", "worker:agent-2"], "{by:?}");
+
+    // Its token revoked, the worker hands its next task back and stops (exit 1) rather
+    // than take messages it cannot report.
+    let tokens: Value = coordinator
+        .http
+        .get(format!("{}/v1/tokens", coordinator.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let agent_2_id = tokens["tokens"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["principal"] == "worker:agent-2"))
+        .and_then(|t| t["token_id"].as_str())
+        .context("agent-2's worker token")?
+        .to_owned();
+    let revoked = coordinator
+        .http
+        .post(format!(
+            "{}/v1/tokens/{agent_2_id}/revoke",
+            coordinator.base
+        ))
+        .json(&json!({}))
+        .send()
+        .await?;
+    ensure!(revoked.status().is_success(), "{}", revoked.status());
+    let next: Value = coordinator
+        .http
+        .post(format!("{}/v1/tasks", coordinator.base))
+        .json(&json!({"description": "after revocation", "complexity": 1, "buyer_id": "b1", "required_skills": ["two"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut exit = None;
+    for _ in 0..100 {
+        exit = worker.0.try_wait()?;
+        if exit.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        exit.is_some_and(|s| !s.success()),
+        "the worker with a revoked token is still running: {exit:?}"
+    );
+    let left = coordinator
+        .task(next["id"].as_str().unwrap_or_default())
+        .await?;
+    ensure!(left["status"] == "assigned", "{left}");
     coordinator.stop().await
 }

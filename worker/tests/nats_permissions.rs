@@ -102,6 +102,7 @@ async fn a_worker_that_may_not_write_events_still_works_and_cannot_forge_one() -
         .args(["--agents", "agent-1", "--simulate-ms", "0", "--seed", "3"])
         .env("NATS_USER", "worker")
         .env("NATS_PASSWORD", WORKER_PASSWORD)
+        .env("NATS_INBOX_PREFIX", "_INBOX_worker")
         .env("AICP_TOKEN", &token)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -140,6 +141,7 @@ async fn a_worker_that_may_not_write_events_still_works_and_cannot_forge_one() -
     let before = state.store.last_sequence().await?;
     let client = async_nats::ConnectOptions::new()
         .user_and_password("worker".into(), WORKER_PASSWORD.into())
+        .custom_inbox_prefix("_INBOX_worker")
         .connect(server.url())
         .await?;
     let js = async_nats::jetstream::new(client);
