@@ -40,26 +40,56 @@ done
   --self-test "$OUT/external-nats-hpa-values.yaml" \
   "${rendered[@]}"
 
-# The rendered nats-server configurations, parsed by a real nats-server (-t: test and exit).
+# The rendered nats-server configurations, parsed by a real nats-server (-t: test and exit)
+# with the environment of the NATS container (the configuration reads the users' and the
+# routes' passwords from it): pod 0's name, the rendered Secret's values (a dummy of letters
+# for a Secret the render does not hold) and $(VAR) composed as the kubelet does.
 nats_bin="${NATS_SERVER_BIN:-$(command -v nats-server || true)}"
 if [ -n "$nats_bin" ] && [ -x "$nats_bin" ]; then
   "$PY" - "$OUT" "${rendered[@]}" <<'PY'
-import os, sys, yaml
+import base64, os, re, sys, yaml
 out = sys.argv[1]
 for path in sys.argv[2:]:
-    for doc in yaml.safe_load_all(open(path)):
-        if doc and doc.get("kind") == "ConfigMap" and "nats.conf" in (doc.get("data") or {}):
-            with open(os.path.join(out, os.path.basename(path)[:-5] + ".nats.conf"), "w") as f:
-                f.write(doc["data"]["nats.conf"])
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    secrets = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d.get("kind") == "Secret"}
+    for doc in docs:
+        if doc.get("kind") != "ConfigMap" or "nats.conf" not in (doc.get("data") or {}):
+            continue
+        base = os.path.join(out, os.path.basename(path)[:-5])
+        with open(base + ".nats.conf", "w") as f:
+            f.write(doc["data"]["nats.conf"])
+        servers = [d for d in docs if d.get("kind") == "StatefulSet"
+                   and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "nats"]
+        if len(servers) != 1:
+            sys.exit(f"chart-check: {path}: a NATS ConfigMap and {len(servers)} NATS StatefulSets")
+        env = {}
+        for entry in servers[0]["spec"]["template"]["spec"]["containers"][0].get("env") or []:
+            source = entry.get("valueFrom") or {}
+            if "value" in entry:
+                value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                               lambda m: env.get(m.group(1), m.group(0)), str(entry["value"]))
+            elif (source.get("fieldRef") or {}).get("fieldPath") == "metadata.name":
+                value = servers[0]["metadata"]["name"] + "-0"
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                data = secrets.get(ref["name"], {})
+                value = (base64.b64decode(data[ref["key"]]).decode() if ref["key"] in data
+                         else "chartcheck" + re.sub(r"[^A-Za-z]", "", ref["key"]))
+            else:
+                sys.exit(f"chart-check: {path}: NATS env {entry.get('name')}: unknown source {source}")
+            env[entry["name"]] = value
+        with open(base + ".nats.env", "w") as f:
+            f.writelines(f"{k}={v}\n" for k, v in env.items())
 PY
   n=0
   for conf in "$OUT"/*.nats.conf; do
     [ -e "$conf" ] || continue
-    POD_NAME=aicp-nats-0 "$nats_bin" -t -c "$conf" >/dev/null 2>"$OUT/nats-t.err" \
-      || { echo "chart-check: nats-server rejects $conf:" >&2; cat "$OUT/nats-t.err" >&2; exit 1; }
+    mapfile -t nats_env <"${conf%.conf}.env"
+    env "${nats_env[@]}" "$nats_bin" -t -c "$conf" >/dev/null 2>"$OUT/nats-t.err" \
+      || { echo "chart-check: nats-server rejects $conf (environment: ${conf%.conf}.env):" >&2; cat "$OUT/nats-t.err" >&2; exit 1; }
     n=$((n + 1))
   done
-  echo "nats-server -t ($("$nats_bin" --version)): $n rendered configurations valid"
+  echo "nats-server -t ($("$nats_bin" --version)): $n rendered configurations valid in their containers' environment"
 else
   echo "nats-server -t: skipped (no nats-server on the PATH nor NATS_SERVER_BIN; make tools installs one)"
 fi

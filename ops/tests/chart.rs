@@ -1,7 +1,9 @@
 //! The Helm chart against the code. The chart is rendered by the real `helm` (installed by
 //! `make chart-tools`); the names it gives streams and consumers must be the ones the Rust
-//! code uses, and the queue depth its ScaledObjects point KEDA at is read from a real
-//! nats-server's monitoring endpoint exactly as KEDA's `nats-jetstream` scaler reads it.
+//! code uses, the queue depth its ScaledObjects point KEDA at is read from a real
+//! nats-server's monitoring endpoint exactly as KEDA's `nats-jetstream` scaler reads it, and
+//! the bundled NATS runs from the rendered configuration, with the users the chart gives the
+//! coordinators (everything) and the workers (no event writes).
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aicp_events::consumers;
+use aicp_events::credentials::NatsCredentials;
 use aicp_events::id::AgentId;
 use aicp_events::testing::NatsServer;
 use aicp_events::{EventStore, Namespace};
@@ -564,11 +567,15 @@ async fn total_lag(monitoring: &str, triggers: &[(String, String, String)]) -> R
     Ok(total)
 }
 
+/// Against the default chart's NATS, run from its rendered configuration: the users it
+/// requires do not stand in KEDA's way (the monitoring port needs no login), and the chart's
+/// coordinator and worker pool work with theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keda_reads_the_real_queue_depth_and_sees_it_drain() -> Result<()> {
-    let server = NatsServer::start_with_monitoring()?;
-    let monitoring = server.monitoring_url().context("no monitoring port")?;
     let docs = render(&[])?;
+    let dir = tempfile::tempdir()?;
+    let (server, monitoring) = start_rendered_nats(&docs, dir.path(), true)?;
+    let monitoring = monitoring.context("no monitoring port")?;
     let triggers = keda_triggers(&docs);
 
     // Before provisioning KEDA finds nothing; the chart's Job creates what it looks for.
@@ -577,30 +584,28 @@ async fn keda_reads_the_real_queue_depth_and_sees_it_drain() -> Result<()> {
         keda_lag(&monitoring, account, stream, consumer).await?,
         None
     );
-    aicp_ok(&server.url(), &as_str(&job_args(&docs)?)).await?;
+    ensure_success(
+        "the provisioning Job",
+        &run_the_job(&docs, &server.url()).await?,
+    )?;
     assert_eq!(total_lag(&monitoring, &triggers).await?, 0);
 
-    // The coordinator gets the worker token the chart gives it: what the rendered
-    // Deployment's AICP_WORKER_TOKEN reads from the rendered Secret.
-    let deployments = of_kind(&docs, "Deployment");
-    let coordinator_container = deployments
-        .iter()
-        .find(|d| component(d) == "coordinator")
-        .map(|d| containers(d)[0])
-        .context("no coordinator Deployment")?;
-    let worker_token = env_from_secret(&docs, coordinator_container, "AICP_WORKER_TOKEN")?;
-
-    // Tasks assigned with no worker running queue up, and KEDA sees exactly them.
+    // Tasks assigned with no worker running queue up, and KEDA sees exactly them. The
+    // coordinator gets what its rendered Deployment reads from the rendered Secret: its NATS
+    // user and password, and the worker token.
     let data = tempfile::tempdir()?;
-    let coordinator =
-        Coordinator::start_with(&server, data.path(), "", &["--worker-token", &worker_token])
-            .await?;
+    let coordinator = chart_coordinator(&docs, &server, data.path()).await?;
     let tasks = 12;
     let mut ids = Vec::new();
     for n in 0..tasks {
         ids.push(coordinator.submit(&format!("buyer-{n}"), 1, None).await?);
     }
-    let store = EventStore::connect(&server.url(), Namespace::default()).await?;
+    let store = EventStore::connect_with(
+        &server.url(),
+        Namespace::default(),
+        &nats_credentials(&component_env(&docs, "coordinator")?),
+    )
+    .await?;
     let mut queued = 0;
     for _ in 0..100 {
         queued = store.work_queue_depths().await?.values().sum::<u64>();
@@ -624,43 +629,11 @@ async fn keda_reads_the_real_queue_depth_and_sees_it_drain() -> Result<()> {
 
     // The chart's worker pool drains it, and the lag falls to 0. Its worker reports through
     // this coordinator (the Service's name does not resolve here) with the token its
-    // Deployment reads from the rendered Secret: the coordinator accepts it for every agent,
-    // or the worker would refuse to start and nothing would settle.
-    let worker_deployment = deployments
-        .iter()
-        .find(|d| component(d).starts_with("worker"))
-        .context("no worker Deployment")?;
-    let worker_container = containers(worker_deployment)[0];
-    let agents = env(worker_container, "AICP_AGENTS").context("no AICP_AGENTS")?;
-    let token = env_from_secret(&docs, worker_container, "AICP_TOKEN")?;
-    let config = aicp_worker::Config::try_parse_from([
-        "aicp-worker",
-        "--nats-url",
-        &server.url(),
-        "--api",
-        &api,
-        "--token",
-        &token,
-        "--agents",
-        agents,
-        "--simulate-ms",
-        "0",
-    ])?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut worker = tokio::spawn(aicp_worker::Worker::run(config, async move {
-        let _ = stopped.await;
-    }));
-    let settled = async {
-        for id in &ids {
-            coordinator.settled(id).await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    // A worker whose token is refused stops at once: say so rather than wait for tasks.
-    tokio::select! {
-        result = settled => result?,
-        stopped = &mut worker => bail!("the worker stopped before the queue drained: {stopped:?}"),
-    }
+    // Deployment reads from the rendered Secret (the coordinator accepts it for every agent,
+    // or the worker would refuse to start and nothing would settle), and works the queue as
+    // the NATS user `worker`, which may not write events.
+    let mut worker = ChartWorker::start(chart_worker(&docs, &server.url(), &api)?);
+    worker.settle(&coordinator, &ids).await?;
     let mut lag = u64::MAX;
     for _ in 0..100 {
         lag = total_lag(&monitoring, &triggers).await?;
@@ -678,8 +651,705 @@ async fn keda_reads_the_real_queue_depth_and_sees_it_drain() -> Result<()> {
     )
     .await?;
 
-    let _ = stop.send(());
-    worker.await??;
+    worker.stop().await?;
     coordinator.stop().await?;
+    Ok(())
+}
+
+// ---------- The bundled NATS's users ----------
+
+/// The first container of the workload (Deployment, StatefulSet or Job) of `component`.
+fn workload_container<'a>(docs: &'a [Value], component_name: &str) -> Result<&'a Value> {
+    ["Deployment", "StatefulSet", "Job"]
+        .iter()
+        .flat_map(|kind| of_kind(docs, kind))
+        .find(|w| component(w) == component_name)
+        .and_then(|w| containers(w).first().copied())
+        .with_context(|| format!("no {component_name} workload"))
+}
+
+/// A container's environment as the kubelet gives it to the pod `pod`: values with their
+/// `$(VAR)` references to earlier entries composed, Secret keys read from the rendered
+/// Secrets, `metadata.name` the pod's name.
+fn resolved_env(docs: &[Value], container: &Value, pod: &str) -> Result<Vec<(String, String)>> {
+    let mut resolved: Vec<(String, String)> = Vec::new();
+    for entry in container["env"].as_array().into_iter().flatten() {
+        let name = entry["name"]
+            .as_str()
+            .context("an env entry without a name")?;
+        let value = match &entry["value"] {
+            Value::Null if entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" => {
+                pod.to_owned()
+            }
+            Value::Null if entry["valueFrom"]["secretKeyRef"].is_object() => {
+                env_from_secret(docs, container, name)?
+            }
+            Value::Null => bail!("env {name}: a source this test does not resolve: {entry}"),
+            Value::String(value) => resolved.iter().fold(value.clone(), |v, (k, earlier)| {
+                v.replace(&format!("$({k})"), earlier)
+            }),
+            other => other.to_string(),
+        };
+        resolved.push((name.to_owned(), value));
+    }
+    Ok(resolved)
+}
+
+fn env_value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// What an AICP binary with the resolved environment `env` logs in to NATS with.
+fn nats_credentials(env: &[(String, String)]) -> NatsCredentials {
+    let get = |name: &str| env_value(env, name).map(str::to_owned);
+    NatsCredentials {
+        nats_user: get("NATS_USER"),
+        nats_password: get("NATS_PASSWORD"),
+        nats_inbox_prefix: get("NATS_INBOX_PREFIX"),
+        ..Default::default()
+    }
+}
+
+/// The rendered environment of a component's first container (`pod` names the pod).
+fn component_env(docs: &[Value], component_name: &str) -> Result<Vec<(String, String)>> {
+    resolved_env(
+        docs,
+        workload_container(docs, component_name)?,
+        &format!("aicp-{component_name}-0"),
+    )
+}
+
+/// The bundled NATS's configuration as rendered (the ConfigMap's nats.conf).
+fn nats_conf(docs: &[Value]) -> Result<String> {
+    of_kind(docs, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["nats.conf"].as_str())
+        .map(str::to_owned)
+        .context("no ConfigMap with nats.conf")
+}
+
+/// Whether the configuration `conf` reads the variable `name` (`$NAME`, not `$NAME_MORE`).
+fn references(conf: &str, name: &str) -> bool {
+    let reference = format!("${name}");
+    conf.match_indices(&reference).any(|(at, _)| {
+        !conf[at + reference.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `AICP_WORKER_PERMISSIONS = { ... }` block of a nats-server configuration.
+fn permissions_block(conf: &str) -> Result<String> {
+    let start = conf
+        .find("AICP_WORKER_PERMISSIONS = {")
+        .context("no AICP_WORKER_PERMISSIONS block")?;
+    let end = conf[start..]
+        .find("\n}")
+        .context("AICP_WORKER_PERMISSIONS is not closed by a `}` line")?;
+    Ok(conf[start..start + end + 2].to_owned())
+}
+
+/// A test nats-server (the harness's: a free port, its own store, killed on drop) running the
+/// configuration the chart renders for one server, with HTTP monitoring on a free port when
+/// `monitoring` (its URL returned). The harness's flags (-a, -p, -n, -sd) win over the file's
+/// address and server name; the lines it cannot override are dropped: the store directory
+/// (given twice, nats-server refuses), the pod's pid file and monitoring port. The NATS
+/// container's environment, which the configuration reads (`$NATS_COORDINATOR_PASSWORD`...),
+/// is written as variables at the top of the file: nats-server looks `$NAME` up there before
+/// the environment and parses the value the same way, and the test process's environment
+/// stays untouched.
+fn start_rendered_nats(
+    docs: &[Value],
+    dir: &Path,
+    monitoring: bool,
+) -> Result<(NatsServer, Option<String>)> {
+    let conf = nats_conf(docs)?;
+    ensure!(
+        conf.contains("authorization {"),
+        "the rendered NATS has no users:\n{conf}"
+    );
+    let env = component_env(docs, "nats")?;
+    let mut local = String::new();
+    for (name, value) in &env {
+        if references(&conf, name) {
+            local.push_str(&format!("{name} = {value}\n"));
+        }
+    }
+    for line in conf.lines() {
+        let key = line.trim_start();
+        if !["store_dir:", "pid_file:", "http_port:"]
+            .iter()
+            .any(|k| key.starts_with(k))
+        {
+            local.push_str(line);
+            local.push('\n');
+        }
+    }
+    let path = dir.join("nats.conf");
+    std::fs::write(&path, local)?;
+    let path = path.display().to_string();
+    let mut args = vec!["-c".to_owned(), path];
+    let mut monitoring_url = None;
+    if monitoring {
+        let port = free_port()?;
+        args.extend(["-m".to_owned(), port.to_string()]);
+        monitoring_url = Some(format!("http://127.0.0.1:{port}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok((NatsServer::start_with_args(&args)?, monitoring_url))
+}
+
+/// Runs `aicp` with `args` in a rendered container's resolved environment `env` (NATS_URL
+/// pointed at `url`, as the Service's name does not resolve here), and none of this
+/// process's NATS_ or AICP_ variables.
+async fn aicp_in(
+    env: &[(String, String)],
+    url: &str,
+    args: &[String],
+) -> Result<std::process::Output> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_aicp"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("NATS_") || name.starts_with("AICP_") {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("NATS_URL", url);
+    Ok(command.output().await?)
+}
+
+/// The provisioning Job, run as the chart runs it (its arguments and environment) against `url`.
+async fn run_the_job(docs: &[Value], url: &str) -> Result<std::process::Output> {
+    aicp_in(&component_env(docs, "streams-init")?, url, &job_args(docs)?).await
+}
+
+fn ensure_success(what: &str, output: &std::process::Output) -> Result<()> {
+    ensure!(
+        output.status.success(),
+        "{what} exited {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The chart's coordinator, in process against `server`: the rendered Deployment's NATS
+/// user and password, worker token and prefix (the Secret's values as rendered).
+async fn chart_coordinator(
+    docs: &[Value],
+    server: &NatsServer,
+    data: &Path,
+) -> Result<Coordinator> {
+    let env = component_env(docs, "coordinator")?;
+    let get = |name: &str| env_value(&env, name).with_context(|| format!("no {name}"));
+    Coordinator::start_with(
+        server,
+        data,
+        get("AICP_PREFIX")?,
+        &[
+            "--worker-token",
+            get("AICP_WORKER_TOKEN")?,
+            "--nats-user",
+            get("NATS_USER")?,
+            "--nats-password",
+            get("NATS_PASSWORD")?,
+        ],
+    )
+    .await
+}
+
+/// The configuration of the chart's worker pool `all`, from its rendered Deployment: its
+/// agents, token, prefix, NATS user, password and inbox prefix; `url` and `api` instead of
+/// the Services' names.
+fn chart_worker(docs: &[Value], url: &str, api: &str) -> Result<aicp_worker::Config> {
+    let env = component_env(docs, "worker-all")?;
+    let get = |name: &str| env_value(&env, name).with_context(|| format!("no {name}"));
+    Ok(aicp_worker::Config::try_parse_from([
+        "aicp-worker",
+        "--nats-url",
+        url,
+        "--api",
+        api,
+        "--token",
+        get("AICP_TOKEN")?,
+        "--agents",
+        get("AICP_AGENTS")?,
+        "--prefix",
+        get("AICP_PREFIX")?,
+        "--nats-user",
+        get("NATS_USER")?,
+        "--nats-password",
+        get("NATS_PASSWORD")?,
+        "--nats-inbox-prefix",
+        get("NATS_INBOX_PREFIX")?,
+        "--simulate-ms",
+        "0",
+    ])?)
+}
+
+/// The chart's worker pool running (in process) until `stop`.
+struct ChartWorker {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl ChartWorker {
+    fn start(config: aicp_worker::Config) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(aicp_worker::Worker::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Waits until the coordinator has settled every task of `ids`; an error if the
+    /// worker stops first (e.g. NATS refused one of its requests).
+    async fn settle(&mut self, coordinator: &Coordinator, ids: &[String]) -> Result<()> {
+        let settled = async {
+            for id in ids {
+                coordinator.settled(id).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::select! {
+            result = settled => result,
+            stopped = &mut self.task => bail!("the worker stopped before the queue drained: {stopped:?}"),
+        }
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
+
+/// The chart's copy of the worker permissions is the one ops/nats ships (and tests in
+/// worker/tests/nats_permissions.rs), and the rendered nats.conf gives it to the user
+/// `worker`, for the release's prefix.
+#[test]
+fn the_chart_s_worker_permissions_are_the_shipped_ones() -> Result<()> {
+    let shipped = permissions_block(&std::fs::read_to_string(
+        repo().join("ops/nats/worker-permissions.conf"),
+    )?)?;
+    let copy = permissions_block(&std::fs::read_to_string(
+        repo().join("charts/aicp/files/worker-permissions.conf"),
+    )?)?;
+    assert_eq!(
+        copy, shipped,
+        "charts/aicp/files/worker-permissions.conf differs from ops/nats/worker-permissions.conf: copy the AICP_WORKER_PERMISSIONS block over"
+    );
+
+    for prefix in ["", "staging"] {
+        let docs = render(&["--set", &format!("prefix={prefix}")])?;
+        let conf = nats_conf(&docs)?;
+        // The default namespace's names, as the code spells them, replaced by the prefix's.
+        let default = Namespace::default();
+        let namespace = Namespace::new(prefix)?;
+        let expected = shipped
+            .replace(
+                &format!(".{}", default.work_stream()),
+                &format!(".{}", namespace.work_stream()),
+            )
+            .replace(
+                &format!(".{}", default.events_stream()),
+                &format!(".{}", namespace.events_stream()),
+            )
+            .replace(
+                &format!("\"{}\"", default.worker_heartbeat_subject()),
+                &format!("\"{}\"", namespace.worker_heartbeat_subject()),
+            );
+        assert_eq!(permissions_block(&conf)?, expected, "prefix {prefix:?}");
+        assert!(
+            conf.contains("{user: worker, password: $NATS_WORKER_PASSWORD, permissions: $AICP_WORKER_PERMISSIONS}"),
+            "{conf}"
+        );
+        if !prefix.is_empty() {
+            assert!(
+                !conf.contains(&format!(".{}", default.work_stream())),
+                "{conf}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// (workload or pod, NATS_USER, the Secret and key of NATS_PASSWORD).
+type NatsLogin = (String, Option<String>, Option<(String, String)>);
+
+/// Who logs in to the bundled NATS as whom, with which Secret key; and what turns it off.
+#[test]
+fn the_chart_gives_every_nats_client_its_user() -> Result<()> {
+    let users = |docs: &[Value]| -> Result<Vec<NatsLogin>> {
+        let mut found = Vec::new();
+        let workloads = of_kind(docs, "Deployment")
+            .into_iter()
+            .chain(of_kind(docs, "Job"))
+            .map(|w| (component(w).to_owned(), containers(w)[0]));
+        let tests = of_kind(docs, "Pod").into_iter().map(|p| {
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (name, pod_container(p))
+        });
+        for (owner, container) in workloads.chain(tests) {
+            let password =
+                env_secret(container, "NATS_PASSWORD").map(|(s, k)| (s.to_owned(), k.to_owned()));
+            found.push((
+                owner,
+                env(container, "NATS_USER").map(str::to_owned),
+                password,
+            ));
+        }
+        found.sort();
+        Ok(found)
+    };
+    let expected = |secret: &str, job: bool| {
+        let entry = |owner: &str, user: &str| {
+            (
+                owner.to_owned(),
+                Some(user.to_owned()),
+                Some((secret.to_owned(), format!("nats-{user}-password"))),
+            )
+        };
+        let mut all = vec![
+            entry("coordinator", "coordinator"),
+            entry("worker-all", "worker"),
+            entry("aicp-test-streams", "coordinator"),
+            entry("aicp-test-verify", "coordinator"),
+            entry("aicp-test-submit", "coordinator"),
+        ];
+        all.push(if job {
+            entry("streams-init", "coordinator")
+        } else {
+            ("streams-init".to_owned(), None, None)
+        });
+        all.sort();
+        all
+    };
+
+    let docs = render(&[])?;
+    assert_eq!(users(&docs)?, expected("aicp-auth", true));
+    // The passwords: drawn by the chart, distinct, long, and letters only (nats-server
+    // reads them from the environment as configuration values: `1k2...` would not parse).
+    let mut passwords = Vec::new();
+    for key in [
+        "nats-coordinator-password",
+        "nats-worker-password",
+        "nats-route-password",
+    ] {
+        let password = secret_value(&docs, "aicp-auth", key)?;
+        assert!(password.len() >= 32, "{key}");
+        assert!(password.chars().all(|c| c.is_ascii_alphabetic()), "{key}");
+        passwords.push(password);
+    }
+    passwords.sort();
+    passwords.dedup();
+    assert_eq!(passwords.len(), 3, "the users share a password");
+    // The server gets the passwords from the same Secret keys.
+    let server = workload_container(&docs, "nats")?;
+    assert_eq!(
+        env_secret(server, "NATS_COORDINATOR_PASSWORD"),
+        Some(("aicp-auth", "nats-coordinator-password"))
+    );
+    assert_eq!(
+        env_secret(server, "NATS_WORKER_PASSWORD"),
+        Some(("aicp-auth", "nats-worker-password"))
+    );
+
+    // A Secret of the operator's holds the passwords too.
+    let docs = render(&["--set", "auth.existingSecret=x"])?;
+    assert_eq!(users(&docs)?, expected("x", true));
+
+    // An upgrade where the live Secret has no NATS password yet (lookup sees none here): the
+    // pre-upgrade Job meets the previous revision's NATS, without users, and logs in as nobody.
+    let docs = render(&["--is-upgrade"])?;
+    assert_eq!(users(&docs)?, expected("aicp-auth", false));
+
+    // No users: nobody logs in, the Secret holds no password, the server asks for none.
+    let docs = render(&["--set", "nats.auth.enabled=false"])?;
+    for (owner, user, password) in users(&docs)? {
+        assert_eq!((user, password), (None, None), "{owner}");
+    }
+    let secret = auth_secret(&docs).context("no auth Secret")?;
+    assert!(secret["data"]["nats-coordinator-password"].is_null());
+    let conf = nats_conf(&docs)?;
+    assert!(!conf.contains("authorization"), "{conf}");
+    assert!(!conf.contains("AICP_WORKER_PERMISSIONS"), "{conf}");
+
+    // An external NATS: its own credentials (nats.external.auth), none of the bundled users.
+    let docs = render(&[
+        "--set",
+        "nats.enabled=false",
+        "--set",
+        "nats.external.url=nats://nats:4222",
+        "--set",
+        "nats.external.monitoringEndpoint=nats:8222",
+        "--set",
+        "nats.external.auth.existingSecret=ext",
+        "--set",
+        "nats.external.auth.userKey=u",
+        "--set",
+        "nats.external.auth.passwordKey=p",
+    ])?;
+    for (owner, _, password) in users(&docs)? {
+        assert_eq!(
+            password,
+            Some(("ext".to_owned(), "p".to_owned())),
+            "{owner}"
+        );
+    }
+    let secret = auth_secret(&docs).context("no auth Secret")?;
+    assert!(secret["data"]["nats-coordinator-password"].is_null());
+    Ok(())
+}
+
+/// The default chart's NATS, run from its rendered configuration with the rendered Secret's
+/// passwords: the Job provisions as `coordinator`, the chart's coordinator and worker pool
+/// settle a task with their users, the worker's user cannot write an event or delete a
+/// stream, and a client without credentials is refused. With and without a prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_nats_lets_only_the_coordinators_write_events() -> Result<()> {
+    for prefix in ["", "staging"] {
+        let docs = render(&["--set", &format!("prefix={prefix}")])?;
+        let dir = tempfile::tempdir()?;
+        let (server, _) = start_rendered_nats(&docs, dir.path(), false)?;
+        let url = server.url();
+        let namespace = Namespace::new(prefix)?;
+
+        // 1. The coordinator's user (the Job's too) provisions.
+        ensure_success("the provisioning Job", &run_the_job(&docs, &url).await?)?;
+        let coordinator_credentials = nats_credentials(&component_env(&docs, "coordinator")?);
+        assert_eq!(
+            coordinator_credentials.nats_user.as_deref(),
+            Some("coordinator")
+        );
+        let store =
+            EventStore::connect_with(&url, namespace.clone(), &coordinator_credentials).await?;
+        store.provision().await?;
+
+        // 2. The worker's user connects, but may not write an event nor delete a stream.
+        let worker_credentials = nats_credentials(&component_env(&docs, "worker-all")?);
+        assert_eq!(worker_credentials.nats_user.as_deref(), Some("worker"));
+        let worker_store =
+            EventStore::connect_with(&url, namespace.clone(), &worker_credentials).await?;
+        let before = store.last_sequence().await?;
+        let js = worker_store.jetstream();
+        let subject = namespace.kind_wildcard("task").replace('*', "forged");
+        let (forged, deleted) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(3), async {
+                let ack = js.publish(subject, "forged".into()).await?;
+                Ok::<_, anyhow::Error>(ack.await?)
+            }),
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                js.delete_stream(namespace.events_stream())
+            ),
+        );
+        assert!(
+            !matches!(forged, Ok(Ok(_))),
+            "prefix {prefix:?}: the worker's user stored an event"
+        );
+        assert!(
+            !matches!(deleted, Ok(Ok(_))),
+            "prefix {prefix:?}: the worker's user deleted the events stream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(store.last_sequence().await?, before, "something was stored");
+        store
+            .jetstream()
+            .get_stream(namespace.events_stream())
+            .await
+            .context("the events stream is gone")?;
+
+        // 3. No credentials, or the worker's name with the coordinator's password: refused.
+        assert!(
+            EventStore::connect(&url, namespace.clone()).await.is_err(),
+            "a client without credentials got in"
+        );
+        let mixed = NatsCredentials {
+            nats_user: worker_credentials.nats_user.clone(),
+            nats_password: coordinator_credentials.nats_password.clone(),
+            ..Default::default()
+        };
+        assert!(
+            EventStore::connect_with(&url, namespace.clone(), &mixed)
+                .await
+                .is_err(),
+            "a wrong password got in"
+        );
+
+        // The worker pool does its work with its user: a task is run and settled.
+        let data = tempfile::tempdir()?;
+        let coordinator = chart_coordinator(&docs, &server, data.path()).await?;
+        let id = coordinator.submit("buyer-1", 1, None).await?;
+        let mut worker = ChartWorker::start(chart_worker(&docs, &url, &coordinator.base)?);
+        worker.settle(&coordinator, &[id]).await?;
+        worker.stop().await?;
+        coordinator.stop().await?;
+    }
+    Ok(())
+}
+
+/// Three servers from the rendered cluster configuration and their containers' environment
+/// (the route URLs composed with the route password by the kubelet's `$(VAR)` rules): the
+/// routes log in and form the cluster, the Job creates its 3-replica streams as
+/// `coordinator`, and a route without the password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundled_nats_cluster_routes_log_in() -> Result<()> {
+    /// Our nats-server processes, killed when the test ends.
+    struct Servers(Vec<std::process::Child>);
+    impl Drop for Servers {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    let docs = render(&["--set", "nats.cluster.enabled=true"])?;
+    let conf = nats_conf(&docs)?;
+    let dir = tempfile::tempdir()?;
+    let ports: Vec<[u16; 3]> = (0..3)
+        .map(|_| Ok([free_port()?, free_port()?, free_port()?]))
+        .collect::<Result<_>>()?;
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    let mut servers = Servers(Vec::new());
+    for (i, [client, route, monitor]) in ports.iter().enumerate() {
+        // The pod's addresses and paths, here.
+        let mut local = conf.clone();
+        for (pod, here) in [
+            ("0.0.0.0:4222".to_owned(), format!("127.0.0.1:{client}")),
+            ("0.0.0.0:6222".to_owned(), format!("127.0.0.1:{route}")),
+            (
+                "http_port: 8222".to_owned(),
+                format!("http_port: {monitor}"),
+            ),
+            (
+                "store_dir: /data".to_owned(),
+                format!(
+                    "store_dir: \"{}\"",
+                    dir.path().join(format!("data-{i}")).display()
+                ),
+            ),
+            (
+                "pid_file: /var/run/nats/nats.pid".to_owned(),
+                format!(
+                    "pid_file: \"{}\"",
+                    dir.path().join(format!("nats-{i}.pid")).display()
+                ),
+            ),
+        ] {
+            ensure!(local.contains(&pod), "the rendered nats.conf has no {pod}");
+            local = local.replace(&pod, &here);
+        }
+        let path = dir.path().join(format!("nats-{i}.conf"));
+        std::fs::write(&path, local)?;
+        let pod = format!("aicp-nats-{i}");
+        let mut env = resolved_env(&docs, workload_container(&docs, "nats")?, &pod)?;
+        for (name, value) in &mut env {
+            if let Some(j) = name
+                .strip_prefix("NATS_ROUTE_")
+                .and_then(|j| j.parse::<usize>().ok())
+            {
+                let host = format!("aicp-nats-{j}.aicp-nats-headless.aicp.svc.cluster.local:6222");
+                ensure!(value.contains(&host), "{name}={value}");
+                *value = value.replace(&host, &format!("127.0.0.1:{}", ports[j][1]));
+            }
+        }
+        ensure!(
+            env.iter()
+                .filter(|(k, _)| k.starts_with("NATS_ROUTE_"))
+                .count()
+                == 4,
+            "expected the route password and three route URLs: {:?}",
+            env.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
+        servers.0.push(
+            std::process::Command::new(&bin)
+                .arg("-c")
+                .arg(&path)
+                .arg("-l")
+                .arg(dir.path().join(format!("nats-{i}.log")))
+                .envs(env)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot run {bin}"))?,
+        );
+    }
+
+    // Every server routes to the two others.
+    let log = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("nats-{i}.log"))).unwrap_or_default()
+    };
+    for (i, [_, _, monitor]) in ports.iter().enumerate() {
+        let mut routes = 0;
+        for _ in 0..200 {
+            if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{monitor}/routez")).await {
+                let routez: Value = response.json().await?;
+                routes = routez["num_routes"].as_u64().unwrap_or(0);
+                if routes == 2 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(
+            routes == 2,
+            "server {i} has {routes} routes; its log:\n{}",
+            log(i)
+        );
+    }
+
+    // The Job creates 3-replica streams (JetStream needs the three servers) as coordinator,
+    // on any server; it exits 2 while JetStream is not answering yet.
+    let url = format!("nats://127.0.0.1:{}", ports[1][0]);
+    let mut output = run_the_job(&docs, &url).await?;
+    for _ in 0..60 {
+        if output.status.success() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        output = run_the_job(&docs, &url).await?;
+    }
+    ensure_success("the provisioning Job on the cluster", &output)?;
+    assert!(job_args(&docs)?
+        .windows(2)
+        .any(|w| w == ["--replicas", "3"]));
+    assert!(
+        EventStore::connect(&url, Namespace::default())
+            .await
+            .is_err(),
+        "a client without credentials got in"
+    );
+
+    // A route without the password: refused.
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", ports[0][1])).await?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let info = lines.next_line().await?.unwrap_or_default();
+    ensure!(info.starts_with("INFO "), "{info}");
+    write
+        .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"name\":\"rogue\",\"cluster\":\"aicp\"}\r\nPING\r\n")
+        .await?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    assert!(
+        answer.contains("Authorization Violation"),
+        "a route without the password was answered {answer:?}"
+    );
+    drop(servers);
     Ok(())
 }

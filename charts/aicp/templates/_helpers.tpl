@@ -176,6 +176,12 @@ aicp-settlement,aicp-dispatch
 {{- if .Values.nats.cluster.enabled }}{{ .Values.nats.cluster.replicas }}{{ else }}1{{ end }}
 {{- end }}
 
+{{/* The route URL of server i of the cluster; pass a dict {ctx, i, credentials ("" or
+     "user:password@")}. */}}
+{{- define "aicp.nats.route" -}}
+{{- printf "nats://%s%s-%d.%s.%s.svc.%s:6222" (.credentials | default "") (include "aicp.nats.fullname" .ctx) .i (include "aicp.nats.headless" .ctx) .ctx.Release.Namespace .ctx.Values.clusterDomain }}
+{{- end }}
+
 {{/* The URL the AICP binaries connect to (credentials are added by aicp.natsEnv). */}}
 {{- define "aicp.nats.url" -}}
 {{- if .Values.nats.enabled }}
@@ -196,15 +202,67 @@ aicp-settlement,aicp-dispatch
 {{- end }}
 {{- end }}
 
-{{/* Env entries connecting an AICP binary to NATS: credentials from the Secret, the URL
-     (with $(VAR) composition of the credentials), the prefix and, for the coordinator and
-     workers, the stream replicas. Pass the root context. */}}
+{{/* Whether the bundled NATS requires users (nats.enabled and nats.auth.enabled): "true" or "". */}}
+{{- define "aicp.nats.auth" -}}
+{{- if and .Values.nats.enabled .Values.nats.auth.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The keys of the auth Secret holding the bundled NATS's passwords. */}}
+{{- define "aicp.nats.authKeys" -}}
+nats-coordinator-password,nats-worker-password,nats-route-password
+{{- end }}
+
+{{/* The user the provisioning Job logs in to the bundled NATS with: "coordinator", or "" for
+     none. The Job is also a pre-upgrade hook: it then runs against the NATS of the previous
+     revision, before this revision's Secret is applied, and may only name a password key the
+     live Secret already holds. On an upgrade it logs in when that Secret (read with lookup)
+     holds nats-coordinator-password: the NATS it meets was started with it if users were
+     required, and a NATS without users accepts any login. A release upgraded to users for
+     the first time thus provisions without a login (its NATS has no users yet). Otherwise
+     (an install, helm template) it logs in when nats.auth.enabled. */}}
+{{- define "aicp.nats.jobUser" -}}
+{{- if .Values.nats.enabled }}
+{{- if .Release.IsUpgrade }}
+{{- $live := (lookup "v1" "Secret" .Release.Namespace (include "aicp.authSecretName" .)).data | default dict }}
+{{- if hasKey $live "nats-coordinator-password" }}coordinator{{ end }}
+{{- else if .Values.nats.auth.enabled }}coordinator{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The worker permissions of the bundled NATS (files/worker-permissions.conf, a copy of
+     ops/nats/worker-permissions.conf's AICP_WORKER_PERMISSIONS), for the release's prefix. */}}
+{{- define "aicp.nats.workerPermissions" -}}
+{{- $permissions := .Files.Get "files/worker-permissions.conf" }}
+{{- if not (contains "AICP_WORKER_PERMISSIONS = {" $permissions) }}
+{{- fail "files/worker-permissions.conf is missing from the chart or defines no AICP_WORKER_PERMISSIONS" }}
+{{- end }}
+{{- regexFind "(?s)AICP_WORKER_PERMISSIONS = \\{.*" $permissions
+  | replace ".AICP_" (printf ".%sAICP_" (include "aicp.streamPrefix" .))
+  | replace "\"aicp." (printf "\"%saicp." (include "aicp.subjectPrefix" .)) }}
+{{- end }}
+
+{{/* Env entries connecting an AICP binary to NATS: credentials, the URL (with $(VAR)
+     composition of the credentials), the prefix. Pass a dict {ctx, user, hook}: user is
+     the bundled NATS's user the binary logs in as when it requires users, "coordinator"
+     (everything) or "worker" (no event writes), with its password from the auth Secret;
+     hook: log in as user even if this revision has no users (aicp.nats.jobUser decided).
+     An external NATS gets nats.external.auth whatever the user. */}}
 {{- define "aicp.natsEnv" -}}
-{{- $url := include "aicp.nats.url" . }}
-{{- $auth := .Values.nats.external.auth }}
-{{- $external := not .Values.nats.enabled }}
+{{- $ctx := .ctx }}
+{{- $url := include "aicp.nats.url" $ctx }}
+{{- $auth := $ctx.Values.nats.external.auth }}
+{{- $external := not $ctx.Values.nats.enabled }}
 {{- $userPass := and $external $auth.existingSecret $auth.userKey $auth.passwordKey }}
 {{- $token := and $external $auth.existingSecret $auth.tokenKey }}
+{{- if and (not $external) .user (or .hook (include "aicp.nats.auth" $ctx)) }}
+{{- if not (has .user (list "coordinator" "worker")) }}
+{{- fail (printf "aicp.natsEnv: unknown NATS user %q" .user) }}
+{{- end }}
+# The bundled NATS's user {{ .user }}.
+- name: NATS_USER
+  value: {{ .user | quote }}
+{{ include "aicp.authEnv" (dict "ctx" $ctx "env" "NATS_PASSWORD" "key" (printf "nats-%s-password" .user)) }}
+{{- end }}
 {{- if $userPass }}
 - name: NATS_USER
   valueFrom:
@@ -228,9 +286,9 @@ aicp-settlement,aicp-dispatch
 - name: NATS_CREDS
   value: /etc/aicp/nats-auth/{{ $auth.credsKey }}
 {{- end }}
-{{- if and $external .Values.nats.external.tls.caSecret }}
+{{- if and $external $ctx.Values.nats.external.tls.caSecret }}
 - name: SSL_CERT_FILE
-  value: /etc/aicp/nats-ca/{{ .Values.nats.external.tls.caKey }}
+  value: /etc/aicp/nats-ca/{{ $ctx.Values.nats.external.tls.caKey }}
 {{- end }}
 {{- if and $auth.composeUrl (or $userPass $token) }}
 {{- $parts := splitn "://" 2 $url }}
@@ -241,7 +299,7 @@ aicp-settlement,aicp-dispatch
   value: {{ $url | quote }}
 {{- end }}
 - name: AICP_PREFIX
-  value: {{ .Values.prefix | quote }}
+  value: {{ $ctx.Values.prefix | quote }}
 {{- end }}
 
 {{/* Volumes for the NATS credentials file and CA, when configured. */}}

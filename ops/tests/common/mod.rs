@@ -73,6 +73,16 @@ impl Coordinator {
                 |c| async move { Ok(c.get("/ready").await.is_ok()) },
             )
             .await?;
+        // Ready means caught up with the stream as it was at start; the seed agents are
+        // registered after that: a test that submits at once needs them in the read model.
+        if !args.contains(&"--no-seed-agents") {
+            coordinator
+                .eventually("the seed agents", |c| async move {
+                    let agents = c.get("/v1/agents").await?;
+                    Ok(agents["agents"].as_array().is_some_and(|a| a.len() >= 3))
+                })
+                .await?;
+        }
         Ok(coordinator)
     }
 
