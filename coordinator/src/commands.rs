@@ -138,6 +138,16 @@ pub fn parse_skills(raw: &[String]) -> Result<BTreeSet<String>, ApiError> {
         .collect()
 }
 
+/// 403 unless `by` may start, complete or fail `task` (its agent, a worker serving it, an admin).
+fn may_work_on(by: &Principal, task: &Task) -> Result<(), ApiError> {
+    Ok(authorize(
+        by,
+        Action::WorkOnTask {
+            agent: task.agent_id.as_ref(),
+        },
+    )?)
+}
+
 /// The task's agent, or 409 if it has none yet.
 fn assigned_agent(task: &Task) -> Result<AgentId, ApiError> {
     task.agent_id.clone().ok_or_else(|| {
@@ -353,12 +363,7 @@ impl AppState {
     ) -> Result<Written, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
         self.change_task(&task_id, by, |task| {
-            authorize(
-                by,
-                Action::WorkOnTask {
-                    agent: task.agent_id.as_ref(),
-                },
-            )?;
+            may_work_on(by, task)?;
             let agent_id = assigned_agent(task)?;
             Ok(if success {
                 Event::TaskCompleted(TaskCompleted {
@@ -398,12 +403,7 @@ impl AppState {
         let seen = self.model.task(&task_id)?;
         if let Some(view) = &seen {
             // Before saying anything about the task's state.
-            authorize(
-                by,
-                Action::WorkOnTask {
-                    agent: view.task.agent_id.as_ref(),
-                },
-            )?;
+            may_work_on(by, &view.task)?;
         }
         if seen.is_none_or(|v| v.task.assignment < assignment) {
             return Err(ApiError::conflict(
@@ -421,12 +421,7 @@ impl AppState {
             ));
         }
         self.change_task(&task_id, by, |task| {
-            authorize(
-                by,
-                Action::WorkOnTask {
-                    agent: task.agent_id.as_ref(),
-                },
-            )?;
+            may_work_on(by, task)?;
             if task.status.is_terminal() || task.assignment != assignment {
                 return Err(ApiError::conflict(
                     "not_running",
