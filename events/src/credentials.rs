@@ -1,9 +1,9 @@
 //! How a process proves itself to NATS, and how it knows the server is the right one: a
-//! user and password, a token, or a credentials file (a JWT and NKey seed); TLS with the
-//! certificate authority that signed the server's certificate and, for servers that verify
-//! clients, a client certificate. The operator configures them through flags or the
-//! environment (the Helm chart fills them from Secrets). Secrets are never printed: not in
-//! `Debug`, not in `--help`, not in an error that shows the server's URL.
+//! user and password, a token, an NKey seed, or a credentials file (a JWT and NKey seed);
+//! TLS with the certificate authority that signed the server's certificate and, for
+//! servers that verify clients, a client certificate. The operator configures them through
+//! flags or the environment (the Helm chart fills them from Secrets). Secrets are never
+//! printed: not in `Debug`, not in `--help`, not in an error that shows the server's URL.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +30,9 @@ pub struct NatsCredentials {
     /// Credentials file (JWT and NKey seed) for a NATS server run by an operator.
     #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
     pub nats_creds: Option<PathBuf>,
+    /// File holding an NKey seed (`SU...`), for a NATS server whose users are NKeys.
+    #[arg(long, env = "NATS_NKEY", conflicts_with_all = ["nats_user", "nats_token", "nats_creds"])]
+    pub nats_nkey: Option<PathBuf>,
     /// PEM file of the certificate authority that signed the NATS server's certificate (a
     /// private CA); the connection then requires TLS. A `tls://` URL requires TLS too.
     #[arg(long, env = "NATS_TLS_CA")]
@@ -54,6 +57,7 @@ impl fmt::Debug for NatsCredentials {
             .field("nats_password", &self.nats_password.as_ref().map(|_| "***"))
             .field("nats_token", &self.nats_token.as_ref().map(|_| "***"))
             .field("nats_creds", &self.nats_creds)
+            .field("nats_nkey", &self.nats_nkey)
             .field("nats_tls_ca", &self.nats_tls_ca)
             .field("nats_tls_cert", &self.nats_tls_cert)
             .field("nats_tls_key", &self.nats_tls_key)
@@ -77,6 +81,11 @@ impl NatsCredentials {
         };
         let options = match &self.nats_tls_ca {
             Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+            None => options,
+        };
+        let options = match &self.nats_nkey {
+            // The seed signs the server's nonce; it is read here and never shown.
+            Some(path) => options.nkey(std::fs::read_to_string(path)?.trim().to_owned()),
             None => options,
         };
         let options = match &self.nats_inbox_prefix {

@@ -293,7 +293,11 @@ impl EventStore {
                 .apply(options)
                 .await
                 .map_err(|source| StoreError::Credentials {
-                    path: credentials.nats_creds.clone().unwrap_or_default(),
+                    path: credentials
+                        .nats_creds
+                        .clone()
+                        .or_else(|| credentials.nats_nkey.clone())
+                        .unwrap_or_default(),
                     source,
                 })?;
         let client = options

@@ -287,7 +287,8 @@ nats-coordinator-password,nats-worker-password,nats-route-password
   value: /etc/aicp/nats-auth/{{ $auth.credsKey }}
 {{- end }}
 {{- if and $external $ctx.Values.nats.external.tls.caSecret }}
-- name: SSL_CERT_FILE
+# Trusted for the NATS connection, which then requires TLS.
+- name: NATS_TLS_CA
   value: /etc/aicp/nats-ca/{{ $ctx.Values.nats.external.tls.caKey }}
 {{- end }}
 {{- if and $auth.composeUrl (or $userPass $token) }}
