@@ -214,20 +214,27 @@ async fn a_server_with_nkey_users_lets_in_only_who_holds_the_seed() -> Result<()
     let config = dir.path().join("nats.conf");
     std::fs::write(
         &config,
-        format!("authorization {{ users = [ {{ nkey: {} }} ] }}\n", user.public_key()),
+        format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
     )?;
     let server = NatsServer::start_with_args(&["-c", &config.display().to_string()])?;
     let url = server.url();
-    assert!(EventStore::connect(&url, Namespace::default()).await.is_err());
+    assert!(EventStore::connect(&url, Namespace::default())
+        .await
+        .is_err());
     let other = dir.path().join("other.nk");
     std::fs::write(&other, nkeys::KeyPair::new_user().seed()?)?;
     let with = |path: &std::path::Path| NatsCredentials {
         nats_nkey: Some(path.to_owned()),
         ..NatsCredentials::default()
     };
-    assert!(EventStore::connect_with(&url, Namespace::default(), &with(&other))
-        .await
-        .is_err());
+    assert!(
+        EventStore::connect_with(&url, Namespace::default(), &with(&other))
+            .await
+            .is_err()
+    );
     let store = EventStore::connect_with(&url, Namespace::default(), &with(&seed)).await?;
     store.provision().await?;
     // The seed is a secret: Debug shows where it is, never what.
