@@ -1,4 +1,5 @@
-//! HTTP load: C connections, each sending one request after another for a while.
+//! HTTP load: C connections, each sending one request after another for a while, with
+//! the lean client of [`crate::wire`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::latency::Latencies;
+use crate::stack::ADMIN_TOKEN;
+use crate::wire::{self, Connection};
 
 /// What a load run measured.
 #[derive(Debug, Default)]
@@ -29,11 +32,6 @@ impl Load {
     }
 }
 
-/// One client per connection, so `connections` TCP connections really are used.
-fn client() -> Result<reqwest::Client> {
-    crate::stack::admin_client(Some(Duration::from_secs(30)))
-}
-
 /// Submits tasks from `connections` buyers for `duration`; returns the load and the
 /// submitted task ids with when each was sent.
 pub async fn submit(
@@ -46,26 +44,38 @@ pub async fn submit(
     let deadline = started + duration;
     let mut runs = Vec::new();
     for c in 0..connections {
-        let (client, url, submitted) = (client()?, format!("{base}/v1/tasks"), submitted.clone());
+        let mut connection = Connection::open(base).await?;
+        // Ten bodies, one per complexity, prepared once.
+        let requests: Vec<Vec<u8>> = (1..=10)
+            .map(|complexity| {
+                let body = json!({"buyer_id": format!("bench-{c}"), "description": "benchmark task", "complexity": complexity});
+                wire::request("POST", "/v1/tasks", ADMIN_TOKEN, Some(&body.to_string()))
+            })
+            .collect();
+        let submitted = submitted.clone();
         runs.push(tokio::spawn(async move {
             let mut load = Load::default();
             let mut mine = Vec::new();
-            let mut n = 0u64;
+            let mut n = 0usize;
             while Instant::now() < deadline {
                 n += 1;
-                let body = json!({"buyer_id": format!("bench-{c}"), "description": "benchmark task", "complexity": 1 + n % 10});
                 let sent = Instant::now();
-                let response = client.post(&url).json(&body).send().await;
-                match response {
-                    Ok(r) if r.status().is_success() => {
-                        let value: serde_json::Value = r.json().await.unwrap_or_default();
+                match connection.send(&requests[n % requests.len()]).await {
+                    Ok(r) if (200..300).contains(&r.status) => {
                         load.latencies.record(sent.elapsed());
                         load.ok += 1;
-                        if let Some(id) = value["id"].as_str() {
+                        if let Some(id) = wire::string_field(r.body, "id") {
                             mine.push((id.to_owned(), sent));
                         }
                     }
-                    _ => load.failed += 1,
+                    Ok(_) => load.failed += 1,
+                    // A broken connection is replaced, as a client would.
+                    Err(_) => {
+                        load.failed += 1;
+                        if connection.reopen().await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
             submitted.lock().await.extend(mine);
@@ -77,7 +87,7 @@ pub async fn submit(
     Ok((load, ids))
 }
 
-/// GETs `paths` (round robin) from `connections` clients for `duration`.
+/// GETs `paths` (round robin) from `connections` connections for `duration`.
 pub async fn get(
     base: &str,
     connections: usize,
@@ -87,24 +97,36 @@ pub async fn get(
     if paths.is_empty() {
         bail!("nothing to GET");
     }
+    let paths: Arc<Vec<Vec<u8>>> = Arc::new(
+        paths
+            .iter()
+            .map(|p| wire::request("GET", p, ADMIN_TOKEN, None))
+            .collect(),
+    );
     let started = Instant::now();
     let deadline = started + duration;
     let mut runs = Vec::new();
     for c in 0..connections {
-        let (client, base, paths) = (client()?, base.to_owned(), paths.clone());
+        let mut connection = Connection::open(base).await?;
+        let paths = paths.clone();
         runs.push(tokio::spawn(async move {
             let mut load = Load::default();
             let mut i = c;
             while Instant::now() < deadline {
                 i = (i + connections) % paths.len();
                 let sent = Instant::now();
-                match client.get(format!("{base}{}", paths[i])).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
+                match connection.send(&paths[i]).await {
+                    Ok(r) if (200..300).contains(&r.status) => {
                         load.latencies.record(sent.elapsed());
                         load.ok += 1;
                     }
-                    _ => load.failed += 1,
+                    Ok(_) => load.failed += 1,
+                    Err(_) => {
+                        load.failed += 1;
+                        if connection.reopen().await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
             load

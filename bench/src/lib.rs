@@ -10,6 +10,7 @@ pub mod raw;
 pub mod replay;
 pub mod report;
 pub mod stack;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,6 +129,8 @@ async fn stack_figures(
     let raw = raw::measure(client, config.raw_messages).await?;
     let (raw_sync, raw_pipelined) = (raw[0].clone(), raw[1].clone());
     figures.extend(raw);
+
+    figures.extend(submit_only(config, bin_dir, url, &raw_sync).await?);
 
     eprintln!("starting the stack...");
     let stack = stack::Stack::start(bin_dir, url).await?;
@@ -259,6 +262,55 @@ async fn stack_figures(
         tasks,
     ));
     stack.stop();
+    Ok(figures)
+}
+
+/// Submissions alone: a coordinator of its own (its own streams, under the prefix
+/// `submitonly`) and no worker, so nothing but accepting tasks shares the cores.
+async fn submit_only(
+    config: &Config,
+    bin_dir: &std::path::Path,
+    url: &str,
+    raw_sync: &Figure,
+) -> Result<Vec<Figure>> {
+    let c = config.connections;
+    eprintln!(
+        "submit only: {}s over {c} connections, no worker...",
+        config.seconds
+    );
+    let data = tempfile::tempdir()?;
+    let coordinator = stack::Coordinator::start(
+        bin_dir,
+        url,
+        &data.path().join("coordinator"),
+        &data.path().join("coordinator.log"),
+        &["--prefix", "submitonly"],
+    )
+    .await?;
+    let mut processes = Vec::new();
+    if let Some(pid) = nats_port(url).and_then(cpu::nats_server_pid) {
+        processes.push(("nats-server".to_owned(), pid));
+    }
+    processes.push(("coordinator".to_owned(), coordinator.pid()));
+    processes.push(("load generator".to_owned(), std::process::id()));
+    let meter = cpu::Meter::new(processes);
+    let before = meter.read()?;
+    let submitted = http::submit(&coordinator.base, c, Duration::from_secs(config.seconds)).await;
+    let usage = meter.read()?.since(&before);
+    coordinator.stop();
+    let (load, _) = submitted?;
+    if load.failed > 0 {
+        eprintln!("warning: {} submissions failed", load.failed);
+    }
+    let mut figures = vec![Figure::rate(
+        &format!("submit only: POST /v1/tasks, {c} connections, no worker"),
+        load.rate(),
+        load.ok,
+    )
+    .with_latency(load.latencies.percentiles())
+    .against(raw_sync)
+    .target(">= 10,000/s, p99 <= 10 ms")];
+    figures.extend(cpu_figures("submission", &usage, load.ok));
     Ok(figures)
 }
 

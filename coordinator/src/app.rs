@@ -63,6 +63,7 @@ impl App {
             progress,
             policy: config.policy,
             write_wait: config.write_wait(),
+            acked: Default::default(),
             started_at: Instant::now(),
             ready_at,
             metrics: crate::metrics::Metrics::new()?,

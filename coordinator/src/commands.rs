@@ -65,6 +65,16 @@ pub struct Written {
     pub visible: bool,
 }
 
+/// What a task command stored: the task as it decided it, answered at once (the read
+/// model shows the same view once it has applied `sequence`).
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// Stream sequence of the append.
+    pub sequence: u64,
+    /// The task after the append.
+    pub view: TaskView,
+}
+
 /// The result of a submission.
 #[derive(Debug, Clone)]
 pub struct Submitted {
@@ -72,8 +82,8 @@ pub struct Submitted {
     pub task_id: TaskId,
     /// The agent and price chosen.
     pub choice: Choice,
-    /// Where it was stored.
-    pub written: Written,
+    /// What was stored.
+    pub decided: Decided,
 }
 
 /// The result of a retry.
@@ -81,8 +91,8 @@ pub struct Submitted {
 pub struct Retried {
     /// The new task.
     pub task_id: TaskId,
-    /// Where it was stored; `None` if the retry existed already.
-    pub created: Option<Written>,
+    /// What was stored; `None` if the retry existed already.
+    pub created: Option<Decided>,
 }
 
 /// The id of the retry of `task_id`: `<id>-retry`, and for a retry `-retry2`, `-retry3`...
@@ -294,10 +304,10 @@ impl AppState {
             vec![submitted, assigned]
         })
         .await
-        .map(|(task_id, written)| Submitted {
+        .map(|(task_id, decided)| Submitted {
             task_id,
             choice,
-            written,
+            decided,
         })
     }
 
@@ -311,7 +321,7 @@ impl AppState {
         &self,
         ids: impl IntoIterator<Item = TaskId>,
         events_for: impl Fn(&TaskId) -> Vec<Envelope>,
-    ) -> Result<(TaskId, Written), ApiError> {
+    ) -> Result<(TaskId, Decided), ApiError> {
         'ids: for task_id in ids.into_iter().take(ATTEMPTS) {
             let events = events_for(&task_id);
             let msg_id = match events.first() {
@@ -328,8 +338,13 @@ impl AppState {
                     .await
                 {
                     Ok(appended) => {
-                        let written = self.written(appended.sequence).await;
-                        return Ok((task_id, written));
+                        let view = TaskView::decided(None, &events, appended.sequence)
+                            .ok_or_else(|| ApiError::internal("a submission that makes no task"))?;
+                        let decided = Decided {
+                            sequence: appended.sequence,
+                            view,
+                        };
+                        return Ok((task_id, decided));
                     }
                     // Eight hex characters of randomness collide now and then: another id.
                     Err(AppendError::Conflict { .. }) => continue 'ids,
@@ -360,7 +375,7 @@ impl AppState {
         success: bool,
         text: String,
         by: &Principal,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Decided, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
         self.change_task(&task_id, by, |task| {
             may_work_on(by, task)?;
@@ -398,8 +413,9 @@ impl AppState {
         assignment: u32,
         worker_id: String,
         by: &Principal,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Decided, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
+        self.see_own_writes(&task_id).await;
         let seen = self.model.task(&task_id)?;
         if let Some(view) = &seen {
             // Before saying anything about the task's state.
@@ -449,7 +465,7 @@ impl AppState {
         buyer_id: Option<&str>,
         reason: String,
         by: &Principal,
-    ) -> Result<Written, ApiError> {
+    ) -> Result<Decided, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
         let buyer_id: Option<BuyerId> = buyer_id.map(parse_id).transpose()?;
         self.change_task(&task_id, by, |task| {
@@ -474,7 +490,7 @@ impl AppState {
     }
 
     /// Expires a task whose deadline has passed unfinished.
-    pub async fn expire(&self, task_id: &TaskId) -> Result<Written, ApiError> {
+    pub async fn expire(&self, task_id: &TaskId) -> Result<Decided, ApiError> {
         self.change_task(task_id, &Principal::Coordinator, |task| {
             let deadline = task.deadline.ok_or_else(|| {
                 ApiError::conflict(
@@ -497,23 +513,24 @@ impl AppState {
         task_id: &TaskId,
         by: &Principal,
         decide: impl Fn(&Task) -> Result<Event, ApiError>,
-    ) -> Result<Written, ApiError> {
-        let view = self.task(task_id)?;
-        let (mut task, mut expected) = (view.task, view.last_sequence);
+    ) -> Result<Decided, ApiError> {
+        let mut view = self.fresh_task(task_id).await?;
+        let mut expected = view.last_sequence;
         let aggregate = Aggregate::Task(task_id.clone());
         for _ in 0..ATTEMPTS {
-            let event = decide(&task)?;
-            task.check(&event)?;
+            let event = decide(&view.task)?;
+            view.task.check(&event)?;
+            let events = [Envelope::new(event).by(by.clone())];
             match self
-                .append(
-                    &aggregate,
-                    &[Envelope::new(event).by(by.clone())],
-                    Expected::Sequence(expected),
-                    None,
-                )
+                .append(&aggregate, &events, Expected::Sequence(expected), None)
                 .await
             {
-                Ok(appended) => return Ok(self.written(appended.sequence).await),
+                Ok(appended) => {
+                    let sequence = appended.sequence;
+                    let view = TaskView::decided(Some(view), &events, sequence)
+                        .ok_or_else(|| ApiError::internal("a checked event was refused"))?;
+                    return Ok(Decided { sequence, view });
+                }
                 Err(AppendError::Conflict { .. }) => {
                     let stored = self.store.read(&aggregate).await?;
                     let (folded, skipped) =
@@ -521,13 +538,24 @@ impl AppState {
                     if skipped > 0 {
                         tracing::warn!(task = %task_id, skipped, "task history holds refused events");
                     }
-                    task = folded.ok_or_else(|| {
+                    let task = folded.ok_or_else(|| {
                         ApiError::not_found(
                             "unknown_task",
                             format!("task {task_id} does not exist"),
                         )
                     })?;
                     expected = stored.last_sequence;
+                    // Lost a race: the read model shows the winner shortly; until then
+                    // the stream's task on the view we had.
+                    self.progress.wait_for(expected, self.write_wait).await;
+                    view = match self.model.task(task_id)? {
+                        Some(newer) if newer.last_sequence == expected => newer,
+                        _ => TaskView {
+                            task,
+                            last_sequence: expected,
+                            ..view
+                        },
+                    };
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -544,7 +572,7 @@ impl AppState {
     /// `-retry2`, ...), so retrying the same task twice gives the one retry, not two.
     pub async fn retry(&self, task_id: &str, by: &Principal) -> Result<Retried, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
-        let old = self.task(&task_id)?.task;
+        let old = self.fresh_task(&task_id).await?.task;
         authorize(
             by,
             Action::ChangeOrder {
@@ -580,7 +608,7 @@ impl AppState {
         match self.submit_as(cmd, [retry_id.clone()], by).await {
             Ok(submitted) => Ok(Retried {
                 task_id: submitted.task_id,
-                created: Some(submitted.written),
+                created: Some(submitted.decided),
             }),
             // Another request stored the same retry first: that one is the answer.
             Err(e)

@@ -58,7 +58,8 @@ pub struct Config {
     /// Do not register the seed agents agent-1..3 on first start.
     #[arg(long, env = "AICP_NO_SEED_AGENTS")]
     pub no_seed_agents: bool,
-    /// How long a command waits for its own write to be readable before answering 202.
+    /// How long a read waits for this replica's acknowledged writes to show (and an agent
+    /// or token write before answering 202).
     #[arg(long, env = "AICP_WRITE_WAIT_MS", default_value_t = 2000)]
     pub write_wait_ms: u64,
     /// Largest request body accepted, in bytes.

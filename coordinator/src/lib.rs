@@ -13,6 +13,7 @@ pub mod docs;
 pub mod error;
 pub mod expiry;
 pub mod fleet;
+pub mod freshness;
 pub mod headers;
 pub mod health;
 pub mod limits;

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::commands::{parse_id, SubmitTask, Written};
+use crate::commands::{parse_id, Decided, SubmitTask, Written};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -70,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::freshness::reads_see_writes,
+        ))
         // Every route above must answer within the request timeout; the live stream,
         // added after, lasts as long as its client stays.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -311,10 +315,6 @@ fn written(written: Written, ok: StatusCode, body: serde_json::Value) -> Respons
     }
 }
 
-fn task_json(state: &AppState, id: &TaskId) -> Result<serde_json::Value, ApiError> {
-    Ok(json!(TaskJson::from(state.task(id)?)))
-}
-
 // ---------------------------------------------------------------------------------------
 // Tasks
 // ---------------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ async fn seed_submit(
         "price_satoshis": done.choice.price_sats,
         "status": "assigned",
     });
-    Ok(written(done.written, StatusCode::OK, body))
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// `POST /v1/tasks`: 201 with the whole task.
@@ -397,12 +397,7 @@ async fn submit(
     let done = state
         .submit(body.authorized(&caller)?, &caller.principal)
         .await?;
-    let body = if done.written.visible {
-        task_json(&state, &done.task_id)?
-    } else {
-        json!({"id": done.task_id, "agent_name": done.choice.agent_id, "price_satoshis": done.choice.price_sats, "status": "assigned"})
-    };
-    Ok(written(done.written, StatusCode::CREATED, body))
+    Ok((StatusCode::CREATED, Json(TaskJson::from(done.decided.view))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,7 +500,7 @@ async fn get_task(
 ) -> ApiResult {
     let Path(id) = path?;
     let id: TaskId = parse_id(&id)?;
-    let view = state.task(&id)?;
+    let view = state.fresh_task(&id).await?;
     caller.may(Action::ReadTask {
         buyer: &view.task.buyer_id,
         agent: view.task.agent_id.as_ref(),
@@ -550,9 +545,9 @@ async fn complete(
         .await?;
     if matches!(caller.principal, Principal::Worker(_)) {
         // A worker goes on with its next task; the settlement is not its business.
-        return Ok(written(done, StatusCode::OK, json!({"id": id})));
+        return Ok(Json(json!({"id": id})).into_response());
     }
-    finished(&state, &id, done).await
+    finished(&state, done).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,26 +570,24 @@ async fn start(
     let done = state
         .start(&id, body.assignment, body.worker_id, &caller.principal)
         .await?;
-    Ok(written(
-        done,
-        StatusCode::OK,
-        json!({"id": id, "status": "running"}),
-    ))
+    Ok(Json(json!({"id": id, "status": done.view.task.status})).into_response())
 }
 
 /// The answer to a command that finished a task: waits (bounded) until its money has
-/// moved, so that the answer, and the next read, show the payment or refund.
-async fn finished(state: &AppState, id: &str, done: Written) -> ApiResult {
-    let task_id: TaskId = parse_id(id)?;
-    if !done.visible {
-        return Ok(written(done, StatusCode::OK, json!({"id": task_id})));
-    }
-    state
+/// moved, so that the answer, and the next read, show the payment or refund; else the
+/// task as the command decided it.
+async fn finished(state: &AppState, done: Decided) -> ApiResult {
+    let task_id = done.view.task.task_id.clone();
+    let settled = state
         .wait_until(SETTLE_WAIT, || {
-            matches!(state.model.task(&task_id), Ok(Some(v)) if v.payment.is_some_and(|p| p != EscrowState::Held))
+            matches!(state.model.task(&task_id), Ok(Some(v)) if v.last_sequence >= done.sequence && v.payment.is_some_and(|p| p != EscrowState::Held))
         })
         .await;
-    Ok(written(done, StatusCode::OK, task_json(state, &task_id)?))
+    let view = match state.model.task(&task_id)? {
+        Some(view) if settled => view,
+        _ => done.view,
+    };
+    Ok(Json(TaskJson::from(view)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -621,7 +614,7 @@ async fn cancel(
             &caller.principal,
         )
         .await?;
-    finished(&state, &id, done).await
+    finished(&state, done).await
 }
 
 /// `POST /v1/tasks/{id}/retry`: a failed or expired task submitted again as a new task;
@@ -633,15 +626,19 @@ async fn retry(
 ) -> ApiResult {
     let Path(id) = path?;
     let retried = state.retry(&id, &caller.principal).await?;
-    let mut body = match state.model.task(&retried.task_id)? {
+    let (status, view) = match retried.created {
+        Some(done) => (StatusCode::CREATED, Some(done.view)),
+        None => (
+            StatusCode::OK,
+            state.fresh_task(&retried.task_id).await.ok(),
+        ),
+    };
+    let mut body = match view {
         Some(view) => json!(TaskJson::from(view)),
         None => json!({"id": retried.task_id}),
     };
     body["retry_of"] = json!(id);
-    Ok(match retried.created {
-        Some(done) => written(done, StatusCode::CREATED, body),
-        None => (StatusCode::OK, Json(body)).into_response(),
-    })
+    Ok((status, Json(body)).into_response())
 }
 
 // ---------------------------------------------------------------------------------------

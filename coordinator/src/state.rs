@@ -3,12 +3,16 @@
 use std::time::{Duration, Instant};
 
 use aicp_events::domain::assign::Policy;
+use aicp_events::id::TaskId;
 use aicp_events::store::{AppendError, Appended};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected};
 use aicp_projections::notices::Notices;
 use aicp_projections::projector::Progress;
+use aicp_projections::views::TaskView;
 use aicp_projections::ReadModel;
 use tokio::sync::watch;
+
+use crate::error::ApiError;
 
 /// The coordinator's shared state; cheap to clone.
 #[derive(Debug, Clone)]
@@ -21,8 +25,10 @@ pub struct AppState {
     pub progress: Progress,
     /// The default assignment policy.
     pub policy: Policy,
-    /// How long a command waits to read its own write.
+    /// How long a read waits for this replica's own acknowledged writes to show.
     pub write_wait: Duration,
+    /// This replica's acknowledged writes the read model may not show yet.
+    pub acked: std::sync::Arc<crate::freshness::Acknowledged>,
     /// When this process started.
     pub started_at: Instant,
     /// The stream's last sequence at start: ready once the read model reaches it.
@@ -52,6 +58,10 @@ impl AppState {
         msg_id: Option<&str>,
     ) -> Result<Appended, AppendError> {
         let result = self.store.append(aggregate, events, expected, msg_id).await;
+        if let Ok(appended) = &result {
+            self.acked
+                .record(aggregate, appended.sequence, self.progress.applied());
+        }
         let outcome = match &result {
             Ok(a) if a.duplicate => "duplicate",
             Ok(_) => "ok",
@@ -60,5 +70,30 @@ impl AppState {
         };
         self.metrics.appends.with_label_values(&[outcome]).inc();
         result
+    }
+
+    /// One task from the read model once it shows this replica's writes to the task, or 404.
+    pub async fn fresh_task(&self, task_id: &TaskId) -> Result<TaskView, ApiError> {
+        self.see_own_writes(task_id).await;
+        self.task(task_id)
+    }
+
+    /// Waits (bounded) until the read model shows this replica's writes to the task.
+    pub async fn see_own_writes(&self, task_id: &TaskId) {
+        self.acked
+            .wait_for_aggregate(
+                &self.progress,
+                &Aggregate::Task(task_id.clone()),
+                self.write_wait,
+            )
+            .await;
+    }
+
+    /// Waits (bounded) until the read model shows every write this replica has had
+    /// acknowledged: before any read that is not of one task.
+    pub async fn fresh(&self) {
+        self.acked
+            .wait_for_all(&self.progress, self.write_wait)
+            .await;
     }
 }

@@ -8,7 +8,7 @@
 use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState, Ledger, Transfer};
 use aicp_events::domain::reputation::Reputation;
-use aicp_events::domain::task::{Task, TaskStatus};
+use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::Event;
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::{PoisonMessage, StoredBatch};
@@ -366,17 +366,7 @@ impl Writer<'_> {
         if self.get::<TaskView>(Table::Tasks, key)?.is_some() {
             return Ok(Err(Rejected(format!("task {} already exists", e.task_id))));
         }
-        let view = TaskView {
-            task: Task::submitted(e),
-            submitted_seq: self.sequence,
-            created_at: self.at,
-            updated_at: self.at,
-            finished_at: None,
-            payment: None,
-            payment_sequence: 0,
-            outcome_recorded: false,
-            last_sequence: self.sequence,
-        };
+        let view = TaskView::submitted(e, self.sequence, self.at);
         let seq = self.sequence;
         let id = e.task_id.as_str();
         self.changes.put(Table::Tasks, key.to_vec(), view);
@@ -410,13 +400,11 @@ impl Writer<'_> {
         let Some(mut view) = self.get::<TaskView>(Table::Tasks, &key)? else {
             return Ok(Err(Rejected(format!("task {task_id} does not exist"))));
         };
-        let before = view.task.status;
-        if let Err(e) = view.task.apply(event) {
-            return Ok(Err(e.into()));
-        }
+        let before = match view.change(event, self.sequence, self.at) {
+            Ok(before) => before,
+            Err(e) => return Ok(Err(e.into())),
+        };
         let after = view.task.status;
-        view.updated_at = self.at;
-        view.last_sequence = self.sequence;
         let seq = view.submitted_seq;
         let id = task_id.as_str();
         // A task has one status entry, its current status's: the new one is not stored yet.
@@ -435,7 +423,6 @@ impl Writer<'_> {
             })?;
         }
         if after.is_terminal() {
-            view.finished_at = Some(self.at);
             if let Some(deadline) = view.task.deadline {
                 self.changes
                     .remove(Table::Deadlines, deadline_key(deadline, id));

@@ -36,6 +36,69 @@ pub struct TaskView {
     pub last_sequence: u64,
 }
 
+impl TaskView {
+    /// A task's view as its submission, stored at `sequence`, creates it.
+    pub fn submitted(
+        e: &aicp_events::event::TaskSubmitted,
+        sequence: u64,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            task: Task::submitted(e),
+            submitted_seq: sequence,
+            created_at: at,
+            updated_at: at,
+            finished_at: None,
+            payment: None,
+            payment_sequence: 0,
+            outcome_recorded: false,
+            last_sequence: sequence,
+        }
+    }
+
+    /// Applies one of the task's own events after its submission, stored at `sequence`
+    /// and occurred at `at`; the status before it. Nothing changes if the rules refuse it.
+    pub fn change(
+        &mut self,
+        event: &aicp_events::event::Event,
+        sequence: u64,
+        at: DateTime<Utc>,
+    ) -> Result<aicp_events::domain::task::TaskStatus, aicp_events::domain::task::TransitionError>
+    {
+        let before = self.task.status;
+        self.task.apply(event)?;
+        self.updated_at = at;
+        self.last_sequence = sequence;
+        if self.task.status.is_terminal() {
+            self.finished_at = Some(at);
+        }
+        Ok(before)
+    }
+
+    /// The view after the task events of one message stored at `sequence`, as the
+    /// projection will store it: what a command that appended them answers with before
+    /// the read model applies them. `None` if they make no task from `prior`.
+    pub fn decided(
+        prior: Option<TaskView>,
+        events: &[aicp_events::Envelope],
+        sequence: u64,
+    ) -> Option<TaskView> {
+        let mut view = prior;
+        for envelope in events {
+            match (&envelope.event, view.as_mut()) {
+                (aicp_events::event::Event::TaskSubmitted(e), None) => {
+                    view = Some(TaskView::submitted(e, sequence, envelope.occurred_at));
+                }
+                (event, Some(v)) => {
+                    v.change(event, sequence, envelope.occurred_at).ok()?;
+                }
+                (_, None) => return None,
+            }
+        }
+        view
+    }
+}
+
 /// An agent's profile and record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentView {
