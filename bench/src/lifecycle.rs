@@ -74,7 +74,8 @@ fn record(settled: &Settled, frame: &str) -> Option<String> {
         }
     }
     if let Some(data) = data {
-        let settles = data["kind"] == "payment"
+        // In the outcome's own task message; on a payment subject for older tasks.
+        let settles = (data["kind"] == "task" || data["kind"] == "payment")
             && data["types"].as_array().is_some_and(|types| {
                 types
                     .iter()

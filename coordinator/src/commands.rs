@@ -25,6 +25,7 @@ use aicp_projections::PageRequest;
 use chrono::{DateTime, Utc};
 
 use crate::error::ApiError;
+use crate::settlement;
 use crate::state::AppState;
 
 /// Longest task description, in characters.
@@ -63,6 +64,37 @@ pub struct Written {
     pub sequence: u64,
     /// True if the local read model applied it within the wait: reads now see it.
     pub visible: bool,
+}
+
+/// A worker's word that it runs a task's assignment, as its work message names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The assignment the work message names.
+    pub assignment: u32,
+    /// The worker's name, recorded on the task.
+    pub worker_id: String,
+}
+
+impl Started {
+    /// The start of `task` it makes; 409 `not_running` if the task finished or was
+    /// assigned again since (the work message is stale).
+    fn event(&self, task: &Task) -> Result<Event, ApiError> {
+        if task.status.is_terminal() || task.assignment != self.assignment {
+            return Err(ApiError::conflict(
+                "not_running",
+                format!(
+                    "task {} is {} at assignment {}: nothing to start",
+                    task.task_id, task.status, task.assignment
+                ),
+            ));
+        }
+        Ok(Event::TaskStarted(TaskStarted {
+            task_id: task.task_id.clone(),
+            agent_id: assigned_agent(task)?,
+            assignment: self.assignment,
+            worker_id: self.worker_id.clone(),
+        }))
+    }
 }
 
 /// What a task command stored: the task as it decided it, answered at once (the read
@@ -301,7 +333,14 @@ impl AppState {
                 },
             )
             .by(by.clone());
-            vec![submitted, assigned]
+            let mut events = vec![submitted, assigned];
+            // The escrow in the same message: a task is never assigned without its money.
+            if let Some(view) = TaskView::decided(None, &events, 0) {
+                if let Some(held) = settlement::escrow(&view) {
+                    events.push(Envelope::caused_by(&events[0], held).by(Principal::Coordinator));
+                }
+            }
+            events
         })
         .await
         .map(|(task_id, decided)| Submitted {
@@ -369,18 +408,36 @@ impl AppState {
 
     /// Records an agent's outcome for a task: completed with a result, or failed with a
     /// reason; only the task's agent, a worker serving it, or an admin may.
+    ///
+    /// With `started`, a worker reports in one call that it ran the assignment its work
+    /// message names: a task not started yet is started and finished in one message (the
+    /// start refused, as [`AppState::start`] would, if that assignment is stale or not
+    /// visible here yet).
     pub async fn finish(
         &self,
         task_id: &str,
         success: bool,
         text: String,
+        started: Option<Started>,
         by: &Principal,
     ) -> Result<Decided, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
+        let started = match started {
+            Some(s) => Some(self.startable(&task_id, s, by).await?),
+            None => None,
+        };
         self.change_task(&task_id, by, |task| {
             may_work_on(by, task)?;
             let agent_id = assigned_agent(task)?;
-            Ok(if success {
+            let mut steps = Vec::with_capacity(2);
+            if let Some(started) = &started {
+                let start = started.event(task)?;
+                // Started already (by an earlier call, or a redelivery): only the outcome.
+                if task.status != TaskStatus::Running {
+                    steps.push(start);
+                }
+            }
+            steps.push(if success {
                 Event::TaskCompleted(TaskCompleted {
                     task_id: task.task_id.clone(),
                     agent_id,
@@ -397,7 +454,8 @@ impl AppState {
                     agent_id,
                     reason,
                 })
-            })
+            });
+            Ok(steps)
         })
         .await
     }
@@ -415,12 +473,33 @@ impl AppState {
         by: &Principal,
     ) -> Result<Decided, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
-        self.see_own_writes(&task_id).await;
-        let seen = self.model.task(&task_id)?;
+        let started = Started {
+            assignment,
+            worker_id,
+        };
+        let started = self.startable(&task_id, started, by).await?;
+        self.change_task(&task_id, by, |task| {
+            may_work_on(by, task)?;
+            Ok(vec![started.event(task)?])
+        })
+        .await
+    }
+
+    /// Checks a worker's start before deciding anything: the worker's id, and that this
+    /// replica has seen the assignment (409 `not_yet` if not).
+    async fn startable(
+        &self,
+        task_id: &TaskId,
+        started: Started,
+        by: &Principal,
+    ) -> Result<Started, ApiError> {
+        self.see_own_writes(task_id).await;
+        let seen = self.model.task(task_id)?;
         if let Some(view) = &seen {
             // Before saying anything about the task's state.
             may_work_on(by, &view.task)?;
         }
+        let assignment = started.assignment;
         if seen.is_none_or(|v| v.task.assignment < assignment) {
             return Err(ApiError::conflict(
                 "not_yet",
@@ -429,33 +508,17 @@ impl AppState {
                 ),
             ));
         }
-        let worker_id = worker_id.trim().to_owned();
+        let worker_id = started.worker_id.trim().to_owned();
         if worker_id.is_empty() || worker_id.chars().count() > 200 {
             return Err(ApiError::bad_request(
                 "invalid_worker_id",
                 "worker_id must be 1 to 200 characters",
             ));
         }
-        self.change_task(&task_id, by, |task| {
-            may_work_on(by, task)?;
-            if task.status.is_terminal() || task.assignment != assignment {
-                return Err(ApiError::conflict(
-                    "not_running",
-                    format!(
-                        "task {} is {} at assignment {}: nothing to start",
-                        task.task_id, task.status, task.assignment
-                    ),
-                ));
-            }
-            let agent_id = assigned_agent(task)?;
-            Ok(Event::TaskStarted(TaskStarted {
-                task_id: task.task_id.clone(),
-                agent_id,
-                assignment,
-                worker_id: worker_id.clone(),
-            }))
+        Ok(Started {
+            assignment,
+            worker_id,
         })
-        .await
     }
 
     /// A buyer cancels its task before it runs (`buyer_id`, if given, must be the task's).
@@ -475,7 +538,7 @@ impl AppState {
                     buyer: &task.buyer_id,
                 },
             )?;
-            Ok(Event::TaskCancelled(TaskCancelled {
+            Ok(vec![Event::TaskCancelled(TaskCancelled {
                 task_id: task.task_id.clone(),
                 // A wrong buyer is refused by the task's rules (403 not_your_task).
                 buyer_id: buyer_id.clone().unwrap_or_else(|| task.buyer_id.clone()),
@@ -484,7 +547,7 @@ impl AppState {
                 } else {
                     reason.clone()
                 },
-            }))
+            })])
         })
         .await
     }
@@ -498,29 +561,44 @@ impl AppState {
                     format!("task {} has no deadline", task.task_id),
                 )
             })?;
-            Ok(Event::TaskExpired(TaskExpired {
+            Ok(vec![Event::TaskExpired(TaskExpired {
                 task_id: task.task_id.clone(),
                 deadline,
-            }))
+            })])
         })
         .await
     }
 
-    /// Decides an event from the task's state and appends it under the task's sequence;
+    /// Decides the task's next steps (one, or a start and an outcome) from its state and
+    /// appends them, with what they settle, in one message under the task's sequence;
     /// after a lost race, decides again from the stream.
     async fn change_task(
         &self,
         task_id: &TaskId,
         by: &Principal,
-        decide: impl Fn(&Task) -> Result<Event, ApiError>,
+        decide: impl Fn(&Task) -> Result<Vec<Event>, ApiError>,
     ) -> Result<Decided, ApiError> {
         let mut view = self.fresh_task(task_id).await?;
         let mut expected = view.last_sequence;
         let aggregate = Aggregate::Task(task_id.clone());
         for _ in 0..ATTEMPTS {
-            let event = decide(&view.task)?;
-            view.task.check(&event)?;
-            let events = [Envelope::new(event).by(by.clone())];
+            let mut task = view.task.clone();
+            let mut events = Vec::with_capacity(4);
+            for event in decide(&view.task)? {
+                task.apply(&event)?;
+                events.push(Envelope::new(event).by(by.clone()));
+            }
+            let Some(step) = events.last().cloned() else {
+                return Err(ApiError::internal("a task change without events"));
+            };
+            // What the steps settle (money, the agent's count) goes in their message.
+            let after = TaskView::decided(Some(view.clone()), &events, 0)
+                .ok_or_else(|| ApiError::internal("a checked event was refused"))?;
+            events.extend(
+                settlement::settles(&after)
+                    .into_iter()
+                    .map(|e| Envelope::caused_by(&step, e).by(Principal::Coordinator)),
+            );
             match self
                 .append(&aggregate, &events, Expected::Sequence(expected), None)
                 .await

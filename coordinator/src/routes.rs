@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::commands::{parse_id, Decided, SubmitTask, Written};
+use crate::commands::{parse_id, Decided, Started, SubmitTask, Written};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -518,6 +518,9 @@ struct CompleteBody {
     success: Option<bool>,
     #[serde(default)]
     result: String,
+    /// With `worker_id`: the worker ran this assignment, and had not reported its start.
+    assignment: Option<u32>,
+    worker_id: Option<String>,
 }
 
 /// `POST /tasks/{id}/complete`: `?success=true|false` or a JSON body `{success, result}`
@@ -540,8 +543,21 @@ async fn complete(
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
     };
     let success = body.success.or(query.success).unwrap_or(true);
+    let started = match (body.assignment, body.worker_id) {
+        (Some(assignment), Some(worker_id)) => Some(Started {
+            assignment,
+            worker_id,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_start",
+                "assignment and worker_id come together, or not at all",
+            ))
+        }
+    };
     let done = state
-        .finish(&id, success, body.result, &caller.principal)
+        .finish(&id, success, body.result, started, &caller.principal)
         .await?;
     if matches!(caller.principal, Principal::Worker(_)) {
         // A worker goes on with its next task; the settlement is not its business.
@@ -573,10 +589,14 @@ async fn start(
     Ok(Json(json!({"id": id, "status": done.view.task.status})).into_response())
 }
 
-/// The answer to a command that finished a task: waits (bounded) until its money has
-/// moved, so that the answer, and the next read, show the payment or refund; else the
-/// task as the command decided it.
+/// The answer to a command that finished a task: the task with its payment or refund.
+/// That moved in the command's own message, except for a task whose escrow the settlement
+/// manager holds (one written before escrow rode with the submission): for that one, wait
+/// (bounded) until its money has moved; else the task as the command decided it.
 async fn finished(state: &AppState, done: Decided) -> ApiResult {
+    if done.view.payment.is_some_and(|p| p != EscrowState::Held) {
+        return Ok(Json(TaskJson::from(done.view)).into_response());
+    }
     let task_id = done.view.task.task_id.clone();
     let settled = state
         .wait_until(SETTLE_WAIT, || {

@@ -1,23 +1,29 @@
-//! The settlement process manager: escrow, payment or refund, and the agent's reputation,
-//! for every task — exactly once, whatever is retried, redelivered or crashed.
+//! Settlement: escrow, payment or refund, and the agent's reputation, for every task —
+//! exactly once, whatever is retried, redelivered or crashed.
 //!
-//! Every replica pulls task events from one shared durable consumer (`aicp-settlement`,
-//! see [`crate::task_consumer`]), so each event is handled by one replica at a time. Handling an event does not trust
-//! the event alone: it waits until the local read model has applied it, then *reconciles*
-//! the task — compares where the task is with where its money and its agent's record are,
-//! and appends the next missing step ([`next_step`], a pure function). Each step appends
-//! under the expected sequence of the aggregate it changes, with a deterministic msg id,
-//! so a step taken twice is stored once. Only when nothing is missing is the event acked;
-//! a crash before that means redelivery, and reconciling again finishes the job.
+//! A task's money and its outcome's count ride in the messages of the steps that cause
+//! them ([`settles`]): its submission holds the escrow, and its terminal step releases or
+//! refunds it and counts the outcome, all under the task's one expected sequence, so a
+//! step and what follows from it are stored together or not at all.
+//!
+//! The process manager here is the repair for what is left over: tasks written before
+//! that layout (escrow on the task's payment subject), and any step that did not carry its
+//! consequences. Every replica pulls task events from one shared durable consumer
+//! (`aicp-settlement`, see [`crate::task_consumer`]), so each event is handled by one
+//! replica at a time. Handling an event does not trust the event alone: it waits until the
+//! local read model has applied it, then *reconciles* the task — compares where the task
+//! is with where its money and its agent's count are, and appends the next missing step
+//! ([`next_step`], a pure function). Each step appends under the expected sequence of the
+//! subject it goes to, with a deterministic msg id, so a step taken twice is stored once.
+//! Only when nothing is missing is the event acked; a crash before that means
+//! redelivery, and reconciling again finishes the job.
 
 use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::EscrowState;
 use aicp_events::domain::task::TaskStatus;
-use aicp_events::event::{AgentOutcomeRecorded, EscrowHeld, EscrowRefunded, EscrowReleased, Event};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use aicp_events::event::{AgentOutcomeCounted, EscrowHeld, EscrowRefunded, EscrowReleased, Event};
 
-use aicp_events::id::{AgentId, TaskId};
+use aicp_events::id::TaskId;
 use aicp_events::store::AppendError;
 use aicp_events::{Aggregate, Envelope, Expected};
 use aicp_projections::views::{AgentView, TaskView};
@@ -39,111 +45,103 @@ pub struct Step {
     pub msg_id: String,
 }
 
-/// The next step a task needs, if any: hold escrow once an agent and price are fixed,
-/// then release it on completion or refund it on failure, cancellation or expiry, and
-/// record a completion or failure on the agent's reputation.
-pub fn next_step(task: &TaskView, agent: Option<&AgentView>) -> Option<Step> {
-    let t = &task.task;
+/// The escrow a task assigned in `view` must hold.
+pub fn escrow(view: &TaskView) -> Option<Event> {
+    let t = &view.task;
+    match (&t.agent_id, t.price_sats, view.payment) {
+        (Some(agent_id), Some(price), None) => Some(
+            EscrowHeld {
+                task_id: t.task_id.clone(),
+                buyer_id: t.buyer_id.clone(),
+                agent_id: agent_id.clone(),
+                amount_sats: price,
+            }
+            .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// What follows from a task having reached `view`, in order: its held escrow released on
+/// completion or refunded on failure, cancellation or expiry, and a completion or failure
+/// counted on its agent's reputation. Empty while it is not terminal, or when all of it
+/// is done.
+pub fn settles(view: &TaskView) -> Vec<Event> {
+    let t = &view.task;
     let id = &t.task_id;
+    let mut events = Vec::new();
+    if let (Some(agent_id), Some(price), Some(EscrowState::Held)) =
+        (&t.agent_id, t.price_sats, view.payment)
+    {
+        match t.status {
+            TaskStatus::Completed => events.push(
+                EscrowReleased {
+                    task_id: id.clone(),
+                    agent_id: agent_id.clone(),
+                    amount_sats: price,
+                }
+                .into(),
+            ),
+            status if status.is_terminal() => events.push(
+                EscrowRefunded {
+                    task_id: id.clone(),
+                    buyer_id: t.buyer_id.clone(),
+                    amount_sats: price,
+                    reason: format!("task {status}"),
+                }
+                .into(),
+            ),
+            _ => {}
+        }
+    }
+    let success = match t.status {
+        TaskStatus::Completed => Some(true),
+        TaskStatus::Failed => Some(false),
+        _ => None,
+    };
+    if let (Some(success), Some(agent_id), false) = (success, &t.agent_id, view.outcome_recorded) {
+        events.push(
+            AgentOutcomeCounted {
+                task_id: id.clone(),
+                agent_id: agent_id.clone(),
+                success,
+            }
+            .into(),
+        );
+    }
+    events
+}
+
+/// The next step a task needs, if any: hold escrow once an agent and price are fixed,
+/// then what [`settles`] says follows, one at a time. Money goes to the task's payment
+/// subject, where an older task's escrow is; the count to the task's own. An outcome is
+/// counted only for an agent the read model knows (`agent`).
+pub fn next_step(task: &TaskView, agent: Option<&AgentView>) -> Option<Step> {
+    let id = &task.task.task_id;
     let payment = |event: Event, msg_id: String| Step {
         aggregate: Aggregate::Payment(id.clone()),
         event,
         expected: task.payment_sequence,
         msg_id,
     };
-    if let (Some(agent_id), Some(price)) = (&t.agent_id, t.price_sats) {
-        match task.payment {
-            None => {
-                return Some(payment(
-                    EscrowHeld {
-                        task_id: id.clone(),
-                        buyer_id: t.buyer_id.clone(),
-                        agent_id: agent_id.clone(),
-                        amount_sats: price,
-                    }
-                    .into(),
-                    format!("escrow:{id}"),
-                ))
-            }
-            Some(EscrowState::Held) if t.status == TaskStatus::Completed => {
-                return Some(payment(
-                    EscrowReleased {
-                        task_id: id.clone(),
-                        agent_id: agent_id.clone(),
-                        amount_sats: price,
-                    }
-                    .into(),
-                    format!("settle:{id}"),
-                ))
-            }
-            Some(EscrowState::Held) if t.status.is_terminal() => {
-                return Some(payment(
-                    EscrowRefunded {
-                        task_id: id.clone(),
-                        buyer_id: t.buyer_id.clone(),
-                        amount_sats: price,
-                        reason: format!("task {}", t.status),
-                    }
-                    .into(),
-                    format!("settle:{id}"),
-                ))
-            }
-            _ => {}
-        }
+    if let Some(held) = escrow(task) {
+        return Some(payment(held, format!("escrow:{id}")));
     }
-    let success = match t.status {
-        TaskStatus::Completed => true,
-        TaskStatus::Failed => false,
-        _ => return None,
-    };
-    let agent = agent.filter(|a| Some(&a.agent_id) == t.agent_id.as_ref())?;
-    if task.outcome_recorded {
-        return None;
-    }
-    let reputation = agent.reputation.record(success);
-    Some(Step {
-        aggregate: Aggregate::Agent(agent.agent_id.clone()),
-        event: AgentOutcomeRecorded {
-            agent_id: agent.agent_id.clone(),
-            task_id: id.clone(),
-            success,
-            successes: reputation.successes,
-            failures: reputation.failures,
-            rate_bp: reputation.rate_bp(),
-            multiplier: reputation.multiplier(),
-        }
-        .into(),
-        expected: agent.last_sequence,
-        msg_id: format!("outcome:{id}"),
+    let known = agent.is_some_and(|a| Some(&a.agent_id) == task.task.agent_id.as_ref());
+    settles(task).into_iter().find_map(|event| match event {
+        Event::AgentOutcomeCounted(_) if !known => None,
+        Event::AgentOutcomeCounted(_) => Some(Step {
+            aggregate: Aggregate::Task(id.clone()),
+            event,
+            expected: task.last_sequence,
+            msg_id: format!("outcome:{id}"),
+        }),
+        money => Some(payment(money, format!("settle:{id}"))),
     })
 }
 
-/// Each agent's record as this replica last appended an outcome to it.
-///
-/// Outcomes of one agent append under its expected sequence, so they go one at a time
-/// whatever runs concurrently; waiting for the read model between two of them held every
-/// agent to a few hundred tasks/s. Under the agent's lock, the next outcome starts from
-/// the newer of this record and the read model's, and its append's expected sequence
-/// still guards against everything else (another replica, a stale record).
-#[derive(Default)]
-pub struct AgentRecords {
-    agents: Mutex<HashMap<AgentId, Arc<tokio::sync::Mutex<Option<AgentView>>>>>,
-}
-
-impl AgentRecords {
-    fn of(&self, agent: &AgentId) -> Arc<tokio::sync::Mutex<Option<AgentView>>> {
-        // Poisoning cannot leave the map inconsistent: inserts are single calls.
-        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        agents.entry(agent.clone()).or_default().clone()
-    }
-}
-
 /// Takes every missing step for `task_id`, until none is missing.
-pub async fn reconcile(
-    state: &AppState,
-    records: &AgentRecords,
-    task_id: &TaskId,
-) -> Result<(), Retry> {
+pub async fn reconcile(state: &AppState, task_id: &TaskId) -> Result<(), Retry> {
     // A task needs at most four steps (hold, settle, outcome, and a repeat after a race).
     let mut conflicted: Option<Step> = None;
     for _ in 0..8 {
@@ -160,7 +158,7 @@ pub async fn reconcile(
             None => None,
         };
         if agent.is_none() && task.task.agent_id.is_some() {
-            tracing::warn!(task = %task_id, "the task's agent is not in the read model; its outcome cannot be recorded");
+            tracing::warn!(task = %task_id, "the task's agent is not in the read model; its outcome cannot be counted");
         }
         let Some(step) = next_step(&task, agent.as_ref()) else {
             return Ok(());
@@ -172,33 +170,7 @@ pub async fn reconcile(
                 step.msg_id, step.expected
             )));
         }
-        let result = match (&step.aggregate, agent) {
-            (Aggregate::Agent(agent_id), Some(agent)) => {
-                let record = records.of(agent_id);
-                let mut record = record.lock().await;
-                // Ours is newer while the read model has not applied our last outcome.
-                let agent = match record.as_ref() {
-                    Some(ours) if ours.last_sequence > agent.last_sequence => ours.clone(),
-                    _ => agent,
-                };
-                let Some(step) = next_step(&task, Some(&agent)) else {
-                    return Ok(());
-                };
-                let appended = append(state, &step).await;
-                // Only an outcome stored now is known to make the record this one.
-                *record = match (&appended, &step.event) {
-                    (Ok(appended), Event::AgentOutcomeRecorded(e)) if !appended.duplicate => {
-                        let mut agent = agent;
-                        agent.record_outcome(e, appended.sequence);
-                        Some(agent)
-                    }
-                    _ => None,
-                };
-                appended.map_err(|e| (e, step))
-            }
-            _ => append(state, &step).await.map_err(|e| (e, step)),
-        };
-        let wait_for = match result {
+        let wait_for = match append(state, &step).await {
             Ok(appended) => {
                 state.metrics.settlement_steps.inc();
                 conflicted = None;
@@ -206,7 +178,7 @@ pub async fn reconcile(
             }
             // Someone appended to the aggregate since the read model saw it: catch up
             // with the stream as it is now, then decide again.
-            Err((AppendError::Conflict { .. }, step)) => {
+            Err(AppendError::Conflict { .. }) => {
                 conflicted = Some(step);
                 state
                     .store
@@ -214,7 +186,7 @@ pub async fn reconcile(
                     .await
                     .map_err(|e| Retry(e.to_string()))?
             }
-            Err((e, _)) => return Err(Retry(e.to_string())),
+            Err(e) => return Err(Retry(e.to_string())),
         };
         if !state.progress.wait_for(wait_for, CATCH_UP).await {
             return Err(Retry(format!("read model has not reached {wait_for}")));
@@ -242,14 +214,10 @@ pub use aicp_events::consumers::SETTLEMENT;
 
 /// Runs the process manager until `shutdown`.
 pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
-    let records = Arc::new(AgentRecords::default());
     task_consumer::run(
         state,
         SETTLEMENT,
-        move |state, task_id| {
-            let records = records.clone();
-            async move { reconcile(&state, &records, &task_id).await }
-        },
+        move |state, task_id| async move { reconcile(&state, &task_id).await },
         shutdown,
     )
     .await
@@ -391,15 +359,15 @@ mod tests {
             Some(EscrowState::Released),
             false,
         );
-        let step = next_step(&paid, Some(&agent())).expect("an outcome to record");
-        assert_eq!((step.expected, step.msg_id.as_str()), (11, "outcome:t1"));
-        let Event::AgentOutcomeRecorded(outcome) = step.event else {
+        let step = next_step(&paid, Some(&agent())).expect("an outcome to count");
+        assert_eq!(
+            (&step.aggregate, step.expected, step.msg_id.as_str()),
+            (&Aggregate::Task("t1".parse().expect("id")), 3, "outcome:t1")
+        );
+        let Event::AgentOutcomeCounted(outcome) = step.event else {
             panic!("not an outcome")
         };
-        assert_eq!(
-            (outcome.success, outcome.successes, outcome.rate_bp),
-            (true, 1, 9523)
-        );
+        assert!(outcome.success);
         let recorded = view(
             &[submitted(), assigned(), completed()],
             Some(EscrowState::Released),
@@ -425,15 +393,17 @@ mod tests {
             false,
         );
         let Some(Step {
-            event: Event::AgentOutcomeRecorded(o),
+            event: Event::AgentOutcomeCounted(o),
             ..
         }) = next_step(&refunded, Some(&agent()))
         else {
             panic!("expected an outcome")
         };
+        assert!(!o.success);
         assert_eq!(
-            (o.success, o.failures, o.multiplier),
-            (false, 1, MultiplierMilli(1800))
+            next_step(&refunded, None),
+            None,
+            "an agent the read model does not know is not counted"
         );
     }
 
@@ -465,5 +435,31 @@ mod tests {
             kind(next_step(&done, Some(&agent()))).map(|k| k.0),
             Some("EscrowHeld")
         );
+    }
+
+    #[test]
+    fn a_terminal_step_carries_its_whole_settlement() {
+        let done = view(
+            &[submitted(), assigned(), completed()],
+            Some(EscrowState::Held),
+            false,
+        );
+        let kinds: Vec<_> = settles(&done).iter().map(Event::event_type).collect();
+        assert_eq!(kinds, ["EscrowReleased", "AgentOutcomeCounted"]);
+        let cancelled = view(
+            &[submitted(), assigned(), cancelled()],
+            Some(EscrowState::Held),
+            false,
+        );
+        let kinds: Vec<_> = settles(&cancelled).iter().map(Event::event_type).collect();
+        assert_eq!(kinds, ["EscrowRefunded"]);
+        let running = view(&[submitted(), assigned()], Some(EscrowState::Held), false);
+        assert!(settles(&running).is_empty());
+        let settled = view(
+            &[submitted(), assigned(), completed()],
+            Some(EscrowState::Released),
+            true,
+        );
+        assert!(settles(&settled).is_empty());
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use aicp_events::testing::NatsServer;
 use anyhow::Result;
-use common::{eventually, TestApp};
+use common::{eventually, money_moves, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -147,11 +147,10 @@ async fn a_task_is_paid_once_however_often_it_is_completed() -> Result<()> {
     // The stream itself holds each task's money moving exactly twice: held, released.
     let store =
         aicp_events::EventStore::new(server.client().await?, aicp_events::Namespace::default());
-    let payment = store
-        .read(&aicp_events::Aggregate::Payment(id.parse()?))
-        .await?;
-    let kinds: Vec<&str> = payment.events().map(|e| e.event.event_type()).collect();
-    assert_eq!(kinds, ["EscrowHeld", "EscrowReleased"]);
+    assert_eq!(
+        money_moves(&store, &id.parse()?).await?,
+        ["EscrowHeld", "EscrowReleased"]
+    );
     app.shutdown().await
 }
 
@@ -759,4 +758,79 @@ async fn health_check_mode_exits_0_for_a_healthy_coordinator_and_1_otherwise() -
     assert!(String::from_utf8_lossy(&nobody.stderr).contains("no coordinator answers"));
     app.stop().await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reports_start_and_outcome_in_one_call_stored_as_one_message() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let id = app.submit("buyer-001", 2).await?;
+    let path = format!("/v1/tasks/{id}/complete");
+    // Half a start is refused, and stores nothing.
+    let (status, body) = app
+        .post(&path, Some(json!({"success": true, "assignment": 1})))
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_start");
+    // An assignment this replica has not seen: ask again later.
+    let (status, body) = app
+        .post(
+            &path,
+            Some(json!({"success": true, "assignment": 2, "worker_id": "w1"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "not_yet");
+
+    let (status, done) = app
+        .post(
+            &path,
+            Some(json!({"success": true, "result": "ok", "assignment": 1, "worker_id": "w1"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["payment"], "released");
+    // Two messages in all: the submission, and the report with everything it settles.
+    let store =
+        aicp_events::EventStore::new(server.client().await?, aicp_events::Namespace::default());
+    let stored = store
+        .read(&aicp_events::Aggregate::Task(id.parse()?))
+        .await?;
+    let messages: Vec<Vec<&str>> = stored
+        .batches
+        .iter()
+        .map(|b| b.events.iter().map(|e| e.event.event_type()).collect())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            vec!["TaskSubmitted", "TaskAssigned", "EscrowHeld"],
+            vec![
+                "TaskStarted",
+                "TaskCompleted",
+                "EscrowReleased",
+                "AgentOutcomeCounted"
+            ],
+        ]
+    );
+    let started_by: Vec<_> = stored
+        .events()
+        .filter_map(|e| match &e.event {
+            aicp_events::Event::TaskStarted(s) => Some(s.worker_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started_by, ["w1"]);
+    eventually(&app, "/v1/agents/agent-1", |a| a["tasks_completed"] == 1).await?;
+    // The same report again (a redelivery) finds the work done.
+    let (status, body) = app
+        .post(
+            &path,
+            Some(json!({"success": true, "assignment": 1, "worker_id": "w2"})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "not_running");
+    app.shutdown().await
 }

@@ -11,7 +11,7 @@ use aicp_events::Namespace;
 use aicp_projections::projector::Projector;
 use aicp_projections::{PageRequest, ReadModel, TaskFilter};
 use anyhow::{ensure, Result};
-use common::{eventually, CoordinatorProcess, TestApp};
+use common::{eventually, money_moves, CoordinatorProcess, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -40,11 +40,10 @@ async fn two_coordinators_on_one_stream_agree_and_settle_once() -> Result<()> {
     // Both replicas' settlement managers saw the completion; the money moved once, as
     // the stream itself shows.
     let store = aicp_events::EventStore::new(server.client().await?, Namespace::default());
-    let payment = store
-        .read(&aicp_events::Aggregate::Payment(id.parse()?))
-        .await?;
-    let kinds: Vec<&str> = payment.events().map(|e| e.event.event_type()).collect();
-    assert_eq!(kinds, ["EscrowHeld", "EscrowReleased"]);
+    assert_eq!(
+        money_moves(&store, &id.parse()?).await?,
+        ["EscrowHeld", "EscrowReleased"]
+    );
     let entries = a.get("/v1/ledger/agent:agent-1").await?.1;
     assert_eq!(entries["entries"].as_array().map(Vec::len), Some(1));
     a.shutdown().await?;

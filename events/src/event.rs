@@ -148,6 +148,21 @@ pub struct TaskCancelled {
     pub reason: String,
 }
 
+/// The task's outcome was counted once on its agent's reputation: one more success or
+/// failure. On the task's subject, in the message of the outcome itself, so outcomes of
+/// one agent's many tasks append in parallel (the projection adds them up in stream
+/// order); replaces [`AgentOutcomeRecorded`], whose absolute figures made every outcome
+/// of an agent wait for the one before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentOutcomeCounted {
+    /// The task whose outcome this is.
+    pub task_id: TaskId,
+    /// The agent whose reputation counts it.
+    pub agent_id: AgentId,
+    /// Whether the task succeeded.
+    pub success: bool,
+}
+
 /// The task passed its deadline unfinished; the escrow goes back to the buyer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskExpired {
@@ -362,6 +377,7 @@ catalogue! {
     TaskFailed => 1,
     TaskCancelled => 1,
     TaskExpired => 1,
+    AgentOutcomeCounted => 1,
     AgentRegistered => 2,
     AgentOutcomeRecorded => 1,
     AgentUpdated => 2,
@@ -383,6 +399,7 @@ impl Event {
             Event::TaskFailed(e) => Aggregate::Task(e.task_id.clone()),
             Event::TaskCancelled(e) => Aggregate::Task(e.task_id.clone()),
             Event::TaskExpired(e) => Aggregate::Task(e.task_id.clone()),
+            Event::AgentOutcomeCounted(e) => Aggregate::Task(e.task_id.clone()),
             Event::AgentRegistered(e) => Aggregate::Agent(e.agent_id.clone()),
             Event::AgentOutcomeRecorded(e) => Aggregate::Agent(e.agent_id.clone()),
             Event::AgentUpdated(e) => Aggregate::Agent(e.agent_id.clone()),
@@ -392,5 +409,21 @@ impl Event {
             Event::TokenIssued(e) => Aggregate::Token(e.token_id.clone()),
             Event::TokenRevoked(e) => Aggregate::Token(e.token_id.clone()),
         }
+    }
+
+    /// Whether the event moves a task through its lifecycle (the state machine's input),
+    /// rather than recording what follows from it (its money, its agent's count), which
+    /// rides in the same message on the task's subject.
+    pub fn is_task_step(&self) -> bool {
+        matches!(
+            self,
+            Event::TaskSubmitted(_)
+                | Event::TaskAssigned(_)
+                | Event::TaskStarted(_)
+                | Event::TaskCompleted(_)
+                | Event::TaskFailed(_)
+                | Event::TaskCancelled(_)
+                | Event::TaskExpired(_)
+        )
     }
 }

@@ -412,7 +412,10 @@ impl EventStore {
         expected: Expected,
         msg_id: Option<&str>,
     ) -> Result<Appended, AppendError> {
-        if let Some(stray) = events.iter().find(|e| e.event.aggregate() != *aggregate) {
+        if let Some(stray) = events
+            .iter()
+            .find(|e| !aggregate.admits(&e.event.aggregate()))
+        {
             return Err(AppendError::WrongAggregate {
                 aggregate: aggregate.clone(),
                 event: stray.event.event_type(),

@@ -34,6 +34,16 @@ impl Aggregate {
         }
     }
 
+    /// Whether a message on this aggregate's subject may carry an event of `event`'s
+    /// aggregate: its own, and on a task's subject also the task's money, so that a task's
+    /// outcome and its settlement are one message, guarded by one expected sequence.
+    pub fn admits(&self, event: &Aggregate) -> bool {
+        match (self, event) {
+            (Aggregate::Task(task), Aggregate::Payment(paid)) => task == paid,
+            (own, other) => own == other,
+        }
+    }
+
     /// The aggregate's id.
     pub fn id(&self) -> &str {
         match self {

@@ -128,12 +128,18 @@ fn apply_batch(
         .get(model, Table::Counters, COUNTERS)?
         .unwrap_or_default();
     let (mut applied, mut rejected) = (0, 0);
+    // A message is on the subject of its first event's aggregate (the store checks it).
+    let payment_subject = matches!(
+        batch.events.first().map(|e| e.event.aggregate()),
+        Some(Aggregate::Payment(_))
+    );
     for envelope in &batch.events {
         let mut writer = Writer {
             model,
             changes: &mut *changes,
             counters: &mut counters,
             sequence: batch.sequence,
+            payment_subject,
             at: envelope.occurred_at,
         };
         match writer.apply(envelope)? {
@@ -245,6 +251,9 @@ struct Writer<'a> {
     changes: &'a mut Changes,
     counters: &'a mut Counters,
     sequence: u64,
+    /// Whether the message is on a payment subject (older tasks' money) rather than in
+    /// its task's message.
+    payment_subject: bool,
     at: DateTime<Utc>,
 }
 
@@ -264,6 +273,7 @@ impl Writer<'_> {
                 }
                 Ok(outcome)
             }
+            Event::AgentOutcomeCounted(e) => self.outcome_counted(e),
             Event::AgentUpdated(e) => self.agent_changed(&e.agent_id, |agent| {
                 if let Some(name) = &e.name {
                     agent.name = name.clone();
@@ -456,6 +466,54 @@ impl Writer<'_> {
         Ok(Ok(()))
     }
 
+    /// Counts a task's outcome on its agent's reputation: once, for the task's own agent,
+    /// as the outcome the task reached.
+    fn outcome_counted(&mut self, e: &aicp_events::event::AgentOutcomeCounted) -> Outcome {
+        let key = e.task_id.as_str().as_bytes();
+        let Some(mut view) = self.get::<TaskView>(Table::Tasks, key)? else {
+            return Ok(Err(Rejected(format!("task {} does not exist", e.task_id))));
+        };
+        if view.outcome_recorded {
+            return Ok(Err(Rejected(format!(
+                "task {}'s outcome is already counted",
+                e.task_id
+            ))));
+        }
+        if view.task.agent_id.as_ref() != Some(&e.agent_id) {
+            return Ok(Err(Rejected(format!(
+                "task {} is not {}'s",
+                e.task_id, e.agent_id
+            ))));
+        }
+        let reached = match view.task.status {
+            TaskStatus::Completed => true,
+            TaskStatus::Failed => false,
+            status => {
+                return Ok(Err(Rejected(format!(
+                    "task {} is {status}: no outcome to count",
+                    e.task_id
+                ))))
+            }
+        };
+        if reached != e.success {
+            return Ok(Err(Rejected(format!(
+                "task {} is {}, not counted as {}",
+                e.task_id,
+                view.task.status,
+                if e.success { "a success" } else { "a failure" }
+            ))));
+        }
+        if !self.update_agent(&e.agent_id, |agent| agent.count_outcome(e.success))? {
+            return Ok(Err(Rejected(format!(
+                "agent {} does not exist",
+                e.agent_id
+            ))));
+        }
+        view.outcome_recorded = true;
+        self.changes.put(Table::Tasks, key.to_vec(), view);
+        Ok(Ok(()))
+    }
+
     fn agent_registered(&mut self, e: &aicp_events::event::AgentRegistered) -> Outcome {
         let key = e.agent_id.as_str().as_bytes();
         if self.get::<AgentView>(Table::Agents, key)?.is_some() {
@@ -636,10 +694,13 @@ impl Writer<'_> {
                 self.counters.refunded_sats = self.counters.refunded_sats.saturating_add(amount);
             }
         }
-        let sequence = self.sequence;
+        let sequence = self.payment_subject.then_some(self.sequence);
         self.task_marked(&task_id, |view| {
             view.payment = Some(escrow.state);
-            view.payment_sequence = sequence;
+            // Only a payment subject's message is what its next append must expect.
+            if let Some(sequence) = sequence {
+                view.payment_sequence = sequence;
+            }
         })?;
         self.changes.put(Table::Escrows, key, escrow);
         Ok(Ok(()))

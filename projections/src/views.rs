@@ -83,17 +83,28 @@ impl TaskView {
         events: &[aicp_events::Envelope],
         sequence: u64,
     ) -> Option<TaskView> {
+        use aicp_events::event::Event;
         let mut view = prior;
         for envelope in events {
             match (&envelope.event, view.as_mut()) {
-                (aicp_events::event::Event::TaskSubmitted(e), None) => {
+                (Event::TaskSubmitted(e), None) => {
                     view = Some(TaskView::submitted(e, sequence, envelope.occurred_at));
                 }
+                // The task's money and its agent's count, in the message of the step that
+                // caused them: the projection books them through the ledger, to this end.
+                (Event::EscrowHeld(_), Some(v)) => v.payment = Some(EscrowState::Held),
+                (Event::EscrowReleased(_), Some(v)) => v.payment = Some(EscrowState::Released),
+                (Event::EscrowRefunded(_), Some(v)) => v.payment = Some(EscrowState::Refunded),
+                (Event::AgentOutcomeCounted(_), Some(v)) => v.outcome_recorded = true,
                 (event, Some(v)) => {
                     v.change(event, sequence, envelope.occurred_at).ok()?;
                 }
                 (_, None) => return None,
             }
+        }
+        if let Some(v) = view.as_mut() {
+            // The message is on the task's subject whatever it carries.
+            v.last_sequence = sequence;
         }
         view
     }
@@ -145,6 +156,15 @@ impl AgentView {
         self.rate_bp = e.rate_bp;
         self.multiplier = e.multiplier;
         self.last_sequence = sequence;
+    }
+
+    /// The agent's record after one more outcome is counted: unlike
+    /// [`AgentView::record_outcome`] the count is on the task's subject, so the agent's own
+    /// last sequence stays.
+    pub fn count_outcome(&mut self, success: bool) {
+        self.reputation = self.reputation.record(success);
+        self.rate_bp = self.reputation.rate_bp();
+        self.multiplier = self.reputation.multiplier();
     }
 }
 

@@ -64,6 +64,12 @@ pub struct Config {
     /// On SIGTERM, how long in-flight tasks get to finish before they are handed back.
     #[arg(long, env = "AICP_GRACE_MS", default_value_t = 20_000)]
     pub grace_ms: u64,
+    /// Work that ends sooner than this (ms) is reported in one call, start and outcome
+    /// together; longer work reports its start when this passes, so buyers see it running
+    /// and a task cancelled or reassigned meanwhile is dropped. 0: always report the start
+    /// before executing.
+    #[arg(long, env = "AICP_REPORT_START_AFTER_MS", default_value_t = 1000)]
+    pub report_start_after_ms: u64,
     /// This worker's name in TaskStarted events (default: host and process id).
     #[arg(long, env = "AICP_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -85,6 +91,11 @@ impl Config {
     /// [`Config::ack_wait_ms`] as a duration.
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms)
+    }
+
+    /// [`Config::report_start_after_ms`] as a duration.
+    pub fn report_start_after(&self) -> Duration {
+        Duration::from_millis(self.report_start_after_ms)
     }
 
     /// [`Config::grace_ms`] as a duration.

@@ -129,12 +129,22 @@ impl Coordinator {
     }
 
     /// `POST /v1/tasks/{id}/complete` with the outcome: completed with its result, or
-    /// failed with its reason.
-    pub async fn finish(&self, item: &WorkItem, outcome: &Outcome) -> Result<(), ReportError> {
-        let body = match outcome {
+    /// failed with its reason; with `started_by`, also that this worker started the
+    /// assignment `item` names (one call for both, when its start was not reported).
+    pub async fn finish(
+        &self,
+        item: &WorkItem,
+        outcome: &Outcome,
+        started_by: Option<&str>,
+    ) -> Result<(), ReportError> {
+        let mut body = match outcome {
             Outcome::Completed(result) => json!({"success": true, "result": capped(result)}),
             Outcome::Failed(reason) => json!({"success": false, "result": capped(reason)}),
         };
+        if let Some(worker_id) = started_by {
+            body["assignment"] = json!(item.assignment);
+            body["worker_id"] = json!(worker_id);
+        }
         self.post(&format!("/v1/tasks/{}/complete", item.task_id), &body)
             .await
     }

@@ -1,10 +1,12 @@
 //! The worker: pulls work messages, starts, executes and reports each task, acks.
 //!
-//! Per task: tell the coordinator it starts (with the assignment its work message names);
-//! if the task finished, was cancelled, expired or was assigned again, ack and do nothing;
-//! if the coordinator has not seen the assignment yet (a replica that lags), retry later.
-//! Execute with progress acks so long work is not redelivered, report the outcome, and
-//! only then ack: the outcome is recorded before the message goes. A redelivered message
+//! Per task: execute with progress acks so long work is not redelivered. Work that ends
+//! within `--report-start-after-ms` is reported in one call: the start (with the
+//! assignment its work message names) and the outcome together. Longer work tells the
+//! coordinator it starts when that time passes: if the task finished, was cancelled,
+//! expired or was assigned again, the work is dropped and the message acked; if the
+//! coordinator has not seen the assignment yet (a replica that lags), it asks again.
+//! Either way the outcome is reported, and only then is the message acked: the outcome is recorded before the message goes. A redelivered message
 //! after a crash starts the task again; if another worker reported first, ours is refused
 //! as stale and the message is simply acked. The last delivery a message is allowed fails
 //! its task with `max-deliveries` instead of running it again, and the coordinator
@@ -85,6 +87,8 @@ pub struct Worker {
     seed: u64,
     ack_wait: Duration,
     max_deliver: i64,
+    /// Work that takes longer reports its start on its own (zero: always).
+    report_start_after: Duration,
 }
 
 impl Worker {
@@ -120,6 +124,7 @@ impl Worker {
             seed: config.seed,
             ack_wait: config.ack_wait(),
             max_deliver: config.max_deliver,
+            report_start_after: config.report_start_after(),
         };
         tracing::info!(worker = %worker.worker_id, agents = ?config.agents, "worker started");
 
@@ -355,7 +360,7 @@ impl Worker {
             let gave_up = Outcome::Failed(MAX_DELIVERIES.to_owned());
             let reported = self
                 .persist(message, item, &mut abandon, None, || {
-                    self.coordinator.finish(item, &gave_up)
+                    self.coordinator.finish(item, &gave_up, None)
                 })
                 .await;
             return match reported {
@@ -364,29 +369,59 @@ impl Worker {
                 Err(e) => Err(e.into()),
             };
         }
-        // A coordinator restarting, or over its rate, costs this message no delivery: ask
-        // again here for a while rather than nak.
-        let started = self
-            .persist(message, item, &mut abandon, Some(START_PATIENCE), || {
-                self.coordinator.start(item, &self.worker_id)
-            })
-            .await;
-        match started {
-            Ok(()) => {}
-            // Finished, cancelled, expired or assigned again since: nothing to do.
-            Err(ReportError::Stale(_)) => return Ok(Handled::Done),
-            Err(_) if *abandon.borrow() => return Ok(Handled::Abandoned),
-            Err(e) => return Err(e.into()),
-        }
-
-        let outcome = tokio::select! {
-            outcome = self.execute_with_progress(message, item) => outcome,
-            _ = abandon.wait_for(|a| *a) => return Ok(Handled::Abandoned),
+        let execution = self.execute_with_progress(message, item);
+        tokio::pin!(execution);
+        // Quick work is reported in one call, its start with its outcome.
+        let quick = if self.report_start_after.is_zero() {
+            None
+        } else {
+            tokio::select! {
+                outcome = &mut execution => Some(outcome),
+                () = tokio::time::sleep(self.report_start_after) => None,
+                _ = abandon.wait_for(|a| *a) => return Ok(Handled::Abandoned),
+            }
+        };
+        let (outcome, started) = match quick {
+            Some(outcome) => (outcome, Some(self.worker_id.as_str())),
+            None => {
+                // A coordinator restarting, or over its rate, costs this message no
+                // delivery: ask again here for a while rather than nak. The work goes on
+                // meanwhile.
+                let mut early = None;
+                let started = {
+                    let start =
+                        self.persist(message, item, &mut abandon, Some(START_PATIENCE), || {
+                            self.coordinator.start(item, &self.worker_id)
+                        });
+                    tokio::pin!(start);
+                    loop {
+                        tokio::select! {
+                            answered = &mut start => break answered,
+                            outcome = &mut execution, if early.is_none() => early = Some(outcome),
+                        }
+                    }
+                };
+                match started {
+                    Ok(()) => {}
+                    // Finished, cancelled, expired or assigned again since: drop the work.
+                    Err(ReportError::Stale(_)) => return Ok(Handled::Done),
+                    Err(_) if *abandon.borrow() => return Ok(Handled::Abandoned),
+                    Err(e) => return Err(e.into()),
+                }
+                let outcome = match early {
+                    Some(outcome) => outcome,
+                    None => tokio::select! {
+                        outcome = &mut execution => outcome,
+                        _ = abandon.wait_for(|a| *a) => return Ok(Handled::Abandoned),
+                    },
+                };
+                (outcome, None)
+            }
         };
         // The work is done: a redelivery would do it again, so keep trying to report it.
         let reported = self
             .persist(message, item, &mut abandon, None, || {
-                self.coordinator.finish(item, &outcome)
+                self.coordinator.finish(item, &outcome, started)
             })
             .await;
         match reported {
@@ -397,7 +432,7 @@ impl Worker {
                 // the task failed with why, rather than run it again.
                 let failed =
                     Outcome::Failed(format!("the coordinator rejected the outcome: {reason}"));
-                match self.coordinator.finish(item, &failed).await {
+                match self.coordinator.finish(item, &failed, started).await {
                     Ok(()) | Err(ReportError::Stale(_)) => Ok(Handled::Done),
                     Err(e) => Err(e.into()),
                 }

@@ -276,6 +276,22 @@ async fn check_books(server: &NatsServer, coordinator: &Coordinator, ids: &[Stri
             .filter(|e| matches!(e.event.event_type(), "TaskCompleted" | "TaskFailed"))
             .count();
         ensure!(outcomes == 1, "task {id} has {outcomes} outcomes");
+        // Its money moved twice in the stream, wherever it is stored: held, then settled.
+        let paid = store.read(&Aggregate::Payment(id.parse()?)).await?;
+        let moves: Vec<&str> = stored
+            .events()
+            .chain(paid.events())
+            .map(|e| e.event.event_type())
+            .filter(|t| t.starts_with("Escrow"))
+            .collect();
+        let settled = match view.task.status {
+            TaskStatus::Completed => "EscrowReleased",
+            _ => "EscrowRefunded",
+        };
+        ensure!(
+            moves == ["EscrowHeld", settled],
+            "task {id}'s money moved as {moves:?}"
+        );
         match view.task.status {
             TaskStatus::Completed => {
                 ensure!(
@@ -330,6 +346,25 @@ async fn a_thousand_tasks_with_three_workers_each_end_once_and_are_paid_once() -
     }
     all_finished(&coordinator, Duration::from_secs(120)).await?;
     check_books(&server, &coordinator, &ids).await?;
+    // Quick work (0.5 s on average) was reported in one call: its start, outcome and
+    // settlement are one message.
+    let store = EventStore::new(server.client().await?, Namespace::default());
+    let mut one_call = 0;
+    for id in ids.iter().take(100) {
+        let stored = store.read(&Aggregate::Task(id.parse()?)).await?;
+        let last: Vec<&str> = stored
+            .batches
+            .last()
+            .map(|b| b.events.iter().map(|e| e.event.event_type()).collect())
+            .unwrap_or_default();
+        if last.first() == Some(&"TaskStarted") && stored.batches.len() == 2 {
+            one_call += 1;
+        }
+    }
+    ensure!(
+        one_call > 50,
+        "only {one_call} of 100 tasks were reported in one call"
+    );
     drop(workers);
     coordinator.stop().await
 }
@@ -347,6 +382,9 @@ async fn a_worker_killed_mid_task_leaves_its_work_to_another() -> Result<()> {
         "4",
         "--ack-wait-ms",
         "2000",
+        // Starts reported as the work begins: the doomed worker's show in the stream.
+        "--report-start-after-ms",
+        "0",
     ];
     let doomed = WorkerProcess::start(&server, &coordinator, "doomed", &slow)?;
     let mut ids = Vec::new();
@@ -394,6 +432,8 @@ async fn sigterm_finishes_work_in_flight_within_the_grace_period() -> Result<()>
             "2",
             "--grace-ms",
             "10000",
+            "--report-start-after-ms",
+            "0",
         ],
     )?;
     let mut ids = Vec::new();
@@ -710,8 +750,10 @@ async fn a_worker_with_agent_1_credentials_cannot_complete_agent_2_tasks() -> Re
         .store
         .read(&aicp_events::Aggregate::Task(id.parse()?))
         .await?;
+    // The task's steps after submit and assign; its money rides along, by the coordinator.
     let by: Vec<String> = events
         .events()
+        .filter(|e| e.event.is_task_step())
         .skip(2)
         .map(|e| {
             e.principal

@@ -310,3 +310,31 @@ impl Drop for CoordinatorProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The kinds of the money events the stream holds for a task, oldest first: in the task's
+/// own messages and on its payment subject (where an older task's escrow is).
+pub async fn money_moves(
+    store: &aicp_events::EventStore,
+    task_id: &aicp_events::id::TaskId,
+) -> Result<Vec<&'static str>> {
+    use aicp_events::event::Event;
+    let mut moves = Vec::new();
+    for aggregate in [
+        aicp_events::Aggregate::Task(task_id.clone()),
+        aicp_events::Aggregate::Payment(task_id.clone()),
+    ] {
+        let stored = store.read(&aggregate).await?;
+        for batch in &stored.batches {
+            for (n, e) in batch.events.iter().enumerate() {
+                if matches!(
+                    e.event,
+                    Event::EscrowHeld(_) | Event::EscrowReleased(_) | Event::EscrowRefunded(_)
+                ) {
+                    moves.push((batch.sequence, n, e.event.event_type()));
+                }
+            }
+        }
+    }
+    moves.sort();
+    Ok(moves.into_iter().map(|(_, _, kind)| kind).collect())
+}

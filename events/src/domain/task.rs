@@ -262,12 +262,13 @@ impl Task {
         }
     }
 
-    /// Folds a task's events, oldest first; `Ok(None)` if there are none.
+    /// Folds a task's events, oldest first; `Ok(None)` if there are none. Events that
+    /// share the task's subject without being its steps (its money) are passed over.
     pub fn replay<'a>(
         events: impl IntoIterator<Item = &'a Event>,
     ) -> Result<Option<Task>, TransitionError> {
         let mut task: Option<Task> = None;
-        for event in events {
+        for event in events.into_iter().filter(|e| e.is_task_step()) {
             task = Some(match task {
                 None => Task::start(event)?,
                 Some(mut t) => {
@@ -287,7 +288,7 @@ impl Task {
     ) -> (Option<Task>, usize) {
         let mut task: Option<Task> = None;
         let mut skipped = 0;
-        for event in events {
+        for event in events.into_iter().filter(|e| e.is_task_step()) {
             let result = match &mut task {
                 None => Task::start(event).map(|t| task = Some(t)),
                 Some(t) => t.apply(event),

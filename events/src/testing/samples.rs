@@ -116,6 +116,12 @@ pub fn sample_events() -> Vec<Envelope> {
             multiplier: MultiplierMilli(2000),
         }
         .into(),
+        AgentOutcomeCounted {
+            task_id: task.clone(),
+            agent_id: agent.clone(),
+            success: true,
+        }
+        .into(),
         AgentUpdated {
             agent_id: agent.clone(),
             name: None,
