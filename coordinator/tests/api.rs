@@ -834,3 +834,68 @@ async fn a_worker_reports_start_and_outcome_in_one_call_stored_as_one_message() 
     assert_eq!(body["error"]["code"], "not_running");
     app.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_stored_in_the_older_layout_is_still_held_paid_and_counted() -> Result<()> {
+    use aicp_events::domain::assign::Policy;
+    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+    use aicp_events::event::{TaskAssigned, TaskSubmitted};
+    use aicp_events::{Aggregate, Envelope, Expected};
+
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    // As a coordinator before escrow rode with the submission wrote it: no escrow.
+    let id: aicp_events::id::TaskId = "old00001".parse()?;
+    let submitted = Envelope::new(TaskSubmitted {
+        task_id: id.clone(),
+        buyer_id: "buyer-001".parse()?,
+        description: "older".into(),
+        complexity: Complexity::new(2)?,
+        required_skills: Default::default(),
+        max_price_sats: None,
+        deadline: None,
+        policy: Policy::BestReputation,
+    });
+    let assigned = Envelope::caused_by(
+        &submitted,
+        TaskAssigned {
+            task_id: id.clone(),
+            agent_id: "agent-1".parse()?,
+            multiplier: MultiplierMilli(2000),
+            price_sats: 400_000,
+            assignment: 1,
+        },
+    );
+    app.state
+        .store
+        .append(
+            &Aggregate::Task(id.clone()),
+            &[submitted, assigned],
+            Expected::NEW,
+            None,
+        )
+        .await?;
+    // The settlement manager holds its escrow on the payment subject, as it used to.
+    eventually(&app, &format!("/v1/tasks/{id}"), |t| t["payment"] == "held").await?;
+    let (status, done) = app
+        .post(
+            &format!("/v1/tasks/{id}/complete"),
+            Some(json!({"success": true})),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["payment"], "released");
+    eventually(&app, "/v1/agents/agent-1", |a| {
+        a["tasks_completed"] == 1 && a["balance_satoshis"] == 400_000
+    })
+    .await?;
+    let store =
+        aicp_events::EventStore::new(server.client().await?, aicp_events::Namespace::default());
+    assert_eq!(
+        money_moves(&store, &id).await?,
+        ["EscrowHeld", "EscrowReleased"]
+    );
+    let (_, check) = app.get("/v1/read-model/check").await?;
+    assert_eq!(check["invariants"]["failed"], json!([]), "{check}");
+    app.shutdown().await
+}
