@@ -559,7 +559,8 @@ async fn an_event_appended_to_another_aggregate_is_refused() -> Result<()> {
     for (aggregate, batch) in [
         (Aggregate::Task(t1.clone()), vec![submitted(&t2)]),
         (Aggregate::Payment(t1.clone()), vec![submitted(&t1)]),
-        (Aggregate::Task(t1.clone()), vec![submitted(&t1), held(&t1)]),
+        // A task's subject carries its own money, never another task's.
+        (Aggregate::Task(t1.clone()), vec![submitted(&t1), held(&t2)]),
     ] {
         let err = store.append(&aggregate, &batch, Expected::Any, None).await;
         assert!(
@@ -572,6 +573,15 @@ async fn an_event_appended_to_another_aggregate_is_refused() -> Result<()> {
         0,
         "a refused batch was stored"
     );
+    let own = store
+        .append(
+            &Aggregate::Task(t1.clone()),
+            &[submitted(&t1), held(&t1)],
+            Expected::NEW,
+            None,
+        )
+        .await?;
+    assert_eq!(own.sequence, 1, "a task's own money rides in its message");
     Ok(())
 }
 
