@@ -10,7 +10,7 @@ use aicp_events::testing::NatsServer;
 use aicp_events::Namespace;
 use aicp_projections::projector::Projector;
 use aicp_projections::{PageRequest, ReadModel, TaskFilter};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use common::{eventually, money_moves, CoordinatorProcess, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -178,20 +178,7 @@ async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<
         "live model at {} of {last}",
         live.last_sequence()?
     );
-    let rebuilt_dir = tempfile::tempdir()?;
-    let rebuilt = ReadModel::open(rebuilt_dir.path())?;
-    let (projector, progress) = Projector::new(rebuilt.clone(), store.clone())?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(projector.run(async move {
-        let _ = stopped.await;
-    }));
-    ensure!(
-        progress.wait_for(last, Duration::from_secs(20)).await,
-        "rebuild did not finish"
-    );
-    let _ = stop.send(());
-    running.await??;
-    assert_eq!(rebuilt.digest()?, live.digest()?);
+    assert_eq!(rebuilt_digest(&store, last).await?, live.digest()?);
 
     // And the books balance: every account sums to zero; every finished task was paid or
     // refunded exactly once; escrow holds exactly the prices of the unfinished ones.
@@ -240,4 +227,142 @@ async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<
     assert_eq!(live.balance(&Account::Escrow)?, open as i64);
     ensure!(tasks.items.len() >= submitted + 10, "tasks went missing");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_while_its_projector_applies_large_batches_resumes_exactly(
+) -> Result<()> {
+    use aicp_events::domain::assign::Policy;
+    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+    use aicp_events::event::{EscrowHeld, TaskAssigned, TaskSubmitted};
+    use aicp_events::{Aggregate, Envelope, Expected};
+
+    const TASKS: usize = 6_000;
+    let server = NatsServer::start()?;
+    let store = server.event_store(Namespace::default()).await?;
+    store.provision().await?;
+    // A backlog the projector takes in large batches: every task's submission message.
+    let mut appends = futures::stream::FuturesUnordered::new();
+    for n in 0..TASKS {
+        let store = store.clone();
+        appends.push(async move {
+            let id: aicp_events::id::TaskId = format!("bk{n:06}").parse()?;
+            let complexity = 1 + (n % 10) as i64;
+            let price = 200_000 * complexity as u64;
+            let submitted = Envelope::new(TaskSubmitted {
+                task_id: id.clone(),
+                buyer_id: format!("buyer-{}", n % 7).parse()?,
+                description: format!("backlog {n}"),
+                complexity: Complexity::new(complexity)?,
+                required_skills: Default::default(),
+                max_price_sats: None,
+                deadline: None,
+                policy: Policy::BestReputation,
+            });
+            let assigned = Envelope::caused_by(
+                &submitted,
+                TaskAssigned {
+                    task_id: id.clone(),
+                    agent_id: "agent-1".parse()?,
+                    multiplier: MultiplierMilli(2000),
+                    price_sats: price,
+                    assignment: 1,
+                },
+            );
+            let held = Envelope::caused_by(
+                &submitted,
+                EscrowHeld {
+                    task_id: id.clone(),
+                    buyer_id: format!("buyer-{}", n % 7).parse()?,
+                    agent_id: "agent-1".parse()?,
+                    amount_sats: price,
+                },
+            );
+            store
+                .append(
+                    &Aggregate::Task(id),
+                    &[submitted, assigned, held],
+                    Expected::NEW,
+                    None,
+                )
+                .await?;
+            anyhow::Ok(())
+        });
+        if appends.len() >= 256 {
+            if let Some(done) = futures::StreamExt::next(&mut appends).await {
+                done?;
+            }
+        }
+    }
+    while let Some(done) = futures::StreamExt::next(&mut appends).await {
+        done?;
+    }
+    let last = store.last_sequence().await?;
+
+    // Killed -9 while catching up: sooner each try, until a kill lands mid-backlog.
+    let data = tempfile::tempdir()?;
+    let mut caught = None;
+    for delay_ms in [1_500u64, 800, 400, 200, 100, 50] {
+        let dir = data.path().join(format!("try-{delay_ms}"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aicp-coordinator"))
+            .args(["--nats-url", &server.url(), "--listen", "127.0.0.1:0"])
+            .args(common::TEST_FLAGS)
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        child.kill()?;
+        child.wait()?;
+        let applied = ReadModel::open(&dir)?.last_sequence()?;
+        if applied > 0 && applied < last {
+            caught = Some((dir, applied));
+            break;
+        }
+    }
+    let (dir, applied) = caught.context("no kill landed while the projector was catching up")?;
+    eprintln!("killed -9 with {applied} of {last} messages applied");
+
+    // Restarted on what the kill left, it resumes from its checkpoint and equals a rebuild.
+    let second = CoordinatorProcess::start(&server, &dir).await?;
+    let caught_up = second
+        .metrics_reach(600, &["aicp_projection_lag_events 0"])
+        .await?;
+    ensure!(caught_up, "the restarted coordinator did not catch up");
+    second.terminate()?;
+    let last = store.last_sequence().await?;
+    let live = ReadModel::open(&dir)?;
+    ensure!(
+        live.last_sequence()? == last,
+        "killed at {applied}, resumed to {} of {last}",
+        live.last_sequence()?
+    );
+    assert_eq!(rebuilt_digest(&store, last).await?, live.digest()?);
+    let report = aicp_projections::invariants::check(&live)?;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(live.counters()?.submitted, TASKS as u64);
+    assert_eq!(live.counters()?.events_rejected, 0);
+    Ok(())
+}
+
+/// The digest of a read model rebuilt from sequence 1 up to `last` by a projector of its own.
+async fn rebuilt_digest(
+    store: &aicp_events::EventStore,
+    last: u64,
+) -> Result<Vec<aicp_projections::TreeDigest>> {
+    let dir = tempfile::tempdir()?;
+    let model = ReadModel::open(dir.path())?;
+    let (projector, progress) = Projector::new(model.clone(), store.clone())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(projector.run(async move {
+        let _ = stopped.await;
+    }));
+    ensure!(
+        progress.wait_for(last, Duration::from_secs(60)).await,
+        "rebuild did not finish"
+    );
+    let _ = stop.send(());
+    running.await??;
+    Ok(model.digest()?)
 }
