@@ -582,23 +582,22 @@ impl AppState {
         let mut expected = view.last_sequence;
         let aggregate = Aggregate::Task(task_id.clone());
         for _ in 0..ATTEMPTS {
-            let mut task = view.task.clone();
+            // The task after the steps, refused by its rules with their own error.
+            let mut after = view.clone();
             let mut events = Vec::with_capacity(4);
             for event in decide(&view.task)? {
-                task.apply(&event)?;
+                after.change(&event, expected, Utc::now())?;
                 events.push(Envelope::new(event).by(by.clone()));
             }
-            let Some(step) = events.last().cloned() else {
+            let Some(step) = events.last() else {
                 return Err(ApiError::internal("a task change without events"));
             };
             // What the steps settle (money, the agent's count) goes in their message.
-            let after = TaskView::decided(Some(view.clone()), &events, 0)
-                .ok_or_else(|| ApiError::internal("a checked event was refused"))?;
-            events.extend(
-                settlement::settles(&after)
-                    .into_iter()
-                    .map(|e| Envelope::caused_by(&step, e).by(Principal::Coordinator)),
-            );
+            let settled: Vec<Envelope> = settlement::settles(&after)
+                .into_iter()
+                .map(|e| Envelope::caused_by(step, e).by(Principal::Coordinator))
+                .collect();
+            events.extend(settled);
             match self
                 .append(&aggregate, &events, Expected::Sequence(expected), None)
                 .await

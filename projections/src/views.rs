@@ -148,8 +148,8 @@ pub struct AgentView {
 }
 
 impl AgentView {
-    /// The agent's record after an outcome appended at `sequence`: what the projection
-    /// stores, and what the settlement manager counts on before the projection has it.
+    /// The agent's record after an older stream's outcome appended at `sequence`, whose
+    /// event carries the figures after it.
     pub fn record_outcome(&mut self, e: &aicp_events::event::AgentOutcomeRecorded, sequence: u64) {
         self.reputation.successes = e.successes;
         self.reputation.failures = e.failures;

@@ -6,9 +6,10 @@
 //! coordinator it starts when that time passes: if the task finished, was cancelled,
 //! expired or was assigned again, the work is dropped and the message acked; if the
 //! coordinator has not seen the assignment yet (a replica that lags), it asks again.
-//! Either way the outcome is reported, and only then is the message acked: the outcome is recorded before the message goes. A redelivered message
-//! after a crash starts the task again; if another worker reported first, ours is refused
-//! as stale and the message is simply acked. The last delivery a message is allowed fails
+//! Either way the outcome is reported, and only then is the message acked: the outcome is
+//! recorded before the message goes. A redelivered message after a crash starts the task
+//! again; if another worker reported first, ours is refused as stale and the message is
+//! simply acked. The last delivery a message is allowed fails
 //! its task with `max-deliveries` instead of running it again, and the coordinator
 //! refunds it.
 //!
