@@ -4,7 +4,7 @@ mod common;
 
 use aicp_events::testing::NatsServer;
 use anyhow::Result;
-use common::{eventually, money_moves, TestApp};
+use common::{eventually, money_moves, submission_to_agent_1, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -686,37 +686,10 @@ async fn cors_allows_the_configured_origins_only() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_id_that_is_taken_is_never_confused_with_the_new_task() -> Result<()> {
-    use aicp_events::domain::assign::Policy;
-    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
-    use aicp_events::event::{TaskAssigned, TaskSubmitted};
-    use aicp_events::Envelope;
-
     let server = NatsServer::start()?;
     let app = TestApp::spawn(&server).await?;
     let taken = app.submit("alice", 2).await?;
-    let events = |id: &aicp_events::id::TaskId| {
-        let submitted = Envelope::new(TaskSubmitted {
-            task_id: id.clone(),
-            buyer_id: "bob".parse().expect("valid id"),
-            description: "bob's task".into(),
-            complexity: Complexity::new(1).expect("valid"),
-            required_skills: Default::default(),
-            max_price_sats: None,
-            deadline: None,
-            policy: Policy::BestReputation,
-        });
-        let assigned = Envelope::caused_by(
-            &submitted,
-            TaskAssigned {
-                task_id: id.clone(),
-                agent_id: "agent-1".parse().expect("valid id"),
-                multiplier: MultiplierMilli(2000),
-                price_sats: 200_000,
-                assignment: 1,
-            },
-        );
-        vec![submitted, assigned]
-    };
+    let events = |id: &aicp_events::id::TaskId| submission_to_agent_1(id, "bob", 1);
     let ids = [taken.parse()?, "b0b0b0b0".parse()?];
     let (id, decided) = app
         .state
@@ -837,40 +810,17 @@ async fn a_worker_reports_start_and_outcome_in_one_call_stored_as_one_message() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_stored_in_the_older_layout_is_still_held_paid_and_counted() -> Result<()> {
-    use aicp_events::domain::assign::Policy;
-    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
-    use aicp_events::event::{TaskAssigned, TaskSubmitted};
-    use aicp_events::{Aggregate, Envelope, Expected};
+    use aicp_events::{Aggregate, Expected};
 
     let server = NatsServer::start()?;
     let app = TestApp::spawn(&server).await?;
     // As a coordinator before escrow rode with the submission wrote it: no escrow.
     let id: aicp_events::id::TaskId = "old00001".parse()?;
-    let submitted = Envelope::new(TaskSubmitted {
-        task_id: id.clone(),
-        buyer_id: "buyer-001".parse()?,
-        description: "older".into(),
-        complexity: Complexity::new(2)?,
-        required_skills: Default::default(),
-        max_price_sats: None,
-        deadline: None,
-        policy: Policy::BestReputation,
-    });
-    let assigned = Envelope::caused_by(
-        &submitted,
-        TaskAssigned {
-            task_id: id.clone(),
-            agent_id: "agent-1".parse()?,
-            multiplier: MultiplierMilli(2000),
-            price_sats: 400_000,
-            assignment: 1,
-        },
-    );
     app.state
         .store
         .append(
             &Aggregate::Task(id.clone()),
-            &[submitted, assigned],
+            &submission_to_agent_1(&id, "buyer-001", 2),
             Expected::NEW,
             None,
         )

@@ -11,7 +11,7 @@ use aicp_events::Namespace;
 use aicp_projections::projector::Projector;
 use aicp_projections::{PageRequest, ReadModel, TaskFilter};
 use anyhow::{ensure, Context, Result};
-use common::{eventually, money_moves, CoordinatorProcess, TestApp};
+use common::{eventually, money_moves, submission_to_agent_1, CoordinatorProcess, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -232,9 +232,7 @@ async fn a_coordinator_killed_mid_load_resumes_and_equals_a_rebuild() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_while_its_projector_applies_large_batches_resumes_exactly(
 ) -> Result<()> {
-    use aicp_events::domain::assign::Policy;
-    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
-    use aicp_events::event::{EscrowHeld, TaskAssigned, TaskSubmitted};
+    use aicp_events::event::EscrowHeld;
     use aicp_events::{Aggregate, Envelope, Expected};
 
     const TASKS: usize = 6_000;
@@ -248,43 +246,17 @@ async fn a_coordinator_killed_while_its_projector_applies_large_batches_resumes_
         appends.push(async move {
             let id: aicp_events::id::TaskId = format!("bk{n:06}").parse()?;
             let complexity = 1 + (n % 10) as i64;
-            let price = 200_000 * complexity as u64;
-            let submitted = Envelope::new(TaskSubmitted {
+            let buyer = format!("buyer-{}", n % 7);
+            let mut events = submission_to_agent_1(&id, &buyer, complexity);
+            let held = EscrowHeld {
                 task_id: id.clone(),
-                buyer_id: format!("buyer-{}", n % 7).parse()?,
-                description: format!("backlog {n}"),
-                complexity: Complexity::new(complexity)?,
-                required_skills: Default::default(),
-                max_price_sats: None,
-                deadline: None,
-                policy: Policy::BestReputation,
-            });
-            let assigned = Envelope::caused_by(
-                &submitted,
-                TaskAssigned {
-                    task_id: id.clone(),
-                    agent_id: "agent-1".parse()?,
-                    multiplier: MultiplierMilli(2000),
-                    price_sats: price,
-                    assignment: 1,
-                },
-            );
-            let held = Envelope::caused_by(
-                &submitted,
-                EscrowHeld {
-                    task_id: id.clone(),
-                    buyer_id: format!("buyer-{}", n % 7).parse()?,
-                    agent_id: "agent-1".parse()?,
-                    amount_sats: price,
-                },
-            );
+                buyer_id: buyer.parse()?,
+                agent_id: "agent-1".parse()?,
+                amount_sats: 200_000 * complexity as u64,
+            };
+            events.push(Envelope::caused_by(&events[0], held));
             store
-                .append(
-                    &Aggregate::Task(id),
-                    &[submitted, assigned, held],
-                    Expected::NEW,
-                    None,
-                )
+                .append(&Aggregate::Task(id), &events, Expected::NEW, None)
                 .await?;
             anyhow::Ok(())
         });

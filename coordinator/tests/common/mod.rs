@@ -338,3 +338,38 @@ pub async fn money_moves(
     moves.sort();
     Ok(moves.into_iter().map(|(_, _, kind)| kind).collect())
 }
+
+/// A task's submission and its assignment to agent-1 at 2.0x, as a coordinator writes
+/// them, without the escrow that rides with them today (the older layout stored it apart).
+pub fn submission_to_agent_1(
+    id: &aicp_events::id::TaskId,
+    buyer: &str,
+    complexity: i64,
+) -> Vec<aicp_events::Envelope> {
+    use aicp_events::domain::assign::Policy;
+    use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+    use aicp_events::event::{TaskAssigned, TaskSubmitted};
+    use aicp_events::Envelope;
+
+    let submitted = Envelope::new(TaskSubmitted {
+        task_id: id.clone(),
+        buyer_id: buyer.parse().expect("valid buyer id"),
+        description: format!("{buyer}'s task"),
+        complexity: Complexity::new(complexity).expect("valid complexity"),
+        required_skills: Default::default(),
+        max_price_sats: None,
+        deadline: None,
+        policy: Policy::BestReputation,
+    });
+    let assigned = Envelope::caused_by(
+        &submitted,
+        TaskAssigned {
+            task_id: id.clone(),
+            agent_id: "agent-1".parse().expect("valid agent id"),
+            multiplier: MultiplierMilli(2000),
+            price_sats: 200_000 * complexity as u64,
+            assignment: 1,
+        },
+    );
+    vec![submitted, assigned]
+}
