@@ -178,9 +178,7 @@ pub async fn catch_up_coordinator_consumers(client: &async_nats::Client) -> Resu
     let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
     let stream = store.events_stream().await?;
     for consumer in consumers::COORDINATOR_CONSUMERS {
-        let durable = stream
-            .create_consumer(consumers::task_consumer_config(store.namespace(), consumer))
-            .await?;
+        let durable = consumers::bind(&stream, store.namespace(), consumer).await?;
         let mut left = durable.cached_info().num_pending;
         while left > 0 {
             let mut batch = durable

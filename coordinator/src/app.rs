@@ -5,8 +5,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use aicp_events::id::TaskId;
 use aicp_events::store::StreamSettings;
-use aicp_events::{EventStore, Namespace};
+use aicp_events::{consumers, EventStore, Namespace};
 use aicp_projections::projector::Projector;
 use aicp_projections::ReadModel;
 use axum::extract::DefaultBodyLimit;
@@ -20,8 +21,8 @@ use aicp_events::domain::access::{Principal, WorkerScope};
 use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::routes;
-use crate::state::AppState;
-use crate::{dispatch, expiry, settlement};
+use crate::state::{AppState, Shared};
+use crate::{dispatch, expiry, settlement, task_consumer};
 
 /// A coordinator bound to its port, ready to [`App::run`].
 pub struct App {
@@ -57,7 +58,7 @@ impl App {
         let ready_at = store.last_sequence().await?;
         let (projector, progress) = Projector::new(model.clone(), store.clone())?;
         let (closing, closing_rx) = watch::channel(false);
-        let state = AppState {
+        let state = AppState::new(Shared {
             store,
             model,
             progress,
@@ -79,7 +80,7 @@ impl App {
                 &config.cors_origins,
             ),
             closing: closing_rx,
-        };
+        });
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
@@ -138,8 +139,7 @@ impl App {
         );
         let managers = {
             let state = self.state.clone();
-            let (caught_up_stop, settlement_stop, expiry_stop, dispatch_stop) =
-                (stopped(), stopped(), stopped(), stopped());
+            let (caught_up_stop, process_stop, expiry_stop) = (stopped(), stopped(), stopped());
             tokio::spawn(async move {
                 tokio::select! {
                     () = caught_up(&state) => {}
@@ -154,8 +154,12 @@ impl App {
                     }
                 }
                 tokio::join!(
-                    settlement::run(state.clone(), settlement_stop),
-                    dispatch::run(state.clone(), dispatch_stop),
+                    task_consumer::run(
+                        state.clone(),
+                        consumers::PROCESS,
+                        |state, task_id| async move { after_task_event(&state, &task_id).await },
+                        process_stop
+                    ),
                     expiry::run(state, expiry_stop)
                 );
             })
@@ -192,6 +196,14 @@ impl App {
         tracing::info!("coordinator stopped");
         Ok(())
     }
+}
+
+/// What the process managers do after each task message: put an assignment on its
+/// agent's work queue, then take any settlement step still missing. Dispatch goes first
+/// because a worker waits on it; both are idempotent, so a retry redoes both safely.
+async fn after_task_event(state: &AppState, task_id: &TaskId) -> Result<(), task_consumer::Retry> {
+    dispatch::dispatch(state, task_id).await?;
+    settlement::reconcile(state, task_id).await
 }
 
 /// Completes when `stop` turns true (or its sender is gone).

@@ -1,8 +1,8 @@
 //! The dispatcher: every assignment of an agent in `worker` mode becomes one message on
 //! that agent's work queue (`aicp.work.<agent_id>` in `AICP_WORK`), where workers pull it.
 //!
-//! It runs on its own shared durable consumer of task events (`aicp-dispatch`, see
-//! [`crate::task_consumer`]). It decides from the read model ([`work_for`], pure): a task
+//! It runs on the process managers' shared durable consumer of task events
+//! (`aicp-process`, see [`crate::task_consumer`]), before settlement. It decides from the read model ([`work_for`], pure): a task
 //! that is assigned and not yet started, to an agent in worker mode, gets a work message.
 //! The msg id `work:<task_id>:<assignment>` makes a repeated dispatch a no-op, and a worker
 //! that receives work for a task that has moved on acks it and does nothing. Agents in
@@ -15,10 +15,7 @@ use aicp_events::work::WorkItem;
 use aicp_projections::views::{AgentView, TaskView};
 
 use crate::state::AppState;
-use crate::task_consumer::{self, Retry};
-
-/// The shared durable consumer of the dispatcher.
-pub use aicp_events::consumers::DISPATCH;
+use crate::task_consumer::Retry;
 
 /// The work message a task needs now, if any.
 pub fn work_for(task: &TaskView, agent: &AgentView) -> Option<WorkItem> {
@@ -74,17 +71,6 @@ pub async fn dispatch(state: &AppState, task_id: &TaskId) -> Result<(), Retry> {
         tracing::debug!(task = %task_id, agent = %agent_id, "dispatched");
     }
     Ok(())
-}
-
-/// Runs the dispatcher until `shutdown`.
-pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
-    task_consumer::run(
-        state,
-        DISPATCH,
-        |state, task_id| async move { dispatch(&state, &task_id).await },
-        shutdown,
-    )
-    .await
 }
 
 #[cfg(test)]

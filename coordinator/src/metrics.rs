@@ -174,11 +174,11 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         m.stream_last.set(as_i64(last));
         m.lag.set(as_i64(last.saturating_sub(applied)));
     }
-    if let Ok(pending) = crate::task_consumer::pending(&state, crate::settlement::SETTLEMENT).await
+    // Settlement and dispatch share one consumer; both gauges keep their names.
+    if let Ok(pending) =
+        crate::task_consumer::pending(&state, aicp_events::consumers::PROCESS).await
     {
         m.manager_pending.set(as_i64(pending));
-    }
-    if let Ok(pending) = crate::task_consumer::pending(&state, crate::dispatch::DISPATCH).await {
         m.dispatch_pending.set(as_i64(pending));
     }
     if let Ok(depths) = state.store.work_queue_depths().await {

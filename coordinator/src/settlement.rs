@@ -9,7 +9,7 @@
 //! The process manager here is the repair for what is left over: tasks written before
 //! that layout (escrow on the task's payment subject), and any step that did not carry its
 //! consequences. Every replica pulls task events from one shared durable consumer
-//! (`aicp-settlement`, see [`crate::task_consumer`]), so each event is handled by one
+//! (`aicp-process`, see [`crate::task_consumer`]), so each event is handled by one
 //! replica at a time. Handling an event does not trust the event alone: it waits until the
 //! local read model has applied it, then *reconciles* the task — compares where the task
 //! is with where its money and its agent's count are, and appends the next missing step
@@ -30,7 +30,7 @@ use aicp_projections::views::{AgentView, TaskView};
 
 use crate::state::AppState;
 
-use crate::task_consumer::{self, Retry, CATCH_UP};
+use crate::task_consumer::{Retry, CATCH_UP};
 
 /// A step that is missing for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,20 +207,6 @@ async fn append(state: &AppState, step: &Step) -> Result<aicp_events::Appended, 
             Some(&step.msg_id),
         )
         .await
-}
-
-/// The shared durable consumer of the settlement manager.
-pub use aicp_events::consumers::SETTLEMENT;
-
-/// Runs the process manager until `shutdown`.
-pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
-    task_consumer::run(
-        state,
-        SETTLEMENT,
-        move |state, task_id| async move { reconcile(&state, &task_id).await },
-        shutdown,
-    )
-    .await
 }
 
 #[cfg(test)]

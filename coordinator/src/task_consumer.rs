@@ -93,10 +93,8 @@ where
         .jetstream()
         .get_stream(namespace.events_stream())
         .await?;
-    // Create, or update an existing one to this configuration (every replica agrees).
-    let durable: consumer::Consumer<pull::Config> = stream
-        .create_consumer(consumers::task_consumer_config(namespace, consumer))
-        .await?;
+    let durable: consumer::Consumer<pull::Config> =
+        consumers::bind(&stream, namespace, consumer).await?;
     let mut messages = durable.messages().await?;
     let reconnected = state.store.reconnected();
     tokio::pin!(reconnected);

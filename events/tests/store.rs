@@ -651,3 +651,94 @@ async fn work_queue_depth_counts_pending_and_in_flight_work_per_agent() -> Resul
     );
     Ok(())
 }
+
+/// The events stream of `namespace`, provisioned, holding `n` task submissions.
+async fn stream_of_submissions(
+    client: &async_nats::Client,
+    namespace: &Namespace,
+    n: usize,
+) -> Result<stream::Stream> {
+    let store = EventStore::new(client.clone(), namespace.clone());
+    store.provision().await?;
+    for n in 1..=n {
+        let task = task_id(n);
+        let aggregate = Aggregate::Task(task.clone());
+        store
+            .append(&aggregate, &[submitted(&task)], Expected::NEW, None)
+            .await?;
+    }
+    Ok(store.events_stream().await?)
+}
+
+/// Acks the first `n` task messages `consumer` delivers, as an older coordinator would
+/// have left its consumer.
+async fn ack_first(
+    stream: &stream::Stream,
+    namespace: &Namespace,
+    name: &'static str,
+    n: usize,
+) -> Result<()> {
+    use aicp_events::consumers::{task_consumer_config, TaskConsumer};
+    let old = TaskConsumer {
+        name,
+        description: "an older coordinator's consumer",
+    };
+    let consumer = stream
+        .create_consumer(task_consumer_config(namespace, old))
+        .await?;
+    let mut messages = consumer.fetch().max_messages(n).messages().await?;
+    let mut acked = 0;
+    while let Some(message) = messages.next().await {
+        message
+            .map_err(anyhow::Error::msg)?
+            .double_ack()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        acked += 1;
+    }
+    if acked != n {
+        bail!("{name}: acked {acked} of {n}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_process_consumer_takes_over_where_both_older_consumers_had_acked() -> Result<()> {
+    use aicp_events::consumers::{bind, PROCESS, REPLACED};
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let namespace = Namespace::new("upgrade")?;
+    let stream = stream_of_submissions(&client, &namespace, 10).await?;
+    // Settlement had handled 7 messages, dispatch only 4: the new consumer starts at 5.
+    ack_first(&stream, &namespace, REPLACED[0], 7).await?;
+    ack_first(&stream, &namespace, REPLACED[1], 4).await?;
+
+    let mut process = bind(&stream, &namespace, PROCESS).await?;
+    let info = process.info().await?;
+    assert_eq!(info.num_pending, 6, "messages 5..=10 are left to handle");
+    for name in REPLACED {
+        let gone = stream.consumer_info(name).await;
+        assert!(gone.is_err(), "{name} should be deleted: {gone:?}");
+    }
+    let first = process
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await?
+        .next()
+        .await;
+    let first = first.context("a message")?.map_err(anyhow::Error::msg)?;
+    assert_eq!(first.info().map_err(anyhow::Error::msg)?.stream_sequence, 5);
+
+    // Bound again (another replica, a restart): the same consumer, its place kept.
+    first.double_ack().await.map_err(anyhow::Error::msg)?;
+    let mut again = bind(&stream, &namespace, PROCESS).await?;
+    assert_eq!(again.info().await?.num_pending, 5);
+
+    // On a stream no older coordinator served, it starts at the first message.
+    let fresh = Namespace::new("fresh")?;
+    let fresh_stream = stream_of_submissions(&client, &fresh, 1).await?;
+    let mut bound = bind(&fresh_stream, &fresh, PROCESS).await?;
+    assert_eq!(bound.info().await?.num_pending, 1);
+    Ok(())
+}

@@ -36,10 +36,9 @@ pub async fn init(
     let namespace = store.namespace().clone();
     let events = store.events_stream().await?;
     for consumer in consumers::COORDINATOR_CONSUMERS {
-        events
-            .create_consumer(consumers::task_consumer_config(&namespace, consumer))
+        consumers::bind(&events, &namespace, consumer)
             .await
-            .map_err(|e| OpsError::jetstream("consumer create", e))?;
+            .map_err(|e| OpsError::jetstream(e.action, e.source))?;
         done.push(json!({"kind": "consumer", "name": consumer.name, "outcome": "ready"}));
     }
     let work = store.stream(&namespace.work_stream()).await?;

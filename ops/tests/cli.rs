@@ -418,10 +418,7 @@ async fn streams_init_is_idempotent_and_status_shows_consumers() -> Result<()> {
         .flat_map(|s| s["consumers"].as_array().cloned().unwrap_or_default())
         .filter_map(|c| c["name"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(
-        names,
-        ["aicp-dispatch", "aicp-settlement", "worker-agent-1"]
-    );
+    assert_eq!(names, ["aicp-process", "worker-agent-1"]);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod notices;
 pub mod projector;
 mod query;
 mod tables;
+mod token_cache;
 pub mod views;
 
 pub use apply::{Applied, Message};

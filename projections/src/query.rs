@@ -195,11 +195,20 @@ impl ReadModel {
     }
 
     /// The token whose secret has this hash, revoked or not; `None` if no token has it.
+    /// From memory once looked up (see `token_cache`): every request asks.
     pub fn token_by_hash(&self, hash: &TokenHash) -> Result<Option<TokenView>, ProjectionError> {
+        let generation = match self.token_cache().get(hash) {
+            Ok(view) => return Ok(Some(view)),
+            Err(generation) => generation,
+        };
         let Some(id) = self.get::<String>(Table::TokenHashes, hash.as_str().as_bytes())? else {
             return Ok(None);
         };
-        self.get(Table::Tokens, id.as_bytes())
+        let view: Option<TokenView> = self.get(Table::Tokens, id.as_bytes())?;
+        if let Some(view) = &view {
+            self.token_cache().fill(hash, view, generation);
+        }
+        Ok(view)
     }
 
     /// Tokens in id order.

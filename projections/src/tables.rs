@@ -175,10 +175,13 @@ pub const LAST_SEQUENCE: &[u8] = b"last_sequence";
 #[derive(Debug, Clone)]
 pub struct ReadModel {
     db: sled::Db,
-    trees: Vec<sled::Tree>,
+    /// Shared, so that cloning the read model (every handle to it) allocates nothing.
+    trees: Arc<[sled::Tree]>,
     /// Held while a message is applied, and by [`ReadModel::consistent`]: a reader that
     /// scans several trees sees them all at one checkpoint.
     writing: Arc<Mutex<()>>,
+    /// Tokens looked up, emptied by every commit that changes one.
+    tokens: Arc<crate::token_cache::TokenCache>,
 }
 
 impl ReadModel {
@@ -197,11 +200,12 @@ impl ReadModel {
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Arc<[_]>, _>>()?;
         let model = Self {
             db,
             trees,
             writing: Arc::default(),
+            tokens: Arc::default(),
         };
         let meta = model.tree(Table::Meta);
         let stored = meta.get(LAYOUT_VERSION_KEY)?.map(|v| decode_u64(&v));
@@ -213,7 +217,7 @@ impl ReadModel {
                     "read model layout changed; rebuilding from the stream"
                 );
             }
-            for tree in &model.trees {
+            for tree in model.trees.iter() {
                 tree.clear()?;
             }
             meta.insert(LAYOUT_VERSION_KEY, &LAYOUT_VERSION.to_be_bytes())?;
@@ -239,11 +243,12 @@ impl ReadModel {
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Arc<[_]>, _>>()?;
         Ok(Self {
             db,
             trees,
             writing: Arc::default(),
+            tokens: Arc::default(),
         })
     }
 
@@ -286,8 +291,14 @@ impl ReadModel {
             .unwrap_or(0))
     }
 
+    /// The token cache, for [`ReadModel::token_by_hash`].
+    pub(crate) fn token_cache(&self) -> &crate::token_cache::TokenCache {
+        &self.tokens
+    }
+
     /// Writes `changes` and the checkpoint `sequence` atomically.
     pub fn commit(&self, changes: Changes, sequence: u64) -> Result<(), ProjectionError> {
+        let tokens_change = changes.touches(Table::Tokens) || changes.touches(Table::TokenHashes);
         let trees: Vec<&sled::Tree> = self.trees.iter().collect();
         let checkpoint = sequence.to_be_bytes();
         let writes = changes.encode()?;
@@ -305,6 +316,10 @@ impl ReadModel {
             views[Table::Meta as usize].insert(LAST_SEQUENCE, &checkpoint[..])?;
             Ok::<(), ConflictableTransactionError<()>>(())
         });
+        if tokens_change {
+            // Also after a failed commit: what sled holds now is the only truth.
+            self.tokens.invalidate();
+        }
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(ProjectionError::Storage(e)),
@@ -448,6 +463,11 @@ impl Changes {
             Some(Pending::Remove) => Ok(None),
             None => model.get(table, key),
         }
+    }
+
+    /// Whether a write to `table` is staged.
+    pub fn touches(&self, table: Table) -> bool {
+        !self.writes[table as usize].is_empty()
     }
 
     /// Stages a write.

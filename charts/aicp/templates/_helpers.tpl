@@ -145,7 +145,7 @@ worker-{{ . }}
 
 {{/* The coordinator's durable consumers on the events stream, comma-separated. */}}
 {{- define "aicp.coordinatorConsumers" -}}
-aicp-settlement,aicp-dispatch
+aicp-process
 {{- end }}
 
 {{/* Stream replicas: streams.replicas, else 3 on a clustered bundled NATS, else 1. */}}
