@@ -31,9 +31,22 @@ pub struct Generated {
     pub events: u64,
 }
 
-/// Writes `tasks` whole lifecycles: tasks `t0000000`, `t0000001`... of 1,000 buyers, all
-/// done by agent-1.
-pub async fn generate(client: &async_nats::Client, tasks: u64) -> Result<Generated> {
+/// How the generated lifecycles are laid out in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// Two messages per task, as coordinators write them now.
+    Current,
+    /// Six messages per task, as older coordinators wrote them.
+    Older,
+}
+
+/// Writes `tasks` whole lifecycles (7 events each) in `layout`: tasks `t0000000`,
+/// `t0000001`... of 1,000 buyers, all done by agent-1.
+pub async fn generate(
+    client: &async_nats::Client,
+    tasks: u64,
+    layout: Layout,
+) -> Result<Generated> {
     let store = EventStore::new(client.clone(), Namespace::new(PREFIX)?);
     store.provision().await?;
     let js = store.jetstream().clone();
@@ -72,81 +85,89 @@ pub async fn generate(client: &async_nats::Client, tasks: u64) -> Result<Generat
         let price = 100_000 * u64::from(complexity.get()) * 2;
         let t = || Aggregate::Task(task.clone());
         let p = || Aggregate::Payment(task.clone());
-        messages.push(encode(
-            t(),
-            vec![
-                TaskSubmitted {
-                    task_id: task.clone(),
-                    buyer_id: buyer.clone(),
-                    description: "benchmark task".into(),
-                    complexity,
-                    required_skills: BTreeSet::new(),
-                    max_price_sats: None,
-                    deadline: None,
-                    policy: Policy::BestReputation,
-                }
-                .into(),
-                TaskAssigned {
+        let submitted: Event = TaskSubmitted {
+            task_id: task.clone(),
+            buyer_id: buyer.clone(),
+            description: "benchmark task".into(),
+            complexity,
+            required_skills: BTreeSet::new(),
+            max_price_sats: None,
+            deadline: None,
+            policy: Policy::BestReputation,
+        }
+        .into();
+        let assigned: Event = TaskAssigned {
+            task_id: task.clone(),
+            agent_id: agent.clone(),
+            multiplier: MultiplierMilli(2000),
+            price_sats: price,
+            assignment: 1,
+        }
+        .into();
+        let held: Event = EscrowHeld {
+            task_id: task.clone(),
+            buyer_id: buyer.clone(),
+            agent_id: agent.clone(),
+            amount_sats: price,
+        }
+        .into();
+        let started: Event = TaskStarted {
+            task_id: task.clone(),
+            agent_id: agent.clone(),
+            assignment: 1,
+            worker_id: "bench".into(),
+        }
+        .into();
+        let completed: Event = TaskCompleted {
+            task_id: task.clone(),
+            agent_id: agent.clone(),
+            result: "done".into(),
+        }
+        .into();
+        let released: Event = EscrowReleased {
+            task_id: task.clone(),
+            agent_id: agent.clone(),
+            amount_sats: price,
+        }
+        .into();
+        match layout {
+            // What a coordinator writes today: two messages, the consequences riding in
+            // the steps that cause them.
+            Layout::Current => {
+                let counted = AgentOutcomeCounted {
                     task_id: task.clone(),
                     agent_id: agent.clone(),
+                    success: true,
+                };
+                messages.push(encode(t(), vec![submitted, assigned, held])?);
+                messages.push(encode(
+                    t(),
+                    vec![started, completed, released, counted.into()],
+                )?);
+            }
+            // Streams written before: six messages, money on the payment subject and the
+            // outcome on the agent's.
+            Layout::Older => {
+                let recorded = AgentOutcomeRecorded {
+                    agent_id: agent.clone(),
+                    task_id: task.clone(),
+                    success: true,
+                    successes: n + 1,
+                    failures: 0,
+                    rate_bp: 9900,
                     multiplier: MultiplierMilli(2000),
-                    price_sats: price,
-                    assignment: 1,
-                }
-                .into(),
-            ],
-        )?);
-        messages.push(encode(
-            p(),
-            vec![EscrowHeld {
-                task_id: task.clone(),
-                buyer_id: buyer.clone(),
-                agent_id: agent.clone(),
-                amount_sats: price,
+                };
+                messages.push(encode(t(), vec![submitted, assigned])?);
+                messages.push(encode(p(), vec![held])?);
+                messages.push(encode(t(), vec![started])?);
+                messages.push(encode(t(), vec![completed])?);
+                messages.push(encode(p(), vec![released])?);
+                messages.push(encode(
+                    Aggregate::Agent(agent.clone()),
+                    vec![recorded.into()],
+                )?);
             }
-            .into()],
-        )?);
-        messages.push(encode(
-            t(),
-            vec![TaskStarted {
-                task_id: task.clone(),
-                agent_id: agent.clone(),
-                assignment: 1,
-                worker_id: "bench".into(),
-            }
-            .into()],
-        )?);
-        messages.push(encode(
-            t(),
-            vec![TaskCompleted {
-                task_id: task.clone(),
-                agent_id: agent.clone(),
-                result: "done".into(),
-            }
-            .into()],
-        )?);
-        messages.push(encode(
-            p(),
-            vec![EscrowReleased {
-                task_id: task.clone(),
-                agent_id: agent.clone(),
-                amount_sats: price,
-            }
-            .into()],
-        )?);
-        messages.push(encode(
-            Aggregate::Agent(agent.clone()),
-            vec![AgentOutcomeRecorded {
-                agent_id: agent.clone(),
-                task_id: task.clone(),
-                success: true,
-                successes: n + 1,
-                failures: 0,
-                rate_bp: 9900,
-                multiplier: MultiplierMilli(2000),
-            }
-            .into()],
-        )?);
+        }
         for (subject, payload) in messages.drain(..) {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(CONTENT_TYPE_HEADER, CONTENT_TYPE);
