@@ -249,9 +249,10 @@ impl ReadModel {
         Ok(out)
     }
 
-    /// A task's escrow record.
+    /// A task's escrow, as its view records it.
     pub fn escrow(&self, task: &TaskId) -> Result<Option<Escrow>, ProjectionError> {
-        self.get(Table::Escrows, task.as_str().as_bytes())
+        let view: Option<TaskView> = self.get(Table::Tasks, task.as_str().as_bytes())?;
+        Ok(view.and_then(|v| v.escrow()))
     }
 
     /// An account's ledger entries, newest first.

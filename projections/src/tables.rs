@@ -60,8 +60,6 @@ pub enum Table {
     Agents,
     /// buyer id -> BuyerView.
     Buyers,
-    /// task id -> the ledger's Escrow record.
-    Escrows,
     /// account -> balance (i64).
     Balances,
     /// account, 0, seq, n -> LedgerEntry.
@@ -82,7 +80,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, in index order.
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 16] = [
         Table::Meta,
         Table::Tasks,
         Table::TasksByTime,
@@ -91,7 +89,6 @@ impl Table {
         Table::TasksByStatus,
         Table::Agents,
         Table::Buyers,
-        Table::Escrows,
         Table::Balances,
         Table::Ledger,
         Table::Counters,
@@ -113,7 +110,6 @@ impl Table {
             Table::TasksByStatus => "tasks_by_status",
             Table::Agents => "agents",
             Table::Buyers => "buyers",
-            Table::Escrows => "escrows",
             Table::Balances => "balances",
             Table::Ledger => "ledger",
             Table::Counters => "counters",
@@ -146,7 +142,6 @@ impl Table {
             | Table::TokenHashes => json::<String>(bytes),
             Table::Agents => json::<AgentView>(bytes),
             Table::Buyers => json::<BuyerView>(bytes),
-            Table::Escrows => json::<aicp_events::domain::ledger::Escrow>(bytes),
             Table::Balances => json::<i64>(bytes),
             Table::Ledger => json::<LedgerEntry>(bytes),
             Table::Counters => json::<Counters>(bytes),
@@ -159,7 +154,7 @@ impl Table {
 
 /// Version of the read model's record layout; bump it when a view or key format changes,
 /// and every replica rebuilds its read model from the stream on start.
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 
 /// sled's page cache, in MiB, unless configured: sled's own default (1 GiB) let a
 /// coordinator grow past 200 MiB after 80,000 tasks; the benchmark measures the effect.

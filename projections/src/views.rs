@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use aicp_events::domain::access::Principal;
-use aicp_events::domain::ledger::{Account, EscrowState};
+use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::domain::reputation::Reputation;
 use aicp_events::domain::task::Task;
@@ -77,6 +77,18 @@ impl TaskView {
             self.finished_at = Some(at);
         }
         Ok(before)
+    }
+
+    /// The task's escrow, once its money was held: its price, from its buyer, for its agent
+    /// (the projection refuses an escrow that does not match them, and neither changes
+    /// after assignment). `None` before escrow, or for a view that lacks agent or price.
+    pub fn escrow(&self) -> Option<Escrow> {
+        Some(Escrow {
+            buyer_id: self.task.buyer_id.clone(),
+            agent_id: self.task.agent_id.clone()?,
+            amount_sats: self.task.price_sats?,
+            state: self.payment?,
+        })
     }
 
     /// The view after the task events of one message stored at `sequence`, as the

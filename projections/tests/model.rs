@@ -575,6 +575,40 @@ fn an_escrow_that_does_not_match_its_task_is_refused() -> Result<()> {
 }
 
 #[test]
+fn money_for_a_task_that_does_not_exist_is_refused_and_moves_nothing() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let (_, outcome) = h.push(vec![EscrowHeld {
+        task_id: tid("ghost"),
+        buyer_id: "b1".parse()?,
+        agent_id: agent("agent-1"),
+        amount_sats: 400_000,
+    }
+    .into()])?;
+    assert_eq!(
+        outcome,
+        Applied::Events {
+            applied: 0,
+            rejected: 1
+        }
+    );
+    let (_, outcome) = h.push(vec![released("ghost", "agent-1", 400_000).into()])?;
+    assert_eq!(
+        outcome,
+        Applied::Events {
+            applied: 0,
+            rejected: 1
+        }
+    );
+    assert_eq!(h.model.balance(&Account::Escrow)?, 0);
+    assert_eq!(h.model.balance(&Account::Agent(agent("agent-1")))?, 0);
+    assert_eq!(h.model.escrow(&tid("ghost"))?, None);
+    let report = aicp_projections::invariants::check(&h.model)?;
+    assert!(report.failed.is_empty(), "{report:?}");
+    Ok(())
+}
+
+#[test]
 fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
     let dir = tempfile::tempdir()?;
     {
