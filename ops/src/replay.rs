@@ -1,8 +1,8 @@
 //! `aicp replay`: rebuilds every read model from the events stream into a directory, and
 //! optionally swaps it in for a stopped coordinator's.
 //!
-//! Reading and applying overlap: an async task reads the stream while a blocking thread
-//! applies messages to sled, with a bounded channel between them.
+//! Reading and applying overlap: an async task reads and decodes the stream while a
+//! blocking thread applies messages to sled, with a bounded channel between them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::cli::ReplayArgs;
 use crate::error::OpsError;
-use crate::feed::{Feed, RawMessage};
+use crate::feed::Feed;
 use crate::output;
 use crate::progress::Progress;
 
@@ -124,7 +124,7 @@ pub async fn rebuild(
     };
 
     let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<RawMessage>(READ_AHEAD);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(READ_AHEAD);
     let applier_model = model.clone();
     let applier_dir = dir.to_owned();
     let applier = tokio::task::spawn_blocking(move || {
@@ -132,10 +132,10 @@ pub async fn rebuild(
         let (mut applied, mut last) = (0u64, from.saturating_sub(1));
         // One transaction for whatever has been read ahead (up to APPLY_BATCH messages).
         while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first.into_message()];
+            let mut batch = vec![first];
             while batch.len() < APPLY_BATCH {
                 match rx.try_recv() {
-                    Ok(message) => batch.push(message.into_message()),
+                    Ok(message) => batch.push(message),
                     Err(_) => break,
                 }
             }
@@ -154,7 +154,8 @@ pub async fn rebuild(
     });
     let read = async {
         while let Some(message) = feed.next().await? {
-            if tx.send(message).await.is_err() {
+            // Decoded here, beside the read, so that the applier thread only applies.
+            if tx.send(message.into_message()).await.is_err() {
                 break; // The applier failed; its error is the one to report.
             }
         }
