@@ -83,6 +83,12 @@ impl Harness {
     }
 }
 
+/// What applying a message whose one event the rules refuse reports.
+const REFUSED: Applied = Applied::Events {
+    applied: 0,
+    rejected: 1,
+};
+
 fn tid(s: &str) -> TaskId {
     s.parse().expect("valid task id")
 }
@@ -213,21 +219,9 @@ fn a_second_completion_or_settlement_is_rejected_and_pays_nobody_twice() -> Resu
     h.push(vec![completed("t1", "agent-1").into()])?;
     h.push(vec![released("t1", "agent-1", 400_000).into()])?;
     let (_, again) = h.push(vec![completed("t1", "agent-1").into()])?;
-    assert_eq!(
-        again,
-        Applied::Events {
-            applied: 0,
-            rejected: 1
-        }
-    );
+    assert_eq!(again, REFUSED);
     let (_, twice) = h.push(vec![released("t1", "agent-1", 400_000).into()])?;
-    assert_eq!(
-        twice,
-        Applied::Events {
-            applied: 0,
-            rejected: 1
-        }
-    );
+    assert_eq!(twice, REFUSED);
     let refund = EscrowRefunded {
         task_id: tid("t1"),
         buyer_id: "b1".parse()?,
@@ -235,13 +229,7 @@ fn a_second_completion_or_settlement_is_rejected_and_pays_nobody_twice() -> Resu
         reason: "late".into(),
     };
     let (_, refunded) = h.push(vec![refund.into()])?;
-    assert_eq!(
-        refunded,
-        Applied::Events {
-            applied: 0,
-            rejected: 1
-        }
-    );
+    assert_eq!(refunded, REFUSED);
 
     assert_eq!(
         h.model
@@ -507,13 +495,7 @@ fn refused_and_undecodable_messages_still_move_their_aggregates_sequence() -> Re
     // A completion by the wrong agent is refused, but it is on t1's subject: the next
     // append to t1 must expect it.
     let (_, refused) = h.push(vec![completed("t1", "agent-2").into()])?;
-    assert_eq!(
-        refused,
-        Applied::Events {
-            applied: 0,
-            rejected: 1
-        }
-    );
+    assert_eq!(refused, REFUSED);
     assert_eq!(
         h.model.task(&tid("t1"))?.expect("task").last_sequence,
         h.sequence
@@ -560,14 +542,7 @@ fn an_escrow_that_does_not_match_its_task_is_refused() -> Result<()> {
             amount_sats: amount,
         }
         .into()])?;
-        assert_eq!(
-            outcome,
-            Applied::Events {
-                applied: 0,
-                rejected: 1
-            },
-            "{amount} {agent_id} {buyer}"
-        );
+        assert_eq!(outcome, REFUSED, "{amount} {agent_id} {buyer}");
     }
     assert_eq!(h.model.task(&tid("t1"))?.expect("task").payment, None);
     assert_eq!(h.model.balance(&Account::Escrow)?, 0);
@@ -585,21 +560,9 @@ fn money_for_a_task_that_does_not_exist_is_refused_and_moves_nothing() -> Result
         amount_sats: 400_000,
     }
     .into()])?;
-    assert_eq!(
-        outcome,
-        Applied::Events {
-            applied: 0,
-            rejected: 1
-        }
-    );
+    assert_eq!(outcome, REFUSED);
     let (_, outcome) = h.push(vec![released("ghost", "agent-1", 400_000).into()])?;
-    assert_eq!(
-        outcome,
-        Applied::Events {
-            applied: 0,
-            rejected: 1
-        }
-    );
+    assert_eq!(outcome, REFUSED);
     assert_eq!(h.model.balance(&Account::Escrow)?, 0);
     assert_eq!(h.model.balance(&Account::Agent(agent("agent-1")))?, 0);
     assert_eq!(h.model.escrow(&tid("ghost"))?, None);
