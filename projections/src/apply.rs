@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 use crate::tables::{deadline_key, index_key, Changes, ProjectionError, ReadModel, Table};
 use crate::views::{
-    AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, PoisonRecord, TaskView, TokenView,
+    AgentView, BuyerView, Counters, LedgerRecord, MinuteStats, PoisonRecord, TaskView, TokenView,
 };
 
 /// Key of the counters record in [`Table::Counters`].
@@ -755,10 +755,8 @@ impl Writer<'_> {
                 .put(Table::Balances, name.as_bytes().to_vec(), balance);
             let mut key = index_key(&name, self.sequence);
             key.push(n as u8);
-            let entry = LedgerEntry {
-                sequence: self.sequence,
+            let entry = LedgerRecord {
                 task_id: transfer.task_id.clone(),
-                account: account.clone(),
                 counterparty: counterparty.clone(),
                 amount_sats: delta,
                 balance_sats: balance,

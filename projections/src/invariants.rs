@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::tables::{decode, index_prefix, ProjectionError, ReadModel, Table};
-use crate::views::{AgentView, BuyerView, LedgerEntry, TaskView};
+use crate::tables::{decode, index_prefix, ledger_key_sequence, ProjectionError, ReadModel, Table};
+use crate::views::{AgentView, BuyerView, LedgerRecord, TaskView};
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::task::TaskStatus;
 use serde::de::DeserializeOwned;
@@ -85,7 +85,15 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
     let escrow_prefix = index_prefix(&Account::Escrow.to_string());
     for row in model.tree(Table::Ledger).scan_prefix(&escrow_prefix) {
         let (key, bytes) = row?;
-        let entry: LedgerEntry = decode(Table::Ledger, &key, &bytes)?;
+        let record: LedgerRecord = decode(Table::Ledger, &key, &bytes)?;
+        let Some(sequence) = ledger_key_sequence(&key) else {
+            report.failed.push(format!(
+                "ledger/escrow: key {:?} holds no sequence",
+                String::from_utf8_lossy(&key)
+            ));
+            continue;
+        };
+        let entry = record.entry(Account::Escrow, sequence);
         let m = moves.entry(entry.task_id.to_string()).or_default();
         match (&entry.counterparty, entry.amount_sats > 0) {
             (Account::Buyer(_), true) => m.held.push(entry.amount_sats),

@@ -7,10 +7,10 @@ use aicp_events::token::TokenHash;
 use serde::de::DeserializeOwned;
 
 use crate::apply::COUNTERS;
-use crate::tables::{decode, index_prefix, ProjectionError, ReadModel, Table};
+use crate::tables::{decode, index_prefix, ledger_key_sequence, ProjectionError, ReadModel, Table};
 use crate::views::{
-    AgentView, BuyerView, Counters, LedgerEntry, MinuteStats, Page, PoisonRecord, TaskView,
-    TokenView,
+    AgentView, BuyerView, Counters, LedgerEntry, LedgerRecord, MinuteStats, Page, PoisonRecord,
+    TaskView, TokenView,
 };
 
 /// Which tasks a list shows; every filter set must match.
@@ -74,13 +74,14 @@ fn sequence_cursor(page: &PageRequest) -> Result<u64, InvalidCursor> {
     }
 }
 
-/// Reads the records named by an index, newest first, keeping those `keep` accepts.
+/// Reads the records named by an index (`load` gets each key and value), newest first,
+/// keeping those `keep` accepts.
 fn newest_first<T: DeserializeOwned>(
     model: &ReadModel,
     index: Table,
     prefix: &[u8],
     page: &PageRequest,
-    load: impl Fn(&[u8]) -> Result<Option<T>, ProjectionError>,
+    load: impl Fn(&[u8], &[u8]) -> Result<Option<T>, ProjectionError>,
     keep: impl Fn(&T) -> bool,
     sequence_of: impl Fn(&T) -> u64,
 ) -> Result<Page<T>, QueryError> {
@@ -90,8 +91,10 @@ fn newest_first<T: DeserializeOwned>(
     let mut items = Vec::new();
     let mut more = false;
     for row in model.tree(index).range(prefix.to_vec()..upper).rev() {
-        let (_, value) = row?;
-        let Some(item) = load(&value)? else { continue };
+        let (key, value) = row?;
+        let Some(item) = load(&key, &value)? else {
+            continue;
+        };
         if !keep(&item) {
             continue;
         }
@@ -168,7 +171,7 @@ impl ReadModel {
             index,
             &prefix,
             page,
-            |id| self.get(Table::Tasks, &decode_id(id)?),
+            |_, id| self.get(Table::Tasks, &decode_id(id)?),
             |view: &TaskView| {
                 filter
                     .buyer
@@ -266,7 +269,14 @@ impl ReadModel {
             Table::Ledger,
             &index_prefix(&account.to_string()),
             page,
-            |bytes| decode(Table::Ledger, b"", bytes).map(Some),
+            |key, bytes| {
+                let record: LedgerRecord = decode(Table::Ledger, key, bytes)?;
+                // A key without a sequence is not one the projection wrote: skip it.
+                Ok(
+                    ledger_key_sequence(key)
+                        .map(|sequence| record.entry(account.clone(), sequence)),
+                )
+            },
             |_: &LedgerEntry| true,
             |entry| entry.sequence,
         )
@@ -311,7 +321,7 @@ impl ReadModel {
             Table::Poison,
             &[],
             page,
-            |bytes| decode(Table::Poison, b"", bytes).map(Some),
+            |key, bytes| decode(Table::Poison, key, bytes).map(Some),
             |_: &PoisonRecord| true,
             |record| record.sequence,
         )

@@ -214,9 +214,40 @@ pub struct LedgerEntry {
     pub amount_sats: i64,
     /// The account's balance after the entry.
     pub balance_sats: i64,
-    /// When it happened (stored as nanoseconds, like a task's times).
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// A ledger entry as stored, under the key account, 0, sequence, side: the account and
+/// the sequence are its key's, so they are not stored again (a seventh of a task's bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRecord {
+    /// The task the money moved for.
+    pub task_id: TaskId,
+    /// The other account of the transfer.
+    pub counterparty: Account,
+    /// Positive when money came in, negative when it went out.
+    pub amount_sats: i64,
+    /// The account's balance after the entry.
+    pub balance_sats: i64,
+    /// When it happened.
     #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub at: DateTime<Utc>,
+}
+
+impl LedgerRecord {
+    /// The entry as `account`'s ledger shows it, booked at stream sequence `sequence`.
+    pub fn entry(self, account: Account, sequence: u64) -> LedgerEntry {
+        LedgerEntry {
+            sequence,
+            task_id: self.task_id,
+            account,
+            counterparty: self.counterparty,
+            amount_sats: self.amount_sats,
+            balance_sats: self.balance_sats,
+            at: self.at,
+        }
+    }
 }
 
 /// Marketplace-wide counters for the dashboard.

@@ -185,6 +185,36 @@ fn the_prototype_stories_project_into_tasks_agents_buyers_and_the_ledger() -> Re
     assert_eq!(entries.items.len(), 1);
     assert_eq!(entries.items[0].amount_sats, 400_000);
     assert_eq!(entries.items[0].counterparty, Account::Escrow);
+    // An entry's account and sequence are its key's: read back as they were booked.
+    let release_seq = h.sequence;
+    assert_eq!(
+        (&entries.items[0].account, entries.items[0].sequence),
+        (&Account::Agent(agent("agent-1")), release_seq)
+    );
+    let escrow = h.model.ledger(&Account::Escrow, &PageRequest::first(10))?;
+    let seen: Vec<(u64, i64, &Account, &Account)> = escrow
+        .items
+        .iter()
+        .map(|e| (e.sequence, e.amount_sats, &e.account, &e.counterparty))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                release_seq,
+                -400_000,
+                &Account::Escrow,
+                &Account::Agent(agent("agent-1"))
+            ),
+            (
+                release_seq - 2,
+                400_000,
+                &Account::Escrow,
+                &Account::Buyer("buyer-001".parse()?)
+            ),
+        ],
+        "newest first: the release, then the hold"
+    );
     let counters = h.model.counters()?;
     assert_eq!(
         (
