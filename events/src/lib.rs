@@ -4,7 +4,7 @@
 //!   format, [`upcast`]: older schema versions.
 //! - [`domain`]: the pure rules (task state machine, pricing, reputation, ledger, assignment,
 //!   access).
-//! - [`token`]: API tokens: made at random, stored only as hashes.
+//! - [`token`]: API tokens: made at random, stored only as hashes; [`hex`]: their hex text.
 //! - [`subject`]: stream and subject names, [`store`]: the JetStream event store,
 //!   [`work`]: the work messages of `AICP_WORK`, [`consumers`]: the durable consumers.
 //! - `testing` (feature `testing`): a real `nats-server` for tests.
@@ -50,6 +50,7 @@ pub mod credentials;
 pub mod domain;
 pub mod envelope;
 pub mod event;
+pub mod hex;
 pub mod id;
 pub mod store;
 pub mod subject;

@@ -53,7 +53,7 @@ impl TokenSecret {
     /// Its hash, the only form that is stored.
     pub fn hash(&self) -> TokenHash {
         let digest = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
-        TokenHash(hex(digest.as_ref()))
+        TokenHash(crate::hex::encode(digest.as_ref()))
     }
 }
 
@@ -86,7 +86,7 @@ pub fn generate_id() -> Result<TokenId, RandomError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| RandomError)?;
-    TokenId::new(format!("t-{}", hex(&bytes))).map_err(|_| RandomError)
+    TokenId::new(format!("t-{}", crate::hex::encode(&bytes))).map_err(|_| RandomError)
 }
 
 /// The id of a token given by configuration: derived from its hash, so every replica
@@ -100,10 +100,6 @@ pub fn configured_id(hash: &TokenHash) -> TokenId {
 /// The id of the admin token a coordinator makes on first start.
 pub fn bootstrap_id() -> TokenId {
     TokenId::new("admin").unwrap_or_else(|_| unreachable!("\"admin\" is a valid id"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

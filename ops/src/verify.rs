@@ -298,7 +298,7 @@ pub fn readable_key(key: &[u8]) -> String {
         if prefix.iter().all(|b| b.is_ascii_graphic()) && rest.len() >= 8 {
             let number = aicp_projections::decode_u64(&rest[..8]);
             let tail = if rest.len() > 8 {
-                format!("/{}", hex(&rest[8..]))
+                format!("/{}", aicp_events::hex::encode(&rest[8..]))
             } else {
                 String::new()
             };
@@ -310,7 +310,7 @@ pub fn readable_key(key: &[u8]) -> String {
     } else if key.len() == 8 {
         aicp_projections::decode_u64(key).to_string()
     } else {
-        format!("0x{}", hex(key))
+        format!("0x{}", aicp_events::hex::encode(key))
     }
 }
 
@@ -325,12 +325,8 @@ fn readable_value(table: Table, value: &[u8]) -> String {
                 text
             }
         }
-        None => format!("0x{}", hex(value)),
+        None => format!("0x{}", aicp_events::hex::encode(value)),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A temporary directory on the same disk as `dir` (its parent), else the system's.
