@@ -154,7 +154,7 @@ impl Table {
 
 /// Version of the read model's record layout; bump it when a view or key format changes,
 /// and every replica rebuilds its read model from the stream on start.
-pub const LAYOUT_VERSION: u64 = 6;
+pub const LAYOUT_VERSION: u64 = 7;
 
 /// sled's page cache, in MiB, unless configured: sled's own default (1 GiB) let a
 /// coordinator grow past 200 MiB after 80,000 tasks; the benchmark measures the effect.

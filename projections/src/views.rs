@@ -157,7 +157,9 @@ pub struct AgentView {
     pub tasks_failed: u64,
     /// Tasks assigned to it so far.
     pub tasks_assigned: u64,
-    /// When it registered.
+    /// When it registered (stored as nanoseconds: every submission decodes every agent, and
+    /// parsing the text form was a third of that).
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub registered_at: DateTime<Utc>,
     /// Stream sequence of the agent's last message.
     pub last_sequence: u64,
@@ -321,11 +323,13 @@ pub struct TokenView {
     pub principal: Principal,
     /// What it is for.
     pub label: String,
-    /// When it was issued.
+    /// When it was issued (stored as nanoseconds, like every time in the read model).
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
     pub issued_at: DateTime<Utc>,
     /// Who issued it (the coordinator for the first admin token).
     pub issued_by: Option<Principal>,
     /// When it was revoked, if it was.
+    #[serde(with = "chrono::serde::ts_nanoseconds_option")]
     pub revoked_at: Option<DateTime<Utc>>,
     /// Who revoked it.
     pub revoked_by: Option<Principal>,
