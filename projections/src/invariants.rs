@@ -57,15 +57,12 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
         .get(&Account::Escrow.to_string())
         .copied()
         .unwrap_or(0);
-    let held: Vec<Escrow> = tasks
+    let held_views: Vec<&TaskView> = tasks
         .iter()
         .filter(|t| t.payment == Some(EscrowState::Held))
-        .filter_map(TaskView::escrow)
         .collect();
-    let held_tasks = tasks
-        .iter()
-        .filter(|t| t.payment == Some(EscrowState::Held))
-        .count();
+    let held_tasks = held_views.len();
+    let held: Vec<Escrow> = held_views.iter().filter_map(|t| t.escrow()).collect();
     let held_sum: i128 = held.iter().map(|e| i128::from(e.amount_sats)).sum();
     if i128::from(escrow_balance) == held_sum && held.len() == held_tasks {
         report.passed.push(format!(
