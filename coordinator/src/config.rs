@@ -39,10 +39,10 @@ pub struct Config {
     /// Address the HTTP API listens on (port 0 picks a free one).
     #[arg(long, env = "AICP_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
-    /// Directory of this replica's read models (sled).
+    /// Directory of this replica's read models (redb).
     #[arg(long, env = "AICP_DATA_DIR", default_value = ".data/coordinator")]
     pub data_dir: PathBuf,
-    /// sled's page cache for the read model, in MiB (the coordinator's memory grows with it).
+    /// redb's page cache for the read model, in MiB (the coordinator's memory grows with it).
     #[arg(long, env = "AICP_CACHE_MIB", default_value_t = aicp_projections::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
     /// Prefix of stream names and subjects, to share a server between deployments.

@@ -2,7 +2,7 @@
 //! handlers that turn requests into events, the settlement process manager, and this
 //! replica's read model.
 //!
-//! It writes only events (to `AICP_EVENTS`) and reads only its projection (sled).
+//! It writes only events (to `AICP_EVENTS`) and reads only its projection (redb).
 
 pub mod app;
 pub mod auth;

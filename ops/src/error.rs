@@ -28,7 +28,7 @@ pub enum OpsError {
         source: ProjectionError,
     },
     /// A read model directory is open in another process.
-    #[error("read model {} is in use by another process (a running coordinator?): stop it first, sled lets one process open a directory", dir.display())]
+    #[error("read model {} is in use by another process (a running coordinator?): stop it first, one process at a time opens a read model", dir.display())]
     InUse {
         /// The directory.
         dir: PathBuf,
@@ -74,13 +74,9 @@ impl OpsError {
     /// A read-model failure in `dir`; a held lock is reported as [`OpsError::InUse`].
     pub fn read_model(dir: &std::path::Path, source: ProjectionError) -> Self {
         match &source {
-            ProjectionError::Storage(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock") =>
-            {
-                Self::InUse {
-                    dir: dir.to_owned(),
-                }
-            }
+            ProjectionError::InUse => Self::InUse {
+                dir: dir.to_owned(),
+            },
             _ => Self::ReadModel {
                 dir: dir.to_owned(),
                 source,

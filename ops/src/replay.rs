@@ -2,7 +2,7 @@
 //! optionally swaps it in for a stopped coordinator's.
 //!
 //! Reading and applying overlap: an async task reads and decodes the stream while a
-//! blocking thread applies messages to sled, with a bounded channel between them.
+//! blocking thread applies messages to the read model, with a bounded channel between them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -180,7 +180,7 @@ pub async fn rebuild(
     })
 }
 
-/// Opens (or creates) a read model, off the async threads (sled may wait for its lock).
+/// Opens (or creates) a read model, off the async threads (opening may wait for another handle to close).
 pub async fn open(dir: &Path) -> Result<ReadModel, OpsError> {
     open_with(dir, ReadModel::open).await
 }
@@ -218,7 +218,7 @@ pub fn swap(rebuilt: &Path, live: &Path) -> Result<Option<PathBuf>, OpsError> {
         std::fs::rename(rebuilt, live).map_err(|e| rename_error(rebuilt, live, e))?;
         return Ok(None);
     }
-    // sled holds an exclusive lock while a process has the directory open.
+    // The store holds an exclusive lock while a process has the read model open.
     ensure_unlocked(live)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
     let mut old = live.as_os_str().to_owned();
@@ -233,25 +233,14 @@ pub fn swap(rebuilt: &Path, live: &Path) -> Result<Option<PathBuf>, OpsError> {
     Ok(Some(old))
 }
 
-/// Fails with [`OpsError::InUse`] if another process holds `dir`'s sled lock.
+/// Fails with [`OpsError::InUse`] if another process holds `dir`'s read model open.
 pub fn ensure_unlocked(dir: &Path) -> Result<(), OpsError> {
-    let lock_file = dir.join("db");
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&lock_file)
-    else {
-        return Ok(()); // No database file: nothing holds it.
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            let _ = file.unlock();
-            Ok(())
-        }
-        Err(std::fs::TryLockError::WouldBlock) => Err(OpsError::InUse {
+    match ReadModel::in_use(dir) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(OpsError::InUse {
             dir: dir.to_owned(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(OpsError::io(&lock_file, e)),
+        Err(e) => Err(OpsError::read_model(dir, e)),
     }
 }
 

@@ -247,8 +247,8 @@ pub fn compare(
             continue;
         }
         out.differing.push((a.table, a.records, b.records));
-        let mut left = checked.tree(*table).iter();
-        let mut right = rebuilt.tree(*table).iter();
+        let mut left = checked.rows(*table, ..)?;
+        let mut right = rebuilt.rows(*table, ..)?;
         let (mut l, mut r) = (left.next().transpose()?, right.next().transpose()?);
         let mut found = 0;
         while found < max_keys && (l.is_some() || r.is_some()) {

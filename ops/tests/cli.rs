@@ -8,7 +8,7 @@ use std::path::Path;
 use aicp_events::testing::NatsServer;
 use aicp_events::Namespace;
 use aicp_projections::views::TaskView;
-use aicp_projections::{ReadModel, TreeDigest};
+use aicp_projections::{Changes, ReadModel, Table, TreeDigest};
 use anyhow::{ensure, Context, Result};
 use common::{aicp, aicp_ok, mixed_workload, Coordinator};
 use serde_json::{json, Value};
@@ -168,10 +168,9 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
 
     // Tamper with a settled task's price: verify names the record and exits 1.
     let tampered = {
-        let db = sled::open(&live)?;
-        let tasks = db.open_tree("tasks")?;
-        let (key, bytes) = tasks
-            .iter()
+        let model = ReadModel::open_existing(&live)?;
+        let (key, bytes) = model
+            .rows(Table::Tasks, ..)?
             .filter_map(Result::ok)
             .find(|(_, v)| {
                 rmp_serde::from_slice::<TaskView>(v).is_ok_and(|t| {
@@ -181,8 +180,10 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
             .context("a released task")?;
         let mut view: TaskView = rmp_serde::from_slice(&bytes)?;
         view.task.price_sats = view.task.price_sats.map(|p| p + 1);
-        tasks.insert(&key, rmp_serde::to_vec(&view)?)?;
-        db.flush()?;
+        let mut tampered = Changes::default();
+        tampered.put_bytes(Table::Tasks, key.clone(), rmp_serde::to_vec(&view)?);
+        model.commit(tampered, model.last_sequence()?)?;
+        model.flush()?;
         String::from_utf8(key.to_vec())?
     };
     let fresh_arg = fresh.to_str().context("path")?;

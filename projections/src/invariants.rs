@@ -80,7 +80,12 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
     // 3. Every task's money moved once each way it should, for its price.
     let mut moves: BTreeMap<String, Moves> = BTreeMap::new();
     let escrow_prefix = index_prefix(&Account::Escrow.to_string());
-    for row in model.tree(Table::Ledger).scan_prefix(&escrow_prefix) {
+    let mut escrow_end = escrow_prefix.clone();
+    // The first key after every key that starts with the prefix (which ends in a 0 byte).
+    if let Some(last) = escrow_end.last_mut() {
+        *last = 1;
+    }
+    for row in model.rows(Table::Ledger, escrow_prefix..escrow_end)? {
         let (key, bytes) = row?;
         let record: LedgerRecord = decode(Table::Ledger, &key, &bytes)?;
         let Some(sequence) = ledger_key_sequence(&key) else {
@@ -300,7 +305,7 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
 
 fn values<T: DeserializeOwned>(model: &ReadModel, table: Table) -> Result<Vec<T>, ProjectionError> {
     let mut out = Vec::new();
-    for row in model.tree(table).iter() {
+    for row in model.rows(table, ..)? {
         let (key, bytes) = row?;
         out.push(decode(table, &key, &bytes)?);
     }
@@ -312,7 +317,7 @@ fn entries<T: DeserializeOwned>(
     table: Table,
 ) -> Result<BTreeMap<String, T>, ProjectionError> {
     let mut out = BTreeMap::new();
-    for row in model.tree(table).iter() {
+    for row in model.rows(table, ..)? {
         let (key, bytes) = row?;
         out.insert(
             String::from_utf8_lossy(&key).into_owned(),

@@ -1,6 +1,6 @@
-//! AICP read models: the `AICP_EVENTS` stream projected into sled.
+//! AICP read models: the `AICP_EVENTS` stream projected into redb.
 //!
-//! - [`ReadModel`]: the sled trees; [`ReadModel::apply`] applies one stream message
+//! - [`ReadModel`]: the tables of one redb file; [`ReadModel::apply`] applies one stream message
 //!   atomically with its checkpoint, and the query methods read tasks, agents, buyers, the
 //!   ledger and the dashboard's figures.
 //! - [`projector`]: feeds a read model from the stream, in process, and tells waiters how
@@ -22,5 +22,6 @@ pub mod views;
 pub use apply::{Applied, Message};
 pub use query::{InvalidCursor, PageRequest, QueryError, TaskFilter};
 pub use tables::{
-    decode_u64, index_prefix, ProjectionError, ReadModel, Table, TreeDigest, DEFAULT_CACHE_MIB,
+    decode_u64, index_prefix, Changes, ProjectionError, ReadModel, Rows, Table, TreeDigest,
+    DEFAULT_CACHE_MIB,
 };

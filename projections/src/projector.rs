@@ -1,7 +1,7 @@
 //! Feeds a read model from the events stream, in process, and reports its progress.
 //!
 //! The projector follows `AICP_EVENTS` with an ordered consumer from the read model's
-//! checkpoint + 1, applies each message in a blocking task (sled is synchronous), and
+//! checkpoint + 1, applies each message in a blocking task (redb is synchronous), and
 //! publishes the applied sequence on a watch channel: a command handler waits on it to
 //! read its own writes. It survives the server going away: it re-subscribes from its
 //! checkpoint with a backoff. Only a storage error stops it.
@@ -194,14 +194,12 @@ enum Stop {
     Storage(ProjectionError),
 }
 
-/// Runs sled work off the async threads.
+/// Runs read-model work off the async threads.
 async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ProjectionError> + Send + 'static,
 ) -> Result<T, ProjectionError> {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
-        Err(join) => Err(ProjectionError::Storage(sled::Error::ReportableBug(
-            format!("projection task failed: {join}"),
-        ))),
+        Err(join) => Err(ProjectionError::Task(join.to_string())),
     }
 }

@@ -59,12 +59,6 @@ pub enum QueryError {
     Storage(#[from] ProjectionError),
 }
 
-impl From<sled::Error> for QueryError {
-    fn from(e: sled::Error) -> Self {
-        QueryError::Storage(e.into())
-    }
-}
-
 /// A sequence cursor: lists ordered by stream sequence page on the sequence of the last
 /// item shown; the next page holds items strictly older.
 fn sequence_cursor(page: &PageRequest) -> Result<u64, InvalidCursor> {
@@ -90,7 +84,7 @@ fn newest_first<T: DeserializeOwned>(
     upper.extend_from_slice(&before.to_be_bytes());
     let mut items = Vec::new();
     let mut more = false;
-    for row in model.tree(index).range(prefix.to_vec()..upper).rev() {
+    for row in model.rows(index, prefix.to_vec()..upper)?.rev() {
         let (key, value) = row?;
         let Some(item) = load(&key, &value)? else {
             continue;
@@ -129,7 +123,7 @@ fn by_id<T: DeserializeOwned>(
     let mut items = Vec::new();
     let mut last_key = None;
     let mut more = false;
-    for row in model.tree(table).range(start..) {
+    for row in model.rows(table, start..)? {
         let (key, value) = row?;
         if items.len() == page.limit {
             more = true;
@@ -244,9 +238,9 @@ impl ReadModel {
     /// Every account with its balance.
     pub fn balances(&self) -> Result<Vec<(String, i64)>, QueryError> {
         let mut out = Vec::new();
-        for row in self.tree(Table::Balances).iter() {
-            let (key, _) = row?;
-            let balance: i64 = self.get(Table::Balances, &key)?.unwrap_or(0);
+        for row in self.rows(Table::Balances, ..)? {
+            let (key, bytes) = row?;
+            let balance: i64 = decode(Table::Balances, &key, &bytes)?;
             out.push((String::from_utf8_lossy(&key).into_owned(), balance));
         }
         Ok(out)
@@ -291,11 +285,9 @@ impl ReadModel {
     pub fn series(&self, from: i64) -> Result<Vec<MinuteStats>, QueryError> {
         let start = (from.max(0) as u64).to_be_bytes();
         let mut out = Vec::new();
-        for row in self.tree(Table::Series).range(start..) {
-            let (key, _) = row?;
-            if let Some(stats) = self.get(Table::Series, &key)? {
-                out.push(stats);
-            }
+        for row in self.rows(Table::Series, start.to_vec()..)? {
+            let (key, bytes) = row?;
+            out.push(decode(Table::Series, &key, &bytes)?);
         }
         Ok(out)
     }
@@ -304,7 +296,7 @@ impl ReadModel {
     pub fn due(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<TaskId>, QueryError> {
         let end = crate::tables::deadline_key(now, "\u{7f}");
         let mut due = Vec::new();
-        for row in self.tree(Table::Deadlines).range(..end) {
+        for row in self.rows(Table::Deadlines, ..end)? {
             let (_, value) = row?;
             let id: String = decode(Table::Deadlines, b"", &value)?;
             if let Ok(id) = id.parse() {

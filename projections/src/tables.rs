@@ -1,29 +1,38 @@
-//! The sled trees of the read model, and the change set one stream message makes to them.
+//! The tables of the read model (one redb file), and the change set one batch of stream
+//! messages makes to them.
 //!
 //! One writer (the projector) applies messages in stream order. It reads current records,
 //! computes the new ones into a [`Changes`] overlay, and commits them together with the
-//! checkpoint (the message's stream sequence) in one sled transaction over every tree. So
-//! a crash leaves either the whole message applied with its checkpoint, or neither.
+//! checkpoint (the last message's stream sequence) in one redb write transaction. So a
+//! crash leaves either the whole batch applied with its checkpoint, or neither. Readers
+//! read committed snapshots and never wait for the writer.
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use redb::{ReadableDatabase, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 /// What can go wrong with the read model.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
-    /// sled failed (disk full, corrupt file, another process holds the directory).
+    /// The store failed (disk full, corrupt file).
     #[error("read model storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] Box<redb::Error>),
+    /// Another process (or another handle in this one) has the read model open.
+    #[error("read model is in use by another process")]
+    InUse,
+    /// Work on the read model's thread panicked or was cancelled.
+    #[error("read model task failed: {0}")]
+    Task(String),
     /// A stored record could not be decoded: written by other code, or corrupt.
     #[error("read model record {table}/{key}: {source}")]
     Record {
-        /// The tree.
+        /// The table.
         table: &'static str,
         /// The key, lossily as text.
         key: String,
@@ -39,9 +48,35 @@ pub enum ProjectionError {
         /// The layout version found, if any.
         found: Option<u64>,
     },
+    /// The directory could not be created or read.
+    #[error("read model directory: {0}")]
+    Io(#[from] std::io::Error),
 }
 
-/// The trees of the read model. The discriminant is the tree's index in [`ReadModel::trees`].
+/// redb's error types, each turned into [`ProjectionError::Storage`] by `?`.
+macro_rules! storage_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for ProjectionError {
+            fn from(e: $error) -> Self {
+                match redb::Error::from(e) {
+                    redb::Error::DatabaseAlreadyOpen => ProjectionError::InUse,
+                    other => ProjectionError::Storage(Box::new(other)),
+                }
+            }
+        }
+    )*};
+}
+storage_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The tables of the read model. The discriminant is the table's index in [`Table::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Table {
     /// The checkpoint and other single values.
@@ -99,8 +134,8 @@ impl Table {
         Table::TokenHashes,
     ];
 
-    /// The sled tree's name.
-    pub fn name(self) -> &'static str {
+    /// The table's name in the file.
+    pub const fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
             Table::Tasks => "tasks",
@@ -154,11 +189,19 @@ impl Table {
 
 /// Version of the read model's record layout; bump it when a view or key format changes,
 /// and every replica rebuilds its read model from the stream on start.
-pub const LAYOUT_VERSION: u64 = 7;
+pub const LAYOUT_VERSION: u64 = 8;
 
-/// sled's page cache, in MiB, unless configured: sled's own default (1 GiB) let a
-/// coordinator grow past 200 MiB after 80,000 tasks; the benchmark measures the effect.
+/// redb's page cache, in MiB, unless configured: with redb the cache, not the size of the
+/// read model, bounds the coordinator's memory; the benchmark measures the effect.
 pub const DEFAULT_CACHE_MIB: u64 = 64;
+
+/// The read model's file, in its directory.
+pub const FILE_NAME: &str = "read-model.redb";
+
+/// How often a commit also waits for the disk (fsync). Commits in between are atomic and
+/// visible at once; a crash loses at most this much of them, and the projector re-applies
+/// it from the stream, idempotently, from the checkpoint that survived with it.
+const DURABLE_EVERY: Duration = Duration::from_millis(500);
 
 /// Key of the layout version in [`Table::Meta`].
 const LAYOUT_VERSION_KEY: &[u8] = b"layout_version";
@@ -166,17 +209,22 @@ const LAYOUT_VERSION_KEY: &[u8] = b"layout_version";
 /// Key of the checkpoint in [`Table::Meta`].
 pub const LAST_SEQUENCE: &[u8] = b"last_sequence";
 
-/// The opened sled database and its trees.
+/// A table's definition for redb: byte keys, byte values.
+const fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(table.name())
+}
+
+/// The opened read model.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
-    db: sled::Db,
-    /// Shared, so that cloning the read model (every handle to it) allocates nothing.
-    trees: Arc<[sled::Tree]>,
-    /// Held while a message is applied, and by [`ReadModel::consistent`]: a reader that
-    /// scans several trees sees them all at one checkpoint.
+    db: Arc<redb::Database>,
+    /// Held while a batch is applied, and by [`ReadModel::consistent`]: a reader that
+    /// makes several reads sees them all at one checkpoint.
     writing: Arc<Mutex<()>>,
     /// Tokens looked up, emptied by every commit that changes one.
     tokens: Arc<crate::token_cache::TokenCache>,
+    /// When a commit last waited for the disk.
+    durable_at: Arc<Mutex<Instant>>,
 }
 
 impl ReadModel {
@@ -189,34 +237,21 @@ impl ReadModel {
         Self::open_with_cache(dir, DEFAULT_CACHE_MIB)
     }
 
-    /// [`ReadModel::open`] with sled's page cache limited to `cache_mib` MiB.
+    /// [`ReadModel::open`] with redb's page cache limited to `cache_mib` MiB.
     pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Self, ProjectionError> {
-        let db = open_db(dir, cache_mib)?;
-        let trees = Table::ALL
-            .iter()
-            .map(|t| db.open_tree(t.name()))
-            .collect::<Result<Arc<[_]>, _>>()?;
-        let model = Self {
-            db,
-            trees,
-            writing: Arc::default(),
-            tokens: Arc::default(),
-        };
-        let meta = model.tree(Table::Meta);
-        let stored = meta.get(LAYOUT_VERSION_KEY)?.map(|v| decode_u64(&v));
+        std::fs::create_dir_all(dir)?;
+        remove_sled_files(dir)?;
+        let model = Self::new(open_db(&dir.join(FILE_NAME), cache_mib)?);
+        let stored = model.layout_version()?;
         if stored != Some(LAYOUT_VERSION) {
-            if stored.is_some() || model.last_sequence()? > 0 {
+            if stored.is_some() {
                 tracing::warn!(
                     ?stored,
                     current = LAYOUT_VERSION,
                     "read model layout changed; rebuilding from the stream"
                 );
             }
-            for tree in model.trees.iter() {
-                tree.clear()?;
-            }
-            meta.insert(LAYOUT_VERSION_KEY, &LAYOUT_VERSION.to_be_bytes())?;
-            model.db.flush()?;
+            model.reset()?;
         }
         Ok(model)
     }
@@ -224,45 +259,76 @@ impl ReadModel {
     /// Opens an existing read model to inspect it, never emptying it: a directory without
     /// one, or with another record layout, is an error.
     pub fn open_existing(dir: &Path) -> Result<Self, ProjectionError> {
-        if !dir.join("db").exists() {
+        let path = dir.join(FILE_NAME);
+        if !path.is_file() {
             return Err(ProjectionError::Layout { found: None });
         }
-        let db = open_db(dir, DEFAULT_CACHE_MIB)?;
-        let found = db
-            .open_tree(Table::Meta.name())?
-            .get(LAYOUT_VERSION_KEY)?
-            .map(|v| decode_u64(&v));
+        let model = Self::new(open_db(&path, DEFAULT_CACHE_MIB)?);
+        let found = model.layout_version()?;
         if found != Some(LAYOUT_VERSION) {
             return Err(ProjectionError::Layout { found });
         }
-        let trees = Table::ALL
-            .iter()
-            .map(|t| db.open_tree(t.name()))
-            .collect::<Result<Arc<[_]>, _>>()?;
-        Ok(Self {
-            db,
-            trees,
+        Ok(model)
+    }
+
+    /// Whether another process (or handle) has the read model in `dir` open right now.
+    pub fn in_use(dir: &Path) -> Result<bool, ProjectionError> {
+        let path = dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Ok(false);
+        }
+        match redb::Builder::new().create(&path) {
+            Ok(_) => Ok(false),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn new(db: redb::Database) -> Self {
+        Self {
+            db: Arc::new(db),
             writing: Arc::default(),
             tokens: Arc::default(),
+            durable_at: Arc::new(Mutex::new(Instant::now())),
+        }
+    }
+
+    /// The layout version stored, if the file holds one.
+    fn layout_version(&self) -> Result<Option<u64>, ProjectionError> {
+        let txn = self.db.begin_read()?;
+        let meta = match txn.open_table(definition(Table::Meta)) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let version = meta.get(LAYOUT_VERSION_KEY)?.map(|v| decode_u64(v.value()));
+        Ok(version)
+    }
+
+    /// Empties every table (creating those that do not exist) and stamps the layout version.
+    fn reset(&self) -> Result<(), ProjectionError> {
+        self.write(true, |txn| {
+            for table in Table::ALL {
+                txn.delete_table(definition(table))?;
+                txn.open_table(definition(table))?;
+            }
+            txn.open_table(definition(Table::Meta))?
+                .insert(LAYOUT_VERSION_KEY, &LAYOUT_VERSION.to_be_bytes()[..])?;
+            Ok(())
         })
     }
 
-    /// Runs `read` while no message is being applied, so every tree it reads is at the
-    /// same checkpoint. Applying waits meanwhile: keep `read` to operator actions.
+    /// Runs `read` while no batch is being applied, so every read it makes is at the same
+    /// checkpoint. Applying waits meanwhile: keep `read` to operator actions.
     pub fn consistent<T>(&self, read: impl FnOnce(&Self) -> T) -> T {
         let _guard = self.lock_writes();
         read(self)
     }
 
-    /// Excludes [`ReadModel::consistent`] readers while a message is applied.
+    /// Excludes [`ReadModel::consistent`] readers while a batch is applied.
     pub(crate) fn lock_writes(&self) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
         self.writing.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// One tree.
-    pub fn tree(&self, table: Table) -> &sled::Tree {
-        &self.trees[table as usize]
     }
 
     /// Reads and decodes one record.
@@ -271,19 +337,39 @@ impl ReadModel {
         table: Table,
         key: &[u8],
     ) -> Result<Option<T>, ProjectionError> {
-        match self.tree(table).get(key)? {
-            Some(bytes) => decode(table, key, &bytes).map(Some),
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(definition(table))?;
+        let found = records.get(key)?;
+        match found {
+            Some(bytes) => decode(table, key, bytes.value()).map(Some),
             None => Ok(None),
         }
     }
 
+    /// The records of `table` whose keys are in `range`, in key order (`.rev()` for
+    /// descending), read from one snapshot.
+    pub fn rows(
+        &self,
+        table: Table,
+        range: impl RangeBounds<Vec<u8>>,
+    ) -> Result<Rows, ProjectionError> {
+        fn slice(bound: Bound<&Vec<u8>>) -> Bound<&[u8]> {
+            bound.map(Vec::as_slice)
+        }
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(definition(table))?;
+        // This range keeps the snapshot alive by itself, after the table and transaction.
+        let range =
+            records.range::<&[u8]>((slice(range.start_bound()), slice(range.end_bound())))?;
+        Ok(Rows { range })
+    }
+
     /// The last stream sequence applied; 0 for an empty read model.
     pub fn last_sequence(&self) -> Result<u64, ProjectionError> {
-        Ok(self
-            .tree(Table::Meta)
-            .get(LAST_SEQUENCE)?
-            .map(|v| decode_u64(&v))
-            .unwrap_or(0))
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(definition(Table::Meta))?;
+        let sequence = meta.get(LAST_SEQUENCE)?.map(|v| decode_u64(v.value()));
+        Ok(sequence.unwrap_or(0))
     }
 
     /// The token cache, for [`ReadModel::token_by_hash`].
@@ -294,36 +380,60 @@ impl ReadModel {
     /// Writes `changes` and the checkpoint `sequence` atomically.
     pub fn commit(&self, changes: Changes, sequence: u64) -> Result<(), ProjectionError> {
         let tokens_change = changes.touches(Table::Tokens) || changes.touches(Table::TokenHashes);
-        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
         let checkpoint = sequence.to_be_bytes();
         let writes = changes.encode()?;
-        // The closure may run more than once, so it only writes what was computed before.
-        let result: Result<(), TransactionError<()>> = trees.as_slice().transaction(|views| {
+        let durable = {
+            let mut at = self.durable_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.elapsed() >= DURABLE_EVERY;
+            if due {
+                *at = Instant::now();
+            }
+            due
+        };
+        let result = self.write(durable, |txn| {
             for (table, records) in &writes {
-                let view = &views[*table as usize];
+                if records.is_empty() {
+                    continue;
+                }
+                let mut stored = txn.open_table(definition(*table))?;
                 for (key, value) in records {
                     match value {
-                        Some(value) => view.insert(key.as_slice(), value.as_slice())?,
-                        None => view.remove(key.as_slice())?,
+                        Some(value) => stored.insert(key.as_slice(), value.as_slice())?,
+                        None => stored.remove(key.as_slice())?,
                     };
                 }
             }
-            views[Table::Meta as usize].insert(LAST_SEQUENCE, &checkpoint[..])?;
-            Ok::<(), ConflictableTransactionError<()>>(())
+            txn.open_table(definition(Table::Meta))?
+                .insert(LAST_SEQUENCE, &checkpoint[..])?;
+            Ok(())
         });
         if tokens_change {
-            // Also after a failed commit: what sled holds now is the only truth.
+            // Also after a failed commit: what the store holds now is the only truth.
             self.tokens.invalidate();
         }
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(ProjectionError::Storage(e)),
-            // We never abort the transaction ourselves.
-            Err(TransactionError::Abort(())) => Ok(()),
-        }
+        result
     }
 
-    /// A fingerprint of every tree, to compare a rebuilt read model with a live one.
+    /// Runs `work` in one write transaction and commits it; `durable` waits for the disk.
+    fn write(
+        &self,
+        durable: bool,
+        work: impl FnOnce(&redb::WriteTransaction) -> Result<(), ProjectionError>,
+    ) -> Result<(), ProjectionError> {
+        let mut txn = self.db.begin_write()?;
+        if durable {
+            // A crash then reopens at once instead of walking the whole file.
+            txn.set_quick_repair(true);
+        } else {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        // An error drops the transaction, which aborts it.
+        work(&txn)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A fingerprint of every table, to compare a rebuilt read model with a live one.
     pub fn digest(&self) -> Result<Vec<TreeDigest>, ProjectionError> {
         let mut out = Vec::with_capacity(Table::ALL.len());
         for table in Table::ALL {
@@ -332,7 +442,7 @@ impl ReadModel {
                 records: 0,
                 hash: FNV_OFFSET,
             };
-            for row in self.tree(table).iter() {
+            for row in self.rows(table, ..)? {
                 let (key, value) = row?;
                 digest.records += 1;
                 digest.hash = fnv1a(fnv1a(digest.hash, &key), &value);
@@ -342,17 +452,47 @@ impl ReadModel {
         Ok(out)
     }
 
-    /// Flushes to disk; sled otherwise flushes in the background every half second.
+    /// Waits until every commit so far is on disk; otherwise that happens every half second.
     pub fn flush(&self) -> Result<(), ProjectionError> {
-        self.db.flush()?;
-        Ok(())
+        *self.durable_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.write(true, |_| Ok(()))
     }
 }
 
-/// The fingerprint of one tree.
+/// Records of one table, from one snapshot: `(key, value)` pairs.
+pub struct Rows {
+    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+}
+
+/// One row as owned bytes.
+type Row = Result<(Vec<u8>, Vec<u8>), ProjectionError>;
+
+/// A row as redb's range yields it.
+type StoredBytes = redb::AccessGuard<'static, &'static [u8]>;
+
+fn owned(row: Result<(StoredBytes, StoredBytes), redb::StorageError>) -> Row {
+    let (key, value) = row?;
+    Ok((key.value().to_vec(), value.value().to_vec()))
+}
+
+impl Iterator for Rows {
+    type Item = Row;
+
+    fn next(&mut self) -> Option<Row> {
+        self.range.next().map(owned)
+    }
+}
+
+impl DoubleEndedIterator for Rows {
+    fn next_back(&mut self) -> Option<Row> {
+        self.range.next_back().map(owned)
+    }
+}
+
+/// The fingerprint of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeDigest {
-    /// The tree.
+    /// The table.
     pub table: &'static str,
     /// How many records it holds.
     pub records: u64,
@@ -372,26 +512,47 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     hash ^ bytes.len() as u64
 }
 
-/// Opens sled, waiting a moment for the lock: a database dropped in this process releases
-/// it from a background thread, shortly after.
-fn open_db(dir: &Path, cache_mib: u64) -> Result<sled::Db, ProjectionError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+/// Opens the redb file, waiting a moment for it: another handle in this process (a
+/// coordinator shutting down in a test) may still be closing it.
+fn open_db(path: &Path, cache_mib: u64) -> Result<redb::Database, ProjectionError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let cache = usize::try_from(cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     loop {
-        match sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mib.saturating_mul(1 << 20))
-            .open()
-        {
-            // sled reports the lock as a plain I/O error with this message.
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+        match redb::Builder::new().set_cache_size(cache).create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
             }
             other => return Ok(other?),
         }
     }
+}
+
+/// Deletes the files of a sled read model (what versions before layout 8 wrote): the
+/// stream rebuilds the read model, and they would only take disk space.
+fn remove_sled_files(dir: &Path) -> Result<(), ProjectionError> {
+    let (conf, db) = (dir.join("conf"), dir.join("db"));
+    if !(conf.is_file() && db.is_file()) {
+        return Ok(());
+    }
+    tracing::warn!(dir = %dir.display(), "removing the sled read model of an older version; rebuilding from the stream");
+    let mut old: Vec<PathBuf> = vec![conf, db, dir.join("blobs")];
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("snap."))
+        {
+            old.push(path);
+        }
+    }
+    for path in old {
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes computed for one transaction, readable before they are committed so that each
@@ -468,6 +629,11 @@ impl Changes {
     /// Stages a write.
     pub fn put<T: Serialize + Send + 'static>(&mut self, table: Table, key: Vec<u8>, value: T) {
         self.writes[table as usize].insert(key, Pending::Record(Box::new(value)));
+    }
+
+    /// Stages a record already encoded: for repairs and for tests that break a record.
+    pub fn put_bytes(&mut self, table: Table, key: Vec<u8>, bytes: Vec<u8>) {
+        self.writes[table as usize].insert(key, Pending::Encoded(bytes));
     }
 
     /// Stages an index entry (its value is a task id).

@@ -1,8 +1,8 @@
 //! The tokens this replica has looked up, kept in memory so that authenticating a request
-//! is one hash-map read instead of two sled reads.
+//! is one hash-map read instead of two reads of the store.
 //!
-//! The read model is the source of truth: a miss reads sled and fills the cache, and every
-//! commit that changes a token empties it. A lookup that read sled before such a commit
+//! The read model is the source of truth: a miss reads the store and fills the cache, and every
+//! commit that changes a token empties it. A lookup that read the store before such a commit
 //! must not put its (now stale) answer back afterwards: the generation, bumped by each
 //! emptying, tells it so. A revocation is therefore refused as soon as this replica's read
 //! model has applied it, exactly as without the cache.
@@ -39,7 +39,7 @@ impl TokenCache {
         inner.by_hash.get(hash).cloned().ok_or(inner.generation)
     }
 
-    /// Remembers `view`, read from sled at `generation`, unless a token changed since.
+    /// Remembers `view`, read from the store at `generation`, unless a token changed since.
     pub(crate) fn fill(&self, hash: &TokenHash, view: &TokenView, generation: u64) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if inner.generation != generation {

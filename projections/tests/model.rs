@@ -12,7 +12,7 @@ use aicp_events::event::*;
 use aicp_events::id::{AgentId, TaskId};
 use aicp_events::store::{PoisonMessage, StoredBatch};
 use aicp_events::{Envelope, Namespace};
-use aicp_projections::{Applied, PageRequest, ReadModel, TaskFilter};
+use aicp_projections::{Applied, Changes, PageRequest, ReadModel, TaskFilter};
 use anyhow::Result;
 
 struct Harness {
@@ -615,9 +615,14 @@ fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
         h.seed_agents()?;
         assert_eq!(h.model.last_sequence()?, 3);
         // Pretend an older version wrote it.
-        h.model
-            .tree(aicp_projections::Table::Meta)
-            .insert("layout_version", &0u64.to_be_bytes())?;
+        let mut older = Changes::default();
+        older.put_bytes(
+            aicp_projections::Table::Meta,
+            b"layout_version".to_vec(),
+            0u64.to_be_bytes().to_vec(),
+        );
+        let at = h.model.last_sequence()?;
+        h.model.commit(older, at)?;
         h.model.flush()?;
     }
     let reopened = ReadModel::open(dir.path())?;
@@ -672,24 +677,32 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
 
     // An agent balance booked out of nowhere: unbalanced, and the agent is named.
     let agent_key = Account::Agent(agent("agent-1")).to_string();
-    h.model.tree(Table::Balances).insert(
-        agent_key.as_bytes(),
+    let at = h.model.last_sequence()?;
+    let mut broken = Changes::default();
+    broken.put_bytes(
+        Table::Balances,
+        agent_key.as_bytes().to_vec(),
         rmp_serde::to_vec(&(price as i64 + 1))?,
-    )?;
+    );
+    h.model.commit(broken, at)?;
     let report = check(&h.model)?;
     let failed = report.failed.join("\n");
     assert!(failed.contains("balances sum to 1 sat"), "{failed}");
     assert!(failed.contains("agents/agent-1"), "{failed}");
-    h.model
-        .tree(Table::Balances)
-        .insert(agent_key.as_bytes(), rmp_serde::to_vec(&(price as i64))?)?;
+    let mut repaired = Changes::default();
+    repaired.put_bytes(
+        Table::Balances,
+        agent_key.as_bytes().to_vec(),
+        rmp_serde::to_vec(&(price as i64))?,
+    );
+    h.model.commit(repaired, at)?;
 
     // A task that claims a refund its ledger does not show.
     let mut view = h.model.task(&tid("t1"))?.expect("task");
     view.payment = Some(EscrowState::Refunded);
-    h.model
-        .tree(Table::Tasks)
-        .insert("t1".as_bytes(), rmp_serde::to_vec(&view)?)?;
+    let mut broken = Changes::default();
+    broken.put_bytes(Table::Tasks, b"t1".to_vec(), rmp_serde::to_vec(&view)?);
+    h.model.commit(broken, at)?;
     let failed = check(&h.model)?.failed.join("\n");
     assert!(failed.contains("tasks/t1"), "{failed}");
     Ok(())
