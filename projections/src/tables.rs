@@ -382,14 +382,7 @@ impl ReadModel {
         let tokens_change = changes.touches(Table::Tokens) || changes.touches(Table::TokenHashes);
         let checkpoint = sequence.to_be_bytes();
         let writes = changes.encode()?;
-        let durable = {
-            let mut at = self.durable_at.lock().unwrap_or_else(|e| e.into_inner());
-            let due = at.elapsed() >= DURABLE_EVERY;
-            if due {
-                *at = Instant::now();
-            }
-            due
-        };
+        let durable = self.durable_at().elapsed() >= DURABLE_EVERY;
         let result = self.write(durable, |txn| {
             for (table, records) in &writes {
                 if records.is_empty() {
@@ -430,7 +423,16 @@ impl ReadModel {
         // An error drops the transaction, which aborts it.
         work(&txn)?;
         txn.commit()?;
+        if durable {
+            *self.durable_at() = Instant::now();
+        }
         Ok(())
+    }
+
+    /// When a commit last waited for the disk.
+    fn durable_at(&self) -> MutexGuard<'_, Instant> {
+        // An `Instant` is always valid: a panic elsewhere cannot leave it inconsistent.
+        self.durable_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A fingerprint of every table, to compare a rebuilt read model with a live one.
@@ -454,7 +456,6 @@ impl ReadModel {
 
     /// Waits until every commit so far is on disk; otherwise that happens every half second.
     pub fn flush(&self) -> Result<(), ProjectionError> {
-        *self.durable_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.write(true, |_| Ok(()))
     }
 }
