@@ -19,10 +19,10 @@ use crate::output;
 use crate::progress::Progress;
 
 /// Messages read ahead of the applier.
-const READ_AHEAD: usize = 4096;
+const READ_AHEAD: usize = 8192;
 
 /// Messages applied in one transaction at most.
-const APPLY_BATCH: usize = 512;
+const APPLY_BATCH: usize = 4096;
 
 /// What a replay did.
 #[derive(Debug, Clone)]
