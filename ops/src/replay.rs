@@ -129,23 +129,25 @@ pub async fn rebuild(
     let applier_dir = dir.to_owned();
     let applier = tokio::task::spawn_blocking(move || {
         let mut progress = Progress::new("replay", from, end, show_progress);
-        let (mut applied, mut last) = (0u64, from.saturating_sub(1));
-        // One transaction for whatever has been read ahead (up to APPLY_BATCH messages).
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
+        let mut applied = 0u64;
+        // One transaction for whatever has been read ahead (up to APPLY_BATCH messages),
+        // computed while the one before it commits.
+        let batches = std::iter::from_fn(|| {
+            let mut batch = vec![rx.blocking_recv()?];
             while batch.len() < APPLY_BATCH {
                 match rx.try_recv() {
                     Ok(message) => batch.push(message),
                     Err(_) => break,
                 }
             }
-            last = batch.last().map(Message::sequence).unwrap_or(last);
-            applier_model
-                .apply_all(&batch)
-                .map_err(|e| OpsError::read_model(&applier_dir, e))?;
-            applied += batch.len() as u64;
-            progress.update(last);
-        }
+            Some(batch)
+        });
+        let last = applier_model
+            .apply_pipelined(batches, |last, messages| {
+                applied += messages as u64;
+                progress.update(last);
+            })
+            .map_err(|e| OpsError::read_model(&applier_dir, e))?;
         progress.finish(last.max(end));
         applier_model
             .flush()

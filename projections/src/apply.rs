@@ -5,6 +5,8 @@
 //! nothing else: with every writer appending under an expected sequence that should never
 //! happen, so a rejection means a bug or a forged event, and is logged loudly.
 
+use std::sync::Arc;
+
 use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState, Ledger, Transfer};
 use aicp_events::domain::reputation::Reputation;
@@ -15,7 +17,7 @@ use aicp_events::store::{PoisonMessage, StoredBatch};
 use aicp_events::{Aggregate, Envelope};
 use chrono::{DateTime, Utc};
 
-use crate::tables::{deadline_key, index_key, Changes, ProjectionError, ReadModel, Table};
+use crate::tables::{deadline_key, index_key, Changes, Encoded, ProjectionError, ReadModel, Table};
 use crate::views::{
     AgentView, BuyerView, Counters, LedgerRecord, MinuteStats, PoisonRecord, TaskView, TokenView,
 };
@@ -114,6 +116,72 @@ impl ReadModel {
             self.commit(changes, last)?;
         }
         Ok(out)
+    }
+}
+
+impl ReadModel {
+    /// Applies batches of consecutive messages, each in one transaction with its last
+    /// sequence as the checkpoint, computing each batch while the one before it commits:
+    /// `aicp replay`'s path, on a read model with no other writer. A batch reads what the
+    /// batch before it wrote before it reads the store, so the result is the same as
+    /// [`ReadModel::apply_all`] on each batch in turn. `applied` hears each batch's last
+    /// sequence and size once it is computed. Returns the checkpoint.
+    pub fn apply_pipelined(
+        &self,
+        batches: impl IntoIterator<Item = Vec<Message>>,
+        mut applied: impl FnMut(u64, usize),
+    ) -> Result<u64, ProjectionError> {
+        let _writing = self.lock_writes();
+        let mut last = self.last_sequence()?;
+        std::thread::scope(|scope| {
+            // A rendezvous: a send returns once the writer has finished the batch before,
+            // so only the batch being written can be missing from the store.
+            let (to_writer, batches_to_write) =
+                std::sync::mpsc::sync_channel::<(Arc<Encoded>, u64)>(0);
+            let writer = scope.spawn(move || {
+                for (encoded, sequence) in batches_to_write {
+                    self.commit_encoded(&encoded, sequence)?;
+                }
+                Ok::<(), ProjectionError>(())
+            });
+            let mut computed = Ok(());
+            let mut before: Option<Arc<Encoded>> = None;
+            for batch in batches {
+                let start = last;
+                let mut changes = Changes::after(before.clone());
+                let step = batch.iter().try_for_each(|message| {
+                    if message.sequence() > last {
+                        match message {
+                            Message::Batch(batch) => apply_batch(self, &mut changes, batch)?,
+                            Message::Poison(poison) => apply_poison(self, &mut changes, poison)?,
+                        };
+                        last = message.sequence();
+                    }
+                    Ok::<(), ProjectionError>(())
+                });
+                let encoded = step.and_then(|()| changes.encode().map(Arc::new));
+                match encoded {
+                    Ok(encoded) if last > start => {
+                        if to_writer.send((encoded.clone(), last)).is_err() {
+                            break; // The writer failed: its error is the one to report.
+                        }
+                        before = Some(encoded);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        computed = Err(e);
+                        break;
+                    }
+                }
+                applied(last, batch.len());
+            }
+            drop(to_writer);
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(ProjectionError::Task("the writer panicked".into())));
+            written.and(computed)
+        })?;
+        Ok(last)
     }
 }
 

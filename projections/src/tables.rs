@@ -380,16 +380,25 @@ impl ReadModel {
 
     /// Writes `changes` and the checkpoint `sequence` atomically.
     pub fn commit(&self, changes: Changes, sequence: u64) -> Result<(), ProjectionError> {
-        let tokens_change = changes.touches(Table::Tokens) || changes.touches(Table::TokenHashes);
+        self.commit_encoded(&changes.encode()?, sequence)
+    }
+
+    /// Writes a transaction's encoded changes with `sequence` as the checkpoint, in one
+    /// write transaction.
+    pub(crate) fn commit_encoded(
+        &self,
+        encoded: &Encoded,
+        sequence: u64,
+    ) -> Result<(), ProjectionError> {
+        let tokens_change = encoded.touches(Table::Tokens) || encoded.touches(Table::TokenHashes);
         let checkpoint = sequence.to_be_bytes();
-        let writes = changes.encode()?;
         let durable = self.durable_at().elapsed() >= DURABLE_EVERY;
         let result = self.write(durable, |txn| {
-            for (table, records) in &writes {
+            for (table, records) in Table::ALL.into_iter().zip(&encoded.tables) {
                 if records.is_empty() {
                     continue;
                 }
-                let mut stored = txn.open_table(definition(*table))?;
+                let mut stored = txn.open_table(definition(table))?;
                 for (key, value) in records {
                     match value {
                         Some(value) => stored.insert(key.as_slice(), value.as_slice())?,
@@ -571,6 +580,34 @@ pub struct Changes {
     /// transaction and a table opened per read were a tenth of the projector's time. The
     /// projector holds the write lock while it computes, so no commit lands in between.
     snapshot: Snapshot,
+    /// The transaction before this one, read before the store while it commits.
+    before: Option<Arc<Encoded>>,
+}
+
+/// A transaction's writes, encoded, in key order within each table: what a commit writes.
+pub(crate) struct Encoded {
+    /// One list per table, indexed like [`Table::ALL`].
+    tables: Vec<Vec<EncodedWrite>>,
+}
+
+/// A key and its new value; `None` removes the key.
+type EncodedWrite = (Vec<u8>, Option<Vec<u8>>);
+
+impl Encoded {
+    /// What this transaction writes under `key`: `Some(None)` when it removes it, `None`
+    /// when it leaves the key alone.
+    fn get(&self, table: Table, key: &[u8]) -> Option<Option<&[u8]>> {
+        let records = &self.tables[table as usize];
+        let found = records
+            .binary_search_by(|(k, _)| k.as_slice().cmp(key))
+            .ok()?;
+        Some(records[found].1.as_deref())
+    }
+
+    /// Whether it writes to `table`.
+    fn touches(&self, table: Table) -> bool {
+        !self.tables[table as usize].is_empty()
+    }
 }
 
 /// One read transaction and the tables read from it, opened on first use.
@@ -645,6 +682,14 @@ impl<T: Serialize + Send + 'static> Record for T {
 }
 
 impl Changes {
+    /// Changes to make after `before`, which may still be committing: it is read first.
+    pub(crate) fn after(before: Option<Arc<Encoded>>) -> Self {
+        Changes {
+            before,
+            ..Changes::default()
+        }
+    }
+
     /// Reads a record: the pending write if there is one, else the stored record.
     pub fn get<T: DeserializeOwned + Clone + 'static>(
         &self,
@@ -662,7 +707,11 @@ impl Changes {
                 decode(table, key, bytes).map(Some)
             }
             Some(Pending::Remove) => Ok(None),
-            None => self.snapshot.get(model, table, key),
+            None => match self.before.as_ref().and_then(|b| b.get(table, key)) {
+                Some(Some(bytes)) => decode(table, key, bytes).map(Some),
+                Some(None) => Ok(None),
+                None => self.snapshot.get(model, table, key),
+            },
         }
     }
 
@@ -717,14 +766,17 @@ impl Changes {
         }
     }
 
-    /// Every staged write encoded, by table: `None` removes the key.
-    #[allow(clippy::type_complexity)]
-    fn encode(self) -> Result<Vec<(Table, Vec<(Vec<u8>, Option<Vec<u8>>)>)>, ProjectionError> {
-        let mut out = Vec::with_capacity(Table::ALL.len());
+    /// Every staged write encoded, by table.
+    pub(crate) fn encode(self) -> Result<Encoded, ProjectionError> {
+        let mut tables = Vec::with_capacity(Table::ALL.len());
         // The snapshot is released here, before the write transaction begins.
-        let Changes { writes, snapshot } = self;
-        drop(snapshot);
-        for (table, writes) in Table::ALL.into_iter().zip(writes) {
+        let Changes {
+            writes,
+            snapshot,
+            before,
+        } = self;
+        drop((snapshot, before));
+        for writes in writes {
             let mut encoded = Vec::with_capacity(writes.len());
             for (key, pending) in writes {
                 let value = match pending {
@@ -734,9 +786,9 @@ impl Changes {
                 };
                 encoded.push((key, value));
             }
-            out.push((table, encoded));
+            tables.push(encoded);
         }
-        Ok(out)
+        Ok(Encoded { tables })
     }
 }
 

@@ -746,3 +746,46 @@ fn applying_messages_together_equals_applying_them_one_by_one() -> Result<()> {
     assert_eq!(together.model.digest()?, one_by_one.model.digest()?);
     Ok(())
 }
+
+#[test]
+fn applying_batches_pipelined_equals_applying_them_one_by_one() -> Result<()> {
+    use aicp_projections::Message;
+
+    let mut one_by_one = Harness::new()?;
+    one_by_one.seed_agents()?;
+    for (task, buyer) in [("t1", "b1"), ("t2", "b2"), ("t3", "b1")] {
+        one_by_one.submit(task, buyer, "agent-1", 2000)?;
+    }
+    one_by_one.push(vec![completed("t1", "agent-1").into()])?;
+    one_by_one.push(vec![released("t1", "agent-1", 400_000).into()])?;
+    one_by_one.push(vec![completed("t2", "agent-1").into()])?;
+    let recorded = &one_by_one.history;
+
+    // Every batch size: each batch reads what the one before it wrote, committed or not.
+    for size in 1..=recorded.len() {
+        let pipelined = Harness::new()?;
+        let mut batches: Vec<Vec<Message>> = recorded
+            .chunks(size)
+            .map(|chunk| chunk.iter().cloned().map(Message::Batch).collect())
+            .collect();
+        // A batch applied before is skipped and keeps what is still committing readable.
+        let again = recorded[..size]
+            .iter()
+            .cloned()
+            .map(Message::Batch)
+            .collect();
+        batches.insert(1, again);
+        let mut heard = Vec::new();
+        let last = pipelined
+            .model
+            .apply_pipelined(batches, |last, messages| heard.push((last, messages)))?;
+        assert_eq!(last, one_by_one.model.last_sequence()?, "batches of {size}");
+        assert_eq!(heard.len(), recorded.len().div_ceil(size) + 1);
+        assert_eq!(
+            pipelined.model.digest()?,
+            one_by_one.model.digest()?,
+            "batches of {size}"
+        );
+    }
+    Ok(())
+}
