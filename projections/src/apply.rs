@@ -100,18 +100,7 @@ impl ReadModel {
         let mut last = self.last_sequence()?;
         let checkpoint = last;
         let mut changes = Changes::default();
-        let mut out = Vec::with_capacity(messages.len());
-        for message in messages {
-            if message.sequence() <= last {
-                out.push(Applied::AlreadyApplied);
-                continue;
-            }
-            out.push(match message {
-                Message::Batch(batch) => apply_batch(self, &mut changes, batch)?,
-                Message::Poison(poison) => apply_poison(self, &mut changes, poison)?,
-            });
-            last = message.sequence();
-        }
+        let out = stage(self, &mut changes, messages, &mut last)?;
         if last > checkpoint {
             self.commit(changes, last)?;
         }
@@ -149,17 +138,8 @@ impl ReadModel {
             for batch in batches {
                 let start = last;
                 let mut changes = Changes::after(before.clone());
-                let step = batch.iter().try_for_each(|message| {
-                    if message.sequence() > last {
-                        match message {
-                            Message::Batch(batch) => apply_batch(self, &mut changes, batch)?,
-                            Message::Poison(poison) => apply_poison(self, &mut changes, poison)?,
-                        };
-                        last = message.sequence();
-                    }
-                    Ok::<(), ProjectionError>(())
-                });
-                let encoded = step.and_then(|()| changes.encode().map(Arc::new));
+                let encoded = stage(self, &mut changes, &batch, &mut last)
+                    .and_then(|_| changes.encode().map(Arc::new));
                 match encoded {
                     Ok(encoded) if last > start => {
                         if to_writer.send((encoded.clone(), last)).is_err() {
@@ -183,6 +163,29 @@ impl ReadModel {
         })?;
         Ok(last)
     }
+}
+
+/// Stages the changes of the messages after `last` into `changes`, moving `last` to the
+/// newest one applied; a message at or below it was applied before and is skipped.
+fn stage(
+    model: &ReadModel,
+    changes: &mut Changes,
+    messages: &[Message],
+    last: &mut u64,
+) -> Result<Vec<Applied>, ProjectionError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for message in messages {
+        if message.sequence() <= *last {
+            out.push(Applied::AlreadyApplied);
+            continue;
+        }
+        out.push(match message {
+            Message::Batch(batch) => apply_batch(model, changes, batch)?,
+            Message::Poison(poison) => apply_poison(model, changes, poison)?,
+        });
+        *last = message.sequence();
+    }
+    Ok(out)
 }
 
 /// The changes one message makes, added to `changes` (which earlier messages of the same

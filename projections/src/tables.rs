@@ -576,9 +576,10 @@ fn remove_sled_files(dir: &Path) -> Result<(), ProjectionError> {
 pub struct Changes {
     /// One map per table, indexed like [`Table::ALL`].
     writes: [BTreeMap<Vec<u8>, Pending>; Table::ALL.len()],
-    /// What the store held at this transaction's first read, for all of its reads: a
-    /// transaction and a table opened per read were a tenth of the projector's time. The
-    /// projector holds the write lock while it computes, so no commit lands in between.
+    /// What the store held at this transaction's first read, for all of its reads,
+    /// instead of a read transaction and a table opened per read. The write lock keeps
+    /// other writers out while it computes; the only commit that can land meanwhile is
+    /// the one of `before`, which is read first.
     snapshot: Snapshot,
     /// The transaction before this one, read before the store while it commits.
     before: Option<Arc<Encoded>>,

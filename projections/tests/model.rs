@@ -708,19 +708,24 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
     Ok(())
 }
 
+/// A model fed message by message: tasks submitted, one settled, one completed.
+fn fed_one_by_one() -> Result<Harness> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    for (task, buyer) in [("t1", "b1"), ("t2", "b2"), ("t3", "b1")] {
+        h.submit(task, buyer, "agent-1", 2000)?;
+    }
+    h.push(vec![completed("t1", "agent-1").into()])?;
+    h.push(vec![released("t1", "agent-1", 400_000).into()])?;
+    h.push(vec![completed("t2", "agent-1").into()])?;
+    Ok(h)
+}
+
 #[test]
 fn applying_messages_together_equals_applying_them_one_by_one() -> Result<()> {
     use aicp_projections::Message;
 
-    // One model fed message by message.
-    let mut one_by_one = Harness::new()?;
-    one_by_one.seed_agents()?;
-    for (task, buyer) in [("t1", "b1"), ("t2", "b2"), ("t3", "b1")] {
-        one_by_one.submit(task, buyer, "agent-1", 2000)?;
-    }
-    one_by_one.push(vec![completed("t1", "agent-1").into()])?;
-    one_by_one.push(vec![released("t1", "agent-1", 400_000).into()])?;
-    one_by_one.push(vec![completed("t2", "agent-1").into()])?;
+    let one_by_one = fed_one_by_one()?;
     let recorded = &one_by_one.history;
 
     // The same messages in two transactions, the second overlapping the first.
@@ -751,14 +756,7 @@ fn applying_messages_together_equals_applying_them_one_by_one() -> Result<()> {
 fn applying_batches_pipelined_equals_applying_them_one_by_one() -> Result<()> {
     use aicp_projections::Message;
 
-    let mut one_by_one = Harness::new()?;
-    one_by_one.seed_agents()?;
-    for (task, buyer) in [("t1", "b1"), ("t2", "b2"), ("t3", "b1")] {
-        one_by_one.submit(task, buyer, "agent-1", 2000)?;
-    }
-    one_by_one.push(vec![completed("t1", "agent-1").into()])?;
-    one_by_one.push(vec![released("t1", "agent-1", 400_000).into()])?;
-    one_by_one.push(vec![completed("t2", "agent-1").into()])?;
+    let one_by_one = fed_one_by_one()?;
     let recorded = &one_by_one.history;
 
     // Every batch size: each batch reads what the one before it wrote, committed or not.
