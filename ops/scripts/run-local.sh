@@ -23,6 +23,13 @@ hostport=${hostport##*@}
 host=${hostport%:*}
 port=${hostport##*:}
 pids=()
+names=()
+# How long each process has after SIGTERM before it is killed: Ctrl-C must end the stack
+# even if one process hangs; NATS and the read model recover from a kill.
+GRACE_S=10
+
+# Remembers background process $1, called $2 in messages, for stop.
+started() { pids+=("$1"); names+=("$2"); }
 
 stop() {
   trap - INT TERM EXIT
@@ -30,8 +37,15 @@ stop() {
     echo "stopping ${#pids[@]} process(es)..."
     # Workers and the coordinator first (they hand back work and flush), NATS last.
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-      kill -TERM "${pids[$i]}" 2>/dev/null || true
-      wait "${pids[$i]}" 2>/dev/null || true
+      local pid=${pids[$i]}
+      kill -TERM "$pid" 2>/dev/null || true
+      # Bash reaps its children as they exit, so `kill -0` fails once this one is gone.
+      for _ in $(seq $((GRACE_S * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "${names[$i]} (pid $pid) did not stop within ${GRACE_S} s of SIGTERM: killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+      wait "$pid" 2>/dev/null || true
     done
   fi
 }
@@ -60,7 +74,7 @@ else
   echo "no NATS at $NATS_URL: starting nats-server -js with its store in $DATA/nats"
   # In its own session, so that Ctrl-C reaches the others first and NATS stops last.
   setsid nats-server -js -a "$host" -p "$port" -sd "$DATA/nats" -l "$DATA/nats-server.log" &
-  pids+=($!)
+  started $! nats-server
   for _ in $(seq 50); do answers "$host" "$port" && break; sleep 0.1; done
   answers "$host" "$port" || { echo "nats-server did not start; see $DATA/nats-server.log" >&2; exit 1; }
 fi
@@ -77,7 +91,7 @@ AICP_ADMIN_TOKEN=$(cat "$DATA/admin-token")
 export AICP_ADMIN_TOKEN AICP_TOKEN=$AICP_ADMIN_TOKEN
 
 "$bin/aicp-coordinator" --data-dir "$DATA/coordinator" --listen "$LISTEN" &
-pids+=($!)
+started $! coordinator
 ready=
 for _ in $(seq 300); do
   if curl -fs "http://$LISTEN/ready" >/dev/null 2>&1; then ready=1; break; fi
@@ -102,7 +116,7 @@ done
 for n in 1 2 3; do
   AICP_TOKEN=$(cat "$DATA/tokens/worker-agent-$n") AICP_API="http://$LISTEN" \
     "$bin/aicp-worker" --agents "agent-$n" --worker-id "local-$n" --simulate-ms "${SIMULATE_MS:-1500}" &
-  pids+=($!)
+  started $! "worker local-$n"
 done
 
 cat <<MSG
@@ -127,7 +141,7 @@ MSG
 
 if [ "${DEMO:-0}" = 1 ]; then
   "$bin/aicp" --api "http://$LISTEN" demo --rate "${DEMO_RATE:-2}" &
-  pids+=($!)
+  started $! demo
 fi
 # Until Ctrl-C, or until any of them stops on its own.
 wait -n "${pids[@]}"

@@ -111,6 +111,26 @@ fn kill_all(mut child: Child, started: &[u32]) {
     let _ = child.wait();
 }
 
+/// The command lines of those of `pids` still alive, to say which one hangs.
+fn running(pids: &[u32]) -> String {
+    let alive: Vec<String> = pids
+        .iter()
+        .filter(|pid| alive(**pid))
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            format!(
+                "{pid} {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            )
+        })
+        .collect();
+    if alive.is_empty() {
+        "none of its children".into()
+    } else {
+        alive.join("; ")
+    }
+}
+
 /// Sends SIGINT to the script's process group, as Ctrl-C in a terminal does, and waits for
 /// every process it started to be gone.
 fn interrupt(child: &mut Child, started: &[u32]) -> Result<()> {
@@ -119,7 +139,8 @@ fn interrupt(child: &mut Child, started: &[u32]) -> Result<()> {
     while child.try_wait()?.is_none() {
         ensure!(
             Instant::now() < deadline,
-            "run-local.sh did not stop after SIGINT"
+            "run-local.sh did not stop after SIGINT; still running: {}",
+            running(started)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -127,11 +148,8 @@ fn interrupt(child: &mut Child, started: &[u32]) -> Result<()> {
     while started.iter().any(|pid| alive(*pid)) {
         ensure!(
             Instant::now() < deadline,
-            "processes left behind: {:?}",
-            started
-                .iter()
-                .filter(|pid| alive(**pid))
-                .collect::<Vec<_>>()
+            "processes left behind: {}",
+            running(started)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -164,8 +182,9 @@ fn run_once<T>(
     outcome.map_err(|e: anyhow::Error| {
         kill_all(child, &started);
         anyhow::anyhow!(
-            "{e}\nrun-local.sh said:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            "{e}\nrun-local.sh said:\n{}\nnats-server.log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(data.join("nats-server.log")).unwrap_or_default()
         )
     })
 }
