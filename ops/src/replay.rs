@@ -46,6 +46,7 @@ pub async fn command(
     as_json: bool,
 ) -> Result<ExitCode, OpsError> {
     let replayed = rebuild(store, &args.out, args.from_seq, args.to_seq, !as_json).await?;
+    let compacted_in = compact(&replayed.dir).await?;
     let old = match &args.swap {
         Some(live) => swap(&args.out, live)?,
         None => None,
@@ -58,16 +59,18 @@ pub async fn command(
             "last_seq": replayed.last_sequence,
             "messages": replayed.messages,
             "seconds": replayed.elapsed.as_secs_f64(),
+            "compact_seconds": compacted_in.as_secs_f64(),
             "messages_per_sec": rate,
             "previous_dir": old,
         }));
     } else {
         println!(
-            "rebuilt {} up to sequence {} ({} messages in {:.1}s, {rate:.0}/s)",
+            "rebuilt {} up to sequence {} ({} messages in {:.1}s, {rate:.0}/s; compacted in {:.1}s)",
             replayed.dir.display(),
             replayed.last_sequence,
             replayed.messages,
-            replayed.elapsed.as_secs_f64()
+            replayed.elapsed.as_secs_f64(),
+            compacted_in.as_secs_f64()
         );
         match (&args.swap, &old) {
             (Some(live), Some(old)) => println!(
@@ -180,6 +183,19 @@ pub async fn rebuild(
         messages: applied,
         elapsed: started.elapsed(),
     })
+}
+
+/// Rewrites the read model in `dir` without its free pages, and says how long it took: a
+/// rebuild's commits leave about a fifth of the file free, and the file never shrinks by
+/// itself. Only `aicp replay` does it, for a read model someone will serve.
+async fn compact(dir: &Path) -> Result<Duration, OpsError> {
+    let started = Instant::now();
+    let model = open_existing(dir).await?;
+    match tokio::task::spawn_blocking(move || model.compact()).await {
+        Ok(result) => result.map_err(|e| OpsError::read_model(dir, e))?,
+        Err(e) => return Err(OpsError::Usage(format!("compaction thread failed: {e}"))),
+    };
+    Ok(started.elapsed())
 }
 
 /// Opens (or creates) a read model, off the async threads (opening may wait for another handle to close).

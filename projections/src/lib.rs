@@ -23,5 +23,5 @@ pub use apply::{Applied, Message};
 pub use query::{InvalidCursor, PageRequest, QueryError, TaskFilter};
 pub use tables::{
     decode_u64, index_prefix, Changes, ProjectionError, ReadModel, Rows, Table, TreeDigest,
-    DEFAULT_CACHE_MIB,
+    DEFAULT_CACHE_MIB, FILE_NAME,
 };

@@ -74,7 +74,8 @@ storage_errors!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 /// The tables of the read model. The discriminant is the table's index in [`Table::ALL`].
@@ -462,6 +463,15 @@ impl ReadModel {
             out.push(digest);
         }
         Ok(out)
+    }
+
+    /// Rewrites the file without its free pages, and returns whether it moved any. Needs
+    /// the only handle: `aicp replay` calls it once the rebuild is applied.
+    pub fn compact(self) -> Result<bool, ProjectionError> {
+        // Pages that non-durable commits supersede are free again only after the next
+        // durable one, so the file grows for them meanwhile, and redb never shrinks it.
+        let mut db = Arc::try_unwrap(self.db).map_err(|_| ProjectionError::InUse)?;
+        Ok(db.compact()?)
     }
 
     /// Waits until every commit so far is on disk; otherwise that happens every half second.

@@ -787,3 +787,39 @@ fn applying_batches_pipelined_equals_applying_them_one_by_one() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn compacting_a_rebuilt_model_shrinks_its_file_and_keeps_every_record() -> Result<()> {
+    // Many small commits in a row, as a rebuild makes: most of them are not durable, so
+    // the pages they supersede stay allocated until the next durable one.
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    for n in 0..300 {
+        let task = format!("t{n:04}");
+        h.submit(&task, "b1", "agent-1", 1000)?;
+        h.push(vec![completed(&task, "agent-1").into()])?;
+        h.push(vec![released(&task, "agent-1", 200_000).into()])?;
+    }
+    h.model.flush()?;
+    let (digest, last) = (h.model.digest()?, h.model.last_sequence()?);
+    let file = h._dir.path().join(aicp_projections::FILE_NAME);
+    let before = std::fs::metadata(&file)?.len();
+
+    let Harness {
+        _dir: dir, model, ..
+    } = h;
+    assert!(
+        model.compact()?,
+        "a file of many commits has pages to give back"
+    );
+    let after = std::fs::metadata(&file)?.len();
+    assert!(
+        after < before,
+        "{after} bytes after compaction, {before} before"
+    );
+
+    let reopened = ReadModel::open_existing(dir.path())?;
+    assert_eq!(reopened.digest()?, digest);
+    assert_eq!(reopened.last_sequence()?, last);
+    Ok(())
+}
