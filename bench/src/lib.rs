@@ -350,6 +350,12 @@ async fn replay_figures(
         .against(&raw_same)
         .target(">= 50% of raw"),
     );
+    figures.push(Figure::measure(
+        "replay: of which compacting the rebuilt file",
+        rebuilt.compact_seconds,
+        "s",
+        1,
+    ));
     figures.push(memory(
         &format!("read model on disk, {tasks} tasks"),
         stack::dir_mib(&rebuilt.dir),

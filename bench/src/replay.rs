@@ -243,6 +243,8 @@ pub struct Rebuilt {
     pub seconds: f64,
     /// Messages applied.
     pub messages: u64,
+    /// Seconds of those spent compacting the file, after applying.
+    pub compact_seconds: f64,
     /// The read model, in `_temp`.
     pub dir: std::path::PathBuf,
     _temp: tempfile::TempDir,
@@ -277,6 +279,7 @@ pub fn rebuild(bin_dir: &Path, nats_url: &str) -> Result<Rebuilt> {
     Ok(Rebuilt {
         seconds,
         messages: report["messages"].as_u64().unwrap_or(0),
+        compact_seconds: report["compact_seconds"].as_f64().unwrap_or(0.0),
         dir,
         _temp: temp,
     })

@@ -9,13 +9,13 @@
 
 use std::any::Any;
 use std::cell::OnceCell;
-use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, TableDefinition};
+use rustc_hash::FxHashMap;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// What can go wrong with the read model.
@@ -584,8 +584,9 @@ fn remove_sled_files(dir: &Path) -> Result<(), ProjectionError> {
 /// a fifth of the projection's time.
 #[derive(Default)]
 pub struct Changes {
-    /// One map per table, indexed like [`Table::ALL`].
-    writes: [BTreeMap<Vec<u8>, Pending>; Table::ALL.len()],
+    /// One map per table, indexed like [`Table::ALL`]; sorted by key only at encoding,
+    /// because a transaction reads its staged writes far more often than it lists them.
+    writes: [FxHashMap<Vec<u8>, Pending>; Table::ALL.len()],
     /// What the store held at this transaction's first read, for all of its reads,
     /// instead of a read transaction and a table opened per read. The write lock keeps
     /// other writers out while it computes; the only commit that can land meanwhile is
@@ -797,6 +798,8 @@ impl Changes {
                 };
                 encoded.push((key, value));
             }
+            // In key order: `Encoded::get` searches it, and redb inserts in order cheaper.
+            encoded.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
             tables.push(encoded);
         }
         Ok(Encoded { tables })
