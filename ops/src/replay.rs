@@ -46,7 +46,11 @@ pub async fn command(
     as_json: bool,
 ) -> Result<ExitCode, OpsError> {
     let replayed = rebuild(store, &args.out, args.from_seq, args.to_seq, !as_json).await?;
-    let compacted_in = compact(&replayed.dir).await?;
+    let compacted_in = if args.no_compact {
+        Duration::ZERO
+    } else {
+        compact(&replayed.dir).await?
+    };
     let old = match &args.swap {
         Some(live) => swap(&args.out, live)?,
         None => None,

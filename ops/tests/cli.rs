@@ -152,8 +152,27 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
     // A replay into a fresh directory equals the live read model, tree by tree.
     let fresh = data.path().join("fresh");
     let out = aicp_ok(&url, &["replay", "--out", fresh.to_str().context("path")?]).await?;
-    assert!(out.contains("rebuilt"), "{out}");
+    assert!(
+        out.contains("rebuilt") && out.contains("compacted in"),
+        "{out}"
+    );
     assert_eq!(digest(&live)?, digest(&fresh)?);
+    // Compaction changes the file, never a record: a replay without it holds the same.
+    let uncompacted = data.path().join("uncompacted");
+    let out = aicp_ok(
+        &url,
+        &[
+            "--json",
+            "replay",
+            "--no-compact",
+            "--out",
+            uncompacted.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(report["compact_seconds"], 0.0, "{out}");
+    assert_eq!(digest(&uncompacted)?, digest(&fresh)?);
     let report = aicp_ok(
         &url,
         &["verify", "--data-dir", live.to_str().context("path")?],
