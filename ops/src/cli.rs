@@ -140,8 +140,8 @@ pub struct ReplayArgs {
     /// coordinator's data directory; the old one is kept beside it as `<dir>.old-<time>`.
     #[arg(long)]
     pub swap: Option<PathBuf>,
-    /// Skip compacting the rebuilt file: a quarter faster at 1,000,000 tasks, and about a
-    /// third larger on disk.
+    /// Skip compacting the rebuilt file: a quicker rebuild (compaction was a quarter of it
+    /// at 1,000,000 tasks), a larger file (see BENCHMARKS.md).
     #[arg(long)]
     pub no_compact: bool,
 }
