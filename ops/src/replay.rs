@@ -194,8 +194,9 @@ pub async fn rebuild(
 /// itself. Only `aicp replay` does it, for a read model someone will serve.
 async fn compact(dir: &Path) -> Result<Duration, OpsError> {
     let started = Instant::now();
-    let model = open_existing(dir).await?;
-    match tokio::task::spawn_blocking(move || model.compact()).await {
+    let owned = dir.to_owned();
+    // This process has just closed it: open and compact in one blocking task.
+    match tokio::task::spawn_blocking(move || ReadModel::open_existing(&owned)?.compact()).await {
         Ok(result) => result.map_err(|e| OpsError::read_model(dir, e))?,
         Err(e) => return Err(OpsError::Usage(format!("compaction thread failed: {e}"))),
     };

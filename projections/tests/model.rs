@@ -16,7 +16,8 @@ use aicp_projections::{Applied, Changes, PageRequest, ReadModel, TaskFilter};
 use anyhow::Result;
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    /// Kept for the test's life: where `Harness::new` opens the model.
+    dir: tempfile::TempDir,
     model: ReadModel,
     sequence: u64,
     /// Every message pushed, in order.
@@ -28,7 +29,7 @@ impl Harness {
         let dir = tempfile::tempdir()?;
         let model = ReadModel::open(dir.path())?;
         Ok(Self {
-            _dir: dir,
+            dir,
             model,
             sequence: 0,
             history: Vec::new(),
@@ -607,7 +608,7 @@ fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
     {
         let model = ReadModel::open(dir.path())?;
         let mut h = Harness {
-            _dir: tempfile::tempdir()?,
+            dir: tempfile::tempdir()?,
             model,
             sequence: 0,
             history: Vec::new(),
@@ -636,7 +637,7 @@ fn a_read_model_of_another_layout_is_emptied_for_a_rebuild() -> Result<()> {
     // The same layout is kept as it is.
     let model = ReadModel::open(dir.path())?;
     let mut h = Harness {
-        _dir: tempfile::tempdir()?,
+        dir: tempfile::tempdir()?,
         model,
         sequence: 0,
         history: Vec::new(),
@@ -802,12 +803,10 @@ fn compacting_a_rebuilt_model_shrinks_its_file_and_keeps_every_record() -> Resul
     }
     h.model.flush()?;
     let (digest, last) = (h.model.digest()?, h.model.last_sequence()?);
-    let file = h._dir.path().join(aicp_projections::FILE_NAME);
+    let file = h.dir.path().join(aicp_projections::FILE_NAME);
     let before = std::fs::metadata(&file)?.len();
 
-    let Harness {
-        _dir: dir, model, ..
-    } = h;
+    let Harness { dir, model, .. } = h;
     assert!(
         model.compact()?,
         "a file of many commits has pages to give back"
