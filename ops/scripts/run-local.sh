@@ -31,25 +31,43 @@ GRACE_S=10
 # Remembers background process $1, called $2 in messages, for stop.
 started() { pids+=("$1"); names+=("$2"); }
 
+# Whether process $1 still runs. A zombie has exited; bash need not have reaped it yet.
+alive() {
+  local state
+  if [ -r "/proc/$1/stat" ]; then
+    read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null || return 1
+    [ "$state" != Z ]
+  else
+    kill -0 "$1" 2>/dev/null
+  fi
+}
+
+# Stops what this script started: workers and the coordinator first (they hand back work
+# and flush), NATS last; each gets GRACE_S after SIGTERM, then SIGKILL.
 stop() {
-  trap - INT TERM EXIT
+  trap - EXIT
+  trap '' INT TERM
   if [ ${#pids[@]} -gt 0 ]; then
     echo "stopping ${#pids[@]} process(es)..."
-    # Workers and the coordinator first (they hand back work and flush), NATS last.
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
       local pid=${pids[$i]}
       kill -TERM "$pid" 2>/dev/null || true
-      # Bash reaps its children as they exit, so `kill -0` fails once this one is gone.
-      for _ in $(seq $((GRACE_S * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then
+      for ((t = 0; t < GRACE_S * 10; t++)); do alive "$pid" || break; sleep 0.1; done
+      if alive "$pid"; then
         echo "${names[$i]} (pid $pid) did not stop within ${GRACE_S} s of SIGTERM: killing it" >&2
         kill -KILL "$pid" 2>/dev/null || true
       fi
-      wait "$pid" 2>/dev/null || true
     done
+    pids=()
   fi
 }
-trap stop INT TERM EXIT
+# Startup failed (set -e) or the script was killed mid-way: stop what did start.
+trap stop EXIT
+# Ctrl-C and SIGTERM only note the request; the main loop at the end stops the stack, outside
+# any trap. Bash 5.2 loses or hangs in traps that fork and wait for children while others
+# exit (CI saw `make run` hang after Ctrl-C, with nats-server never sent SIGTERM).
+stopping=
+trap 'stopping=1' INT TERM
 
 answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2 && head -c 4 <&3 | grep -q INFO" 2>/dev/null; }
 
@@ -95,9 +113,10 @@ started $! coordinator
 ready=
 for _ in $(seq 300); do
   if curl -fs "http://$LISTEN/ready" >/dev/null 2>&1; then ready=1; break; fi
-  kill -0 "${pids[-1]}" 2>/dev/null || break
-  sleep 0.1
+  alive "${pids[-1]}" && [ -z "$stopping" ] || break
+  sleep 0.1 || stopping=1
 done
+[ -n "$stopping" ] && exit 0
 [ -n "$ready" ] || { echo "the coordinator did not become ready on $LISTEN (see its log above)" >&2; exit 1; }
 
 # A buyer's and an agent's token for the UI, issued once.
@@ -119,7 +138,8 @@ for n in 1 2 3; do
   started $! "worker local-$n"
 done
 
-cat <<MSG
+# Read by a builtin, not printed by `cat`: a Ctrl-C while bash waits for a command is lost.
+IFS= read -r -d '' banner <<MSG || true
 
 AICP is running (Ctrl-C stops it):
   UI         http://$LISTEN/              (sign in with a token below)
@@ -138,10 +158,26 @@ Submit a task:
     -H "authorization: Bearer \$(cat $DATA/tokens/buyer-001)" \\
     -d '{"description": "Process payment", "complexity": 2}'
 MSG
+printf '%s' "$banner"
 
 if [ "${DEMO:-0}" = 1 ]; then
   "$bin/aicp" --api "http://$LISTEN" demo --rate "${DEMO_RATE:-2}" &
   started $! demo
 fi
-# Until Ctrl-C, or until any of them stops on its own.
-wait -n "${pids[@]}"
+# Until Ctrl-C or SIGTERM, or until any of them stops on its own. The sleep gets a
+# terminal's Ctrl-C too (same process group): its status ends the loop even when bash drops
+# the trap, as bash 5.2 does for a signal that arrives while it waits for a command.
+status=0
+while :; do
+  sleep 0.2 || stopping=1
+  [ -z "$stopping" ] || break
+  for i in "${!pids[@]}"; do
+    if ! alive "${pids[$i]}"; then
+      echo "${names[$i]} (pid ${pids[$i]}) has exited: stopping the rest" >&2
+      status=1
+    fi
+  done
+  [ "$status" = 0 ] || break
+done
+stop
+exit "$status"

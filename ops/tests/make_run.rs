@@ -36,7 +36,10 @@ fn curl(args: &[&str]) -> Result<String> {
 fn start(data: &Path, nats_port: u16, listen: &str, log: &Path) -> Result<Child> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let log = std::fs::File::create(log)?;
-    Ok(Command::new("bash")
+    // A terminal's shell starts `make run` with Ctrl-C at its default action; a CI runner may
+    // start the tests with SIGINT ignored, which bash would then not let the script trap.
+    Ok(Command::new("env")
+        .args(["--default-signal=INT,QUIT", "bash"])
         .arg(root.join("ops/scripts/run-local.sh"))
         .env("NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
         .env("AICP_DATA", data)
@@ -131,6 +134,19 @@ fn running(pids: &[u32]) -> String {
     }
 }
 
+/// What the script is doing (its state, the kernel function it waits in) and its children,
+/// to say where it hangs.
+fn script_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.split_whitespace().nth(2).unwrap_or("?").to_owned();
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let children = children(pid).unwrap_or_default();
+    format!(
+        "state {state}, waiting in {wchan}; its children: {}",
+        running(&children)
+    )
+}
+
 /// Sends SIGINT to the script's process group, as Ctrl-C in a terminal does, and waits for
 /// every process it started to be gone.
 fn interrupt(child: &mut Child, started: &[u32]) -> Result<()> {
@@ -139,8 +155,9 @@ fn interrupt(child: &mut Child, started: &[u32]) -> Result<()> {
     while child.try_wait()?.is_none() {
         ensure!(
             Instant::now() < deadline,
-            "run-local.sh did not stop after SIGINT; still running: {}",
-            running(started)
+            "run-local.sh did not stop after SIGINT; still running: {}; the script: {}",
+            running(started),
+            script_state(child.id())
         );
         std::thread::sleep(Duration::from_millis(100));
     }
