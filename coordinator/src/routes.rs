@@ -40,7 +40,8 @@ const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Every route of the API.
+/// Every route of the API, with the middleware that needs the matched route; the app
+/// wraps it in the middleware every request passes (see `app::service`).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root))
@@ -84,11 +85,6 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
-        ))
-        // Outermost: who is calling, and within their rate limits, before any route runs.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::identify,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
