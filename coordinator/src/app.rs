@@ -225,7 +225,8 @@ async fn caught_up(state: &AppState) {
     }
 }
 
-/// The API's routes inside the middleware every request passes, outermost first.
+/// The API's routes inside the middleware every request passes, unknown paths included
+/// (the layers are listed outermost first).
 ///
 /// Around the router, not added with `Router::layer`: that wraps each route's handler
 /// separately, and every layer so added costs a boxed clone per request (about a tenth of

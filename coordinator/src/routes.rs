@@ -40,9 +40,9 @@ const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Every route of the API, with the middleware that needs the matched route; the app
-/// wraps it in the middleware every request passes (see `app::service`).
-pub fn router(state: AppState) -> Router {
+/// Every route of the API, with the middleware that needs the matched route, and without
+/// authentication: `app::service` wraps it in the middleware every request passes.
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))

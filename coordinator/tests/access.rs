@@ -644,6 +644,32 @@ async fn the_address_limit_holds_back_token_guessing() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_checks_the_caller_like_every_route_before_its_404() -> Result<()> {
+    let server = NatsServer::start()?;
+    let app = TestApp::spawn(&server).await?;
+    let (status, body) = app.as_token(None).get("/v1/nope").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "no_route", "{body}");
+    // A bad token is refused wherever it is sent, so that probing paths tells nothing.
+    let (status, body) = app.as_token(Some("aicp_guess")).get("/v1/nope").await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // The same for a method a route does not serve.
+    let anonymous = app
+        .as_token(None)
+        .request(Method::DELETE, "/v1/tasks")
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let guessing = app
+        .as_token(Some("aicp_guess"))
+        .request(Method::DELETE, "/v1/tasks")
+        .send()
+        .await?;
+    assert_eq!(guessing.status(), StatusCode::UNAUTHORIZED);
+    app.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_carry_security_headers_and_cors_allows_only_the_listed_origins() -> Result<()> {
     let server = NatsServer::start()?;
     let app = TestApp::spawn_with(

@@ -35,7 +35,7 @@ started() { pids+=("$1"); names+=("$2"); }
 alive() {
   local state
   if [ -r "/proc/$1/stat" ]; then
-    read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null || return 1
+    read -r _ _ state _ 2>/dev/null <"/proc/$1/stat" || return 1
     [ "$state" != Z ]
   else
     kill -0 "$1" 2>/dev/null
@@ -43,18 +43,28 @@ alive() {
 }
 
 # Stops what this script started: workers and the coordinator first (they hand back work
-# and flush), NATS last; each gets GRACE_S after SIGTERM, then SIGKILL.
+# and flush), NATS last; each gets GRACE_S after SIGTERM, then SIGKILL. A second Ctrl-C
+# (or SIGTERM) kills what is left at once.
 stop() {
+  local i t pid hurry=
   trap - EXIT
-  trap '' INT TERM
+  trap 'hurry=1' INT TERM
   if [ ${#pids[@]} -gt 0 ]; then
     echo "stopping ${#pids[@]} process(es)..."
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-      local pid=${pids[$i]}
+      pid=${pids[$i]}
       kill -TERM "$pid" 2>/dev/null || true
-      for ((t = 0; t < GRACE_S * 10; t++)); do alive "$pid" || break; sleep 0.1; done
+      for ((t = 0; t < GRACE_S * 10; t++)); do
+        [ -z "$hurry" ] && alive "$pid" || break
+        # A second Ctrl-C reaches this sleep too.
+        sleep 0.1 || hurry=1
+      done
       if alive "$pid"; then
-        echo "${names[$i]} (pid $pid) did not stop within ${GRACE_S} s of SIGTERM: killing it" >&2
+        if [ -n "$hurry" ]; then
+          echo "asked again to stop: killing ${names[$i]} (pid $pid)" >&2
+        else
+          echo "${names[$i]} (pid $pid) did not stop within ${GRACE_S} s of SIGTERM: killing it" >&2
+        fi
         kill -KILL "$pid" 2>/dev/null || true
       fi
     done
@@ -63,9 +73,11 @@ stop() {
 }
 # Startup failed (set -e) or the script was killed mid-way: stop what did start.
 trap stop EXIT
-# Ctrl-C and SIGTERM only note the request; the main loop at the end stops the stack, outside
-# any trap. Bash 5.2 loses or hangs in traps that fork and wait for children while others
-# exit (CI saw `make run` hang after Ctrl-C, with nats-server never sent SIGTERM).
+# Ctrl-C and SIGTERM only note the request; the main loop at the end stops the stack,
+# outside any trap. CI saw the old script, which stopped the stack from its trap (forking
+# and waiting while its children exited), hang there after Ctrl-C with nats-server never
+# sent SIGTERM. And a shell started in the background by a non-interactive one has SIGINT
+# ignored, which bash then does not let a script trap: the loop notices Ctrl-C without it.
 stopping=
 trap 'stopping=1' INT TERM
 
@@ -113,10 +125,13 @@ started $! coordinator
 ready=
 for _ in $(seq 300); do
   if curl -fs "http://$LISTEN/ready" >/dev/null 2>&1; then ready=1; break; fi
-  alive "${pids[-1]}" && [ -z "$stopping" ] || break
+  if [ -n "$stopping" ] || ! alive "${pids[-1]}"; then break; fi
   sleep 0.1 || stopping=1
 done
-[ -n "$stopping" ] && exit 0
+if [ -n "$stopping" ]; then
+  stop
+  exit 0
+fi
 [ -n "$ready" ] || { echo "the coordinator did not become ready on $LISTEN (see its log above)" >&2; exit 1; }
 
 # A buyer's and an agent's token for the UI, issued once.
@@ -138,8 +153,7 @@ for n in 1 2 3; do
   started $! "worker local-$n"
 done
 
-# Read by a builtin, not printed by `cat`: a Ctrl-C while bash waits for a command is lost.
-IFS= read -r -d '' banner <<MSG || true
+cat <<MSG
 
 AICP is running (Ctrl-C stops it):
   UI         http://$LISTEN/              (sign in with a token below)
@@ -158,26 +172,29 @@ Submit a task:
     -H "authorization: Bearer \$(cat $DATA/tokens/buyer-001)" \\
     -d '{"description": "Process payment", "complexity": 2}'
 MSG
-printf '%s' "$banner"
 
 if [ "${DEMO:-0}" = 1 ]; then
   "$bin/aicp" --api "http://$LISTEN" demo --rate "${DEMO_RATE:-2}" &
   started $! demo
 fi
-# Until Ctrl-C or SIGTERM, or until any of them stops on its own. The sleep gets a
-# terminal's Ctrl-C too (same process group): its status ends the loop even when bash drops
-# the trap, as bash 5.2 does for a signal that arrives while it waits for a command.
+# Until Ctrl-C or SIGTERM, or until any of them stops on its own. With SIGINT ignored (see
+# above) neither the trap nor the sleep hears a Ctrl-C, but our processes do: their exit
+# ends the loop then.
 status=0
 while :; do
   sleep 0.2 || stopping=1
   [ -z "$stopping" ] || break
+  exited=()
   for i in "${!pids[@]}"; do
-    if ! alive "${pids[$i]}"; then
-      echo "${names[$i]} (pid ${pids[$i]}) has exited: stopping the rest" >&2
-      status=1
-    fi
+    alive "${pids[$i]}" || exited+=("${names[$i]} (pid ${pids[$i]})")
   done
-  [ "$status" = 0 ] || break
+  # Our processes stop on Ctrl-C by themselves, possibly before this loop heard of it.
+  [ -z "$stopping" ] || break
+  if [ ${#exited[@]} -gt 0 ]; then
+    printf '%s has exited: stopping the rest\n' "${exited[@]}" >&2
+    status=1
+    break
+  fi
 done
 stop
 exit "$status"

@@ -38,6 +38,7 @@ fn start(data: &Path, nats_port: u16, listen: &str, log: &Path) -> Result<Child>
     let log = std::fs::File::create(log)?;
     // A terminal's shell starts `make run` with Ctrl-C at its default action; a CI runner may
     // start the tests with SIGINT ignored, which bash would then not let the script trap.
+    // (`env --default-signal` is GNU coreutils 8.31 or later, as on Debian.)
     Ok(Command::new("env")
         .args(["--default-signal=INT,QUIT", "bash"])
         .arg(root.join("ops/scripts/run-local.sh"))
