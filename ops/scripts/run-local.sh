@@ -68,7 +68,6 @@ stop() {
         kill -KILL "$pid" 2>/dev/null || true
       fi
     done
-    pids=()
   fi
 }
 # Startup failed (set -e) or the script was killed mid-way: stop what did start.
