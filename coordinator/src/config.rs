@@ -30,7 +30,7 @@ pub enum LogFormat {
     about = "AICP coordinator: REST API, process managers and read models"
 )]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL, or several seed servers of a cluster separated by commas.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// How to authenticate to NATS.

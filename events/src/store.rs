@@ -41,6 +41,14 @@ pub enum StoreError {
         /// Why it failed.
         source: async_nats::ConnectError,
     },
+    /// The NATS URL, or one URL of a comma-separated list of them, does not parse.
+    #[error("invalid NATS URL {url:?}: {reason} (expected nats://host:port, or several separated by commas)")]
+    InvalidUrl {
+        /// The URL that does not parse, without its secrets.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The credentials file could not be read.
     #[error("cannot read the NATS credentials file {}: {source}", path.display())]
     Credentials {
@@ -71,6 +79,39 @@ pub enum StoreError {
         /// The client's error.
         source: BoxError,
     },
+}
+
+/// The servers of `url`: one URL, or several separated by commas (blanks around them
+/// ignored). async-nats parses a string as a single URL, so a list fails there with
+/// "invalid port number"; each one is parsed here instead, and the one that fails is named.
+pub fn server_list(url: &str) -> Result<Vec<async_nats::ServerAddr>, StoreError> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| StoreError::InvalidUrl {
+                    url: credentials::redact(u),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(StoreError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "no server given".to_owned(),
+        });
+    }
+    Ok(servers)
+}
+
+/// `url`, a comma-separated list of URLs, with each one's secrets hidden.
+fn redact_list(url: &str) -> String {
+    url.split(',')
+        .map(|u| credentials::redact(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl StoreError {
@@ -281,12 +322,15 @@ impl EventStore {
         Self::connect_with(url, namespace, &NatsCredentials::default()).await
     }
 
-    /// Connects to `url` with `credentials`. Errors show the URL without its secrets.
+    /// Connects to `url` with `credentials`. `url` may list several seed servers of a
+    /// cluster separated by commas, as every NATS client accepts. Errors show the URLs
+    /// without their secrets.
     pub async fn connect_with(
         url: &str,
         namespace: Namespace,
         credentials: &NatsCredentials,
     ) -> Result<Self, StoreError> {
+        let servers = server_list(url)?;
         let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
         let options =
             credentials
@@ -301,10 +345,10 @@ impl EventStore {
                     source,
                 })?;
         let client = options
-            .connect(url)
+            .connect(servers.as_slice())
             .await
             .map_err(|source| StoreError::Connect {
-                url: credentials::redact(url),
+                url: redact_list(url),
                 source,
             })?;
         Ok(Self::new(client, namespace))
@@ -834,6 +878,32 @@ fn with_managed_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comma_separated_list_of_seed_servers_is_every_server_in_order() {
+        let servers = server_list("nats://a:4222, nats://b:4223 ,nats://c:4224,").unwrap();
+        let hosts: Vec<(String, u16)> = servers
+            .iter()
+            .map(|s| (s.host().to_owned(), s.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [("a".into(), 4222), ("b".into(), 4223), ("c".into(), 4224)]
+        );
+        assert_eq!(server_list("nats://127.0.0.1:4222").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_bad_url_in_the_list_is_named_without_its_secrets() {
+        let e = server_list("nats://a:4222,nats://alice:s3cret@b:99999").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("nats://alice:***@b:99999"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(matches!(
+            server_list(" , ").unwrap_err(),
+            StoreError::InvalidUrl { .. }
+        ));
+    }
 
     #[test]
     fn replicas_change_only_when_asked_and_other_settings_are_kept() {

@@ -26,7 +26,7 @@ pub struct Cli {
 /// Settings every command shares.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// NATS server URL.
+    /// NATS server URL, or several seed servers of a cluster separated by commas.
     #[arg(
         long,
         global = true,

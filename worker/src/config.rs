@@ -14,7 +14,7 @@ use aicp_events::event::ExecutorSettings;
     about = "AICP agent worker: pulls tasks from AICP_WORK, executes them, reports the outcome"
 )]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL, or several seed servers of a cluster separated by commas.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// How to authenticate to NATS.
