@@ -108,6 +108,11 @@ impl NatsServer {
             .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
+    /// The server's name (`-n`), unique per instance: how a cluster names its leaders.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -220,7 +225,8 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> io::Result<u16> {
+/// A port free on loopback now (another process may take it before it is bound).
+pub(super) fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

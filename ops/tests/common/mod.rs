@@ -35,13 +35,18 @@ impl Coordinator {
         prefix: &str,
         args: &[&str],
     ) -> Result<Self> {
-        let url = server.url();
+        Self::start_at(&server.url(), data, prefix, args).await
+    }
+
+    /// Starts one as [`Coordinator::start_with`] does, on the NATS servers of `url` (one
+    /// URL, or a cluster's comma-separated seed list).
+    pub async fn start_at(url: &str, data: &Path, prefix: &str, args: &[&str]) -> Result<Self> {
         let data = data.display().to_string();
         let config = Config::try_parse_from(
             [
                 "aicp-coordinator",
                 "--nats-url",
-                &url,
+                url,
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
