@@ -586,40 +586,48 @@ impl EventStore {
         }
     }
 
-    /// Reads every message of one aggregate, oldest first. Undecodable messages are
-    /// returned aside, not as an error, so the caller decides what a poison event means.
+    /// Reads every message of one aggregate, oldest first, from the stream's leader: one
+    /// message get per message and one that finds no more. In a cluster a consumer or a
+    /// direct get may be served by a replica that still lags; the leader holds every
+    /// acknowledged append, so whoever reads after an append (its own or a rival's) sees
+    /// it. Undecodable messages are returned aside, not as an error, so the caller decides
+    /// what a poison event means.
     pub async fn read(&self, aggregate: &Aggregate) -> Result<AggregateEvents, StoreError> {
         let subject = self.namespace.aggregate_subject(aggregate);
         let stream = self.events_stream().await?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| StoreError::jetstream("consumer create", e))?;
-        let consumer_name = consumer.cached_info().name.clone();
-        let pending = consumer.cached_info().num_pending;
-        let read = if pending == 0 {
-            Ok(AggregateEvents::default())
-        } else {
-            // Without a bound, a read started while the server is down would wait for it
-            // to come back: the client recreates ordered consumers indefinitely.
-            tokio::time::timeout(READ_TIMEOUT, read_messages(consumer, pending))
-                .await
-                .unwrap_or(Err(StoreError::TimedOut {
-                    op: "aggregate read",
-                    after: READ_TIMEOUT,
-                }))
+        let read = async {
+            let mut out = AggregateEvents::default();
+            loop {
+                // The message get API, unlike the direct get, is answered by the leader.
+                let next = stream
+                    .get_first_raw_message_by_subject(subject.as_str(), out.last_sequence + 1)
+                    .await;
+                let message = match next {
+                    Ok(message) => message,
+                    Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                        return Ok(out)
+                    }
+                    Err(e) => return Err(StoreError::jetstream("message get", e)),
+                };
+                out.last_sequence = message.sequence;
+                match decode(
+                    message.sequence,
+                    message.subject.to_string(),
+                    Some(&message.headers),
+                    &message.payload,
+                ) {
+                    Ok(batch) => out.batches.push(batch),
+                    Err(poison) => out.poison.push(poison),
+                }
+            }
         };
-        // Ephemeral consumers otherwise linger on the server for their inactivity
-        // threshold (30 s), one per read; deleting costs one round trip. Best effort: a
-        // leftover one expires by itself.
-        if let Err(e) = stream.delete_consumer(&consumer_name).await {
-            tracing::debug!(consumer = %consumer_name, "could not delete read consumer: {e}");
-        }
-        read
+        // Without a bound, a read started while the server is down would wait for it.
+        tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .unwrap_or(Err(StoreError::TimedOut {
+                op: "aggregate read",
+                after: READ_TIMEOUT,
+            }))
     }
 
     /// Reads an aggregate's history with direct gets: one light request per message and
@@ -756,40 +764,6 @@ impl EventStore {
             Err(e) => Err(StoreError::jetstream("stream lookup", e)),
         }
     }
-}
-
-/// Reads the first `count` messages of an ordered consumer: the aggregate's history as
-/// the consumer counted it when it was made. Later appends are not waited for, so a busy
-/// aggregate cannot keep a read going.
-async fn read_messages(
-    consumer: consumer::Consumer<consumer::pull::OrderedConfig>,
-    count: u64,
-) -> Result<AggregateEvents, StoreError> {
-    let mut out = AggregateEvents::default();
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| StoreError::jetstream("consumer messages", e))?;
-    for _ in 0..count {
-        let Some(message) = messages.next().await else {
-            return Err(StoreError::jetstream(
-                "consumer next",
-                "the consumer ended before the whole aggregate was read",
-            ));
-        };
-        let message = message.map_err(|e| StoreError::jetstream("consumer next", e))?;
-        match decode_message(&message)? {
-            Ok(batch) => {
-                out.last_sequence = batch.sequence;
-                out.batches.push(batch);
-            }
-            Err(poison) => {
-                out.last_sequence = poison.sequence;
-                out.poison.push(poison);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Decodes one stream message; the outer error is a malformed delivery (no stream

@@ -108,6 +108,12 @@ async fn an_r3_events_stream_keeps_every_acknowledged_append_when_its_leader_is_
             "sequence {sequence}"
         );
     }
+    // An aggregate read goes to the leader too: it sees every acknowledged append.
+    for (n, sequence) in sequences.iter().enumerate() {
+        let (aggregate, _) = submitted(n)?;
+        let read = store.read(&aggregate).await?;
+        assert_eq!(read.last_sequence, *sequence, "task {n}'s read");
+    }
     let state = events.info().await?.state.clone();
     assert_eq!((state.messages, state.last_sequence), (40, 40));
     Ok(())
