@@ -252,6 +252,21 @@ impl AggregateEvents {
     pub fn events(&self) -> impl Iterator<Item = &Envelope> {
         self.batches.iter().flat_map(|b| b.events.iter())
     }
+
+    /// Adds the aggregate's next message, fetched by a message get or a direct get: a batch,
+    /// or a poison message set aside.
+    fn push(&mut self, message: &jetstream::message::StreamMessage) {
+        self.last_sequence = message.sequence;
+        match decode(
+            message.sequence,
+            message.subject.to_string(),
+            Some(&message.headers),
+            &message.payload,
+        ) {
+            Ok(batch) => self.batches.push(batch),
+            Err(poison) => self.poison.push(poison),
+        }
+    }
 }
 
 /// A live feed of the stream's messages, in stream order.
@@ -609,16 +624,7 @@ impl EventStore {
                     }
                     Err(e) => return Err(StoreError::jetstream("message get", e)),
                 };
-                out.last_sequence = message.sequence;
-                match decode(
-                    message.sequence,
-                    message.subject.to_string(),
-                    Some(&message.headers),
-                    &message.payload,
-                ) {
-                    Ok(batch) => out.batches.push(batch),
-                    Err(poison) => out.poison.push(poison),
-                }
+                out.push(&message);
             }
         };
         // Without a bound, a read started while the server is down would wait for it.
@@ -654,16 +660,7 @@ impl EventStore {
                 Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
                 Err(e) => return Err(StoreError::jetstream("direct get", e)),
             };
-            out.last_sequence = message.sequence;
-            match decode(
-                message.sequence,
-                message.subject.to_string(),
-                Some(&message.headers),
-                &message.payload,
-            ) {
-                Ok(batch) => out.batches.push(batch),
-                Err(poison) => out.poison.push(poison),
-            }
+            out.push(&message);
         }
     }
 

@@ -5,12 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use aicp_events::domain::assign::Policy;
-use aicp_events::domain::pricing::Complexity;
-use aicp_events::event::TaskSubmitted;
 use aicp_events::id::{BuyerId, TaskId};
 use aicp_events::store::StreamSettings;
-use aicp_events::testing::NatsCluster;
+use aicp_events::testing::{sample_submitted, NatsCluster};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
 use anyhow::{bail, Context, Result};
 
@@ -18,16 +15,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn submitted(n: usize) -> Result<(Aggregate, Envelope)> {
     let task = TaskId::new(format!("c{n}"))?;
-    let event = Envelope::new(TaskSubmitted {
-        task_id: task.clone(),
-        buyer_id: BuyerId::new("buyer-001")?,
-        description: format!("task {n}"),
-        complexity: Complexity::new(2)?,
-        required_skills: BTreeSet::new(),
-        max_price_sats: None,
-        deadline: None,
-        policy: Policy::BestReputation,
-    });
+    let buyer = BuyerId::new("buyer-001")?;
+    let event = Envelope::new(sample_submitted(&task, &buyer, format!("task {n}")));
     Ok((Aggregate::Task(task), event))
 }
 

@@ -1,18 +1,17 @@
 //! The event store against a real `nats-server -js`, started per test on its own port.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aicp_events::codec::{DecodeError, CONTENT_TYPE};
-use aicp_events::domain::assign::Policy;
-use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
-use aicp_events::event::{EscrowHeld, TaskAssigned, TaskSubmitted};
+use aicp_events::domain::pricing::MultiplierMilli;
+use aicp_events::event::{EscrowHeld, TaskAssigned};
 use aicp_events::id::{AgentId, BuyerId, TaskId};
 use aicp_events::store::{
     AggregateEvents, AppendError, EventSubscription, Provisioned, ReadError, StoreError,
     StoredBatch,
 };
-use aicp_events::testing::{encode_as_version, NatsServer};
+use aicp_events::testing::{encode_as_version, sample_submitted, NatsServer};
 use aicp_events::{Aggregate, Envelope, EventStore, Expected, Namespace};
 use anyhow::{bail, Context, Result};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
@@ -24,16 +23,8 @@ fn task_id(n: usize) -> TaskId {
 }
 
 fn submitted(task: &TaskId) -> Envelope {
-    Envelope::new(TaskSubmitted {
-        task_id: task.clone(),
-        buyer_id: BuyerId::new("buyer-001").expect("valid buyer id"),
-        description: format!("task {task}"),
-        complexity: Complexity::new(2).expect("valid complexity"),
-        required_skills: BTreeSet::new(),
-        max_price_sats: None,
-        deadline: None,
-        policy: Policy::BestReputation,
-    })
+    let buyer = BuyerId::new("buyer-001").expect("valid buyer id");
+    Envelope::new(sample_submitted(task, &buyer, format!("task {task}")))
 }
 
 fn assigned(cause: &Envelope, task: &TaskId) -> Envelope {

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use aicp_events::domain::assign::Policy;
 use aicp_events::domain::ledger::{Account, EscrowState};
-use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::domain::reputation::SEED_AGENTS;
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::*;
 use aicp_events::id::{AgentId, TaskId};
 use aicp_events::store::{PoisonMessage, StoredBatch};
+use aicp_events::testing::sample_submitted;
 use aicp_events::{Envelope, Namespace};
 use aicp_projections::{Applied, Changes, PageRequest, ReadModel, TaskFilter};
 use anyhow::Result;
@@ -99,16 +99,8 @@ fn agent(s: &str) -> AgentId {
 }
 
 fn submitted(task: &str, buyer: &str) -> TaskSubmitted {
-    TaskSubmitted {
-        task_id: tid(task),
-        buyer_id: buyer.parse().expect("valid buyer id"),
-        description: "Process payment".into(),
-        complexity: Complexity::new(2).expect("valid"),
-        required_skills: BTreeSet::new(),
-        max_price_sats: None,
-        deadline: None,
-        policy: Policy::BestReputation,
-    }
+    let buyer = buyer.parse().expect("valid buyer id");
+    sample_submitted(&tid(task), &buyer, "Process payment".into())
 }
 
 fn assigned(task: &str, agent_id: &str, multiplier: u32, price: u64) -> TaskAssigned {

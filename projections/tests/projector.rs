@@ -5,11 +5,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use aicp_events::domain::assign::Policy;
-use aicp_events::domain::pricing::{Complexity, MultiplierMilli};
+use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::event::*;
 use aicp_events::id::{AgentId, TaskId};
-use aicp_events::testing::NatsServer;
+use aicp_events::testing::{sample_submitted, NatsServer};
 use aicp_events::{Envelope, EventStore, Expected, Namespace};
 use aicp_projections::projector::{Progress, Projector};
 use aicp_projections::ReadModel;
@@ -83,16 +82,11 @@ async fn write_history(store: &EventStore, tasks: std::ops::Range<usize>) -> Res
     );
     for n in tasks {
         let task = task_id(n);
-        let submit = Envelope::new(TaskSubmitted {
-            task_id: task.clone(),
-            buyer_id: "buyer-001".parse()?,
-            description: format!("task {n}"),
-            complexity: Complexity::new(2)?,
-            required_skills: BTreeSet::new(),
-            max_price_sats: None,
-            deadline: None,
-            policy: Policy::BestReputation,
-        });
+        let submit = Envelope::new(sample_submitted(
+            &task,
+            &"buyer-001".parse()?,
+            format!("task {n}"),
+        ));
         let assign = Envelope::caused_by(
             &submit,
             TaskAssigned {

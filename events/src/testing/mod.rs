@@ -7,4 +7,4 @@ mod samples;
 
 pub use nats_cluster::NatsCluster;
 pub use nats_server::NatsServer;
-pub use samples::{encode_as_version, sample_envelope, sample_events};
+pub use samples::{encode_as_version, sample_envelope, sample_events, sample_submitted};

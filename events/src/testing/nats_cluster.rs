@@ -72,16 +72,6 @@ impl NatsCluster {
             .join(",")
     }
 
-    /// How many nodes the cluster has.
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Always false: a cluster has nodes.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     /// Node `i`.
     pub fn node(&self, i: usize) -> &NatsServer {
         &self.nodes[i]

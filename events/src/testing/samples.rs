@@ -38,6 +38,21 @@ pub fn sample_envelope(n: u128, event: impl Into<Event>) -> Envelope {
     }
 }
 
+/// A plain submission for tests that need many tasks: complexity 2, no skills, price
+/// limit or deadline, best reputation.
+pub fn sample_submitted(task: &TaskId, buyer: &BuyerId, description: String) -> TaskSubmitted {
+    TaskSubmitted {
+        task_id: task.clone(),
+        buyer_id: buyer.clone(),
+        description,
+        complexity: Complexity::new(2).expect("2 is a valid complexity"),
+        required_skills: BTreeSet::new(),
+        max_price_sats: None,
+        deadline: None,
+        policy: Policy::BestReputation,
+    }
+}
+
 /// One envelope of every event type in the catalogue, in [`Event::TYPES`] order.
 pub fn sample_events() -> Vec<Envelope> {
     let task: TaskId = id("a1b2c3d4");
