@@ -13,6 +13,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// The `Retry-After` of a 503, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 1;
+
 /// An error answer: status, a stable machine-readable code, and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -22,7 +25,7 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong and what to do about it.
     pub message: String,
-    /// For 429: seconds until a retry may succeed (the `Retry-After` header).
+    /// For 429 and 503: seconds until a retry may succeed (the `Retry-After` header).
     pub retry_after: Option<u64>,
 }
 
@@ -81,9 +84,14 @@ impl ApiError {
         )
     }
 
-    /// 503: a dependency is down; retry later.
+    /// 503: a dependency is down (NATS, or a stream electing its leader); retry shortly.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        // A stream's election takes seconds: a client told when to come back does not
+        // hammer the replica meanwhile, and knows the answer is worth retrying.
+        Self {
+            retry_after: Some(UNAVAILABLE_RETRY_AFTER_SECONDS),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 
     /// 500: a bug or a broken disk; details go to the log, not the client.
@@ -219,5 +227,26 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> Self {
         ApiError::bad_request("invalid_path", e.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_answer_says_when_to_retry() {
+        let response = ApiError::unavailable("NATS is not connected").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS))
+        );
+    }
+
+    #[test]
+    fn a_bad_request_has_no_retry_after() {
+        let response = ApiError::bad_request("invalid_json", "not JSON").into_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER), None);
     }
 }

@@ -253,7 +253,7 @@ impl AggregateEvents {
         self.batches.iter().flat_map(|b| b.events.iter())
     }
 
-    /// Adds the aggregate's next message, fetched by a message get or a direct get: a batch,
+    /// Adds the aggregate's next message, fetched by a message get: a batch,
     /// or a poison message set aside.
     fn push(&mut self, message: &jetstream::message::StreamMessage) {
         self.last_sequence = message.sequence;
@@ -634,34 +634,6 @@ impl EventStore {
                 op: "aggregate read",
                 after: READ_TIMEOUT,
             }))
-    }
-
-    /// Reads an aggregate's history with direct gets: one light request per message and
-    /// one to find there is no more, where [`EventStore::read`] creates and deletes a
-    /// consumer. In a cluster any replica may answer, one that lags included, so the
-    /// history may be short of the latest appends: callers that act on it must append
-    /// under its last sequence (a lag then conflicts) and treat a missing or older state
-    /// as "not yet", not as "nothing to do".
-    pub async fn read_direct(&self, aggregate: &Aggregate) -> Result<AggregateEvents, StoreError> {
-        let subject = self.namespace.aggregate_subject(aggregate);
-        // Direct gets need only the stream's name: no info request per read.
-        let stream = self
-            .js
-            .get_stream_no_info(self.namespace.events_stream())
-            .await
-            .map_err(|e| StoreError::jetstream("stream lookup", e))?;
-        let mut out = AggregateEvents::default();
-        loop {
-            let next = stream
-                .direct_get_next_for_subject(subject.as_str(), Some(out.last_sequence + 1))
-                .await;
-            let message = match next {
-                Ok(message) => message,
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
-                Err(e) => return Err(StoreError::jetstream("direct get", e)),
-            };
-            out.push(&message);
-        }
     }
 
     /// Follows the whole events stream from `from_sequence` (1 is the beginning), live.

@@ -25,6 +25,10 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// How long to wait before re-subscribing after the stream failed, at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long the consumer may deliver nothing while the stream holds more before the
+/// projector gives up on it and subscribes again.
+const STALL: Duration = Duration::from_secs(3);
+
 /// How far a projection has got; cheap to clone and share.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -124,10 +128,34 @@ impl Projector {
         };
         let reconnected = self.store.reconnected();
         tokio::pin!(reconnected);
+        // An ordered consumer lives on one server and delivers what that server's replica
+        // of the stream holds: on a cluster, a replica that fell behind (or a consumer the
+        // client did not notice was lost) delivers nothing and reports nothing. The stream
+        // leader knows the last sequence: lag without progress means subscribe again.
+        let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + STALL, STALL);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen_at_tick = *self.applied.borrow();
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
                 () = &mut reconnected => return Stop::Stream("reconnected to NATS".into()),
+                _ = watchdog.tick() => {
+                    let applied = *self.applied.borrow();
+                    if applied == seen_at_tick {
+                        match self.store.last_sequence().await {
+                            Ok(last) if last > applied => {
+                                return Stop::Stream(format!(
+                                    "stalled: the stream is at {last}, nothing after {applied} delivered in {} s",
+                                    STALL.as_secs()
+                                ));
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Stop::Stream(e.to_string()),
+                        }
+                    }
+                    seen_at_tick = applied;
+                    continue;
+                }
             };
             let Some(item) = item else { break };
             // Take what else has already arrived, without waiting: one transaction for all.

@@ -87,6 +87,11 @@ impl NatsCluster {
         self.nodes[i].kill()
     }
 
+    /// Stops node `i` with SIGTERM, as an operator would (it flushes its store first).
+    pub fn terminate(&mut self, i: usize) -> io::Result<()> {
+        self.nodes[i].terminate()
+    }
+
     /// Starts node `i` again on its ports and store; it rejoins the cluster.
     pub fn restart(&mut self, i: usize) -> io::Result<()> {
         self.nodes[i].restart()
@@ -144,7 +149,8 @@ impl NatsCluster {
             .map_err(io::Error::other)
     }
 
-    /// Waits until the cluster has elected its JetStream metadata leader.
+    /// Waits until the cluster has elected its JetStream metadata leader and every node can
+    /// hold a replica.
     async fn wait_for_jetstream(&self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -158,10 +164,24 @@ impl NatsCluster {
                     .map_err(io::Error::other)?;
                 let body: serde_json::Value =
                     serde_json::from_slice(&reply.payload).map_err(io::Error::other)?;
-                match body.get("error") {
-                    None => Ok(()),
-                    Some(error) => Err(io::Error::other(error.to_string())),
+                if let Some(error) = body.get("error") {
+                    return Err(io::Error::other(error.to_string()));
                 }
+                // A leader may be elected before every peer has joined the metadata group:
+                // ready means a stream with a replica on every node can be placed.
+                let js = jetstream::new(self.client().await?);
+                let probe = format!("PROBE_{}", uuid::Uuid::new_v4().simple());
+                js.create_stream(jetstream::stream::Config {
+                    name: probe.clone(),
+                    subjects: vec![format!("{probe}.>")],
+                    num_replicas: self.nodes.len(),
+                    storage: jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await
+                .map_err(io::Error::other)?;
+                js.delete_stream(&probe).await.map_err(io::Error::other)?;
+                Ok(())
             }
             .await;
             match answered {

@@ -145,6 +145,22 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server with SIGTERM, as an operator would: it flushes its store and says
+    /// goodbye to its cluster. Waits for it to exit.
+    pub fn terminate(&mut self) -> io::Result<()> {
+        let Some(mut supervisor) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(stdin) = supervisor.stdin.as_mut() {
+            // The supervisor's reader sends SIGTERM; closing stdin afterwards kills -9
+            // whatever is left.
+            let _ = stdin.write_all(b"term\n").and_then(|()| stdin.flush());
+        }
+        let exited = supervisor.wait();
+        drop(supervisor.stdin.take());
+        exited.map(|_| ())
+    }
+
     /// Starts the server again on the same port and store.
     pub fn restart(&mut self) -> io::Result<()> {
         self.kill()?;
@@ -210,7 +226,8 @@ impl NatsServer {
 /// we close it on purpose, and also when the test process dies without running `Drop`
 /// (a SIGKILL, an abort, a CI timeout), so no server outlives its test. The shell exits
 /// when the server does. Background jobs read /dev/null unless told otherwise, hence fd 3.
-const SUPERVISE: &str = r#"exec 3<&0; "$@" </dev/null & pid=$!; (cat <&3 >/dev/null; kill -9 $pid 2>/dev/null) & wait $pid"#;
+/// A line `term` on stdin sends SIGTERM instead: a graceful stop.
+const SUPERVISE: &str = r#"exec 3<&0; "$@" </dev/null & pid=$!; (while read -r line <&3; do [ "$line" = term ] && kill -TERM $pid; done; kill -9 $pid 2>/dev/null) & wait $pid"#;
 
 /// Closes the supervisor's stdin (so it kills the server) and waits for it to exit.
 fn stop(mut supervisor: Child) -> io::Result<()> {

@@ -102,25 +102,12 @@ impl Coordinator {
 
     /// `GET`, the body; an error unless 2xx.
     pub async fn get(&self, path: &str) -> Result<Value> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        ensure!(status.is_success(), "GET {path}: {status} {body}");
-        Ok(body)
+        get_json(&self.http, &self.base, path).await
     }
 
     /// `POST` with a JSON body, the body; an error unless 2xx.
     pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        ensure!(status.is_success(), "POST {path}: {status} {body}");
-        Ok(body)
+        post_json(&self.http, &self.base, path, body).await
     }
 
     /// Submits a task for `buyer`; its id.
@@ -167,6 +154,33 @@ impl Coordinator {
         }
         bail!("{what}: not within ten seconds")
     }
+}
+
+/// `GET` `base` + `path`, the body; an error unless 2xx.
+pub async fn get_json(http: &reqwest::Client, base: &str, path: &str) -> Result<Value> {
+    let response = http.get(format!("{base}{path}")).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(status.is_success(), "GET {path}: {status} {body}");
+    Ok(body)
+}
+
+/// `POST` a JSON body to `base` + `path`, the body; an error unless 2xx.
+pub async fn post_json(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: Value,
+) -> Result<Value> {
+    let response = http
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(status.is_success(), "POST {path}: {status} {body}");
+    Ok(body)
 }
 
 /// A client that sends the test admin token with every request.
