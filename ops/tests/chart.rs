@@ -228,6 +228,43 @@ fn the_chart_names_what_the_code_names() -> Result<()> {
     Ok(())
 }
 
+/// The bundled cluster is what `ops/tests/chaos.rs` proved: 3 servers of a release line
+/// that keeps acknowledged writes across failovers (2.10 or later; 2.9.10 lost and
+/// duplicated some), 3 stream replicas, two coordinators.
+#[test]
+fn the_bundled_cluster_is_what_the_chaos_test_ran() -> Result<()> {
+    let docs = render(&["--set", "nats.cluster.enabled=true"])?;
+    let nats = of_kind(&docs, "StatefulSet")
+        .into_iter()
+        .find(|d| component(d) == "nats")
+        .context("no NATS StatefulSet")?;
+    assert_eq!(nats["spec"]["replicas"], 3);
+    let image = containers(nats)[0]["image"].as_str().unwrap_or_default();
+    let version = image
+        .rsplit_once(':')
+        .map(|(_, tag)| tag)
+        .unwrap_or_default();
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().unwrap_or_default().parse()?;
+    let minor: u32 = parts.next().unwrap_or_default().parse()?;
+    ensure!(
+        (major, minor) >= (2, 10),
+        "NATS image {image}: a cluster needs 2.10 or later"
+    );
+    ensure!(
+        job_args(&docs)?
+            .windows(2)
+            .any(|w| w == ["--replicas", "3"]),
+        "the streams are not R3"
+    );
+    let coordinator = of_kind(&docs, "Deployment")
+        .into_iter()
+        .find(|d| component(d) == "coordinator")
+        .context("no coordinator Deployment")?;
+    assert_eq!(coordinator["spec"]["replicas"], 2);
+    Ok(())
+}
+
 #[test]
 fn the_default_chart_runs_what_the_issue_asks_for() -> Result<()> {
     let docs = render(&[])?;
