@@ -2,6 +2,7 @@
 //! HTTP, on a nats-server of its own) under load, each figure beside the raw JetStream
 //! figure it is bounded by, measured in the same run on the same server.
 
+pub mod cluster;
 pub mod cpu;
 pub mod http;
 pub mod latency;
@@ -71,6 +72,8 @@ pub enum Part {
     Stack,
     /// The replay stream and `aicp replay`.
     Replay,
+    /// Submit and lifecycle on a 3-node cluster: R1 against R3, one coordinator against two.
+    Cluster,
 }
 
 impl Config {
@@ -110,11 +113,23 @@ pub async fn run(config: &Config) -> Result<Vec<Figure>> {
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let mut figures = Vec::new();
-    if config.only != Some(Part::Replay) {
+    let runs = |part: Part| config.only.is_none_or(|only| only == part);
+    if runs(Part::Stack) {
         figures.extend(stack_figures(&config, &bin_dir, &client, &url).await?);
     }
-    if config.only != Some(Part::Stack) {
+    if runs(Part::Replay) {
         figures.extend(replay_figures(&config, &bin_dir, &client, &url).await?);
+    }
+    if runs(Part::Cluster) {
+        figures.extend(
+            cluster::figures(
+                &bin_dir,
+                config.connections,
+                Duration::from_secs(config.seconds),
+                drain_time(&config),
+            )
+            .await?,
+        );
     }
     Ok(figures)
 }
@@ -163,30 +178,13 @@ async fn stack_figures(
         .target(">= 10,000/s, p99 <= 10 ms"),
     );
 
-    eprintln!("waiting for {} tasks to settle...", ids.len());
-    let drain = Instant::now() + Duration::from_secs(if config.quick { 30 } else { 120 });
-    while settled.count() < ids.len() && Instant::now() < drain {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (lifecycle, lifecycle_rate) = settle(&ids, &settled, drain_time(config)).await;
     watcher.abort();
     let drained = meter.read()?;
-    let mut lifecycle = Latencies::new();
-    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
-    for (id, sent) in &ids {
-        if let Some(at) = settled.get(id) {
-            lifecycle.record(at.saturating_duration_since(*sent));
-            first = Some(first.map_or(*sent, |f| f.min(*sent)));
-            last = Some(last.map_or(at, |l| l.max(at)));
-        }
-    }
-    let span = match (first, last) {
-        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
-        _ => 0.0,
-    };
     figures.push(
         Figure::rate(
             "lifecycle: submitted -> settled, in the projection",
-            lifecycle.count() as f64 / span.max(1e-9),
+            lifecycle_rate,
             lifecycle.count(),
         )
         .with_latency(lifecycle.percentiles())
@@ -449,6 +447,41 @@ fn cpu_figures(what: &str, usage: &cpu::Usage, count: u64) -> Vec<Figure> {
         count,
     ));
     figures
+}
+
+/// How long submitted tasks get to settle.
+fn drain_time(config: &Config) -> Duration {
+    Duration::from_secs(if config.quick { 30 } else { 120 })
+}
+
+/// Waits (at most `drain`) until every task of `ids` has settled; the latencies from
+/// sending to settling, and the tasks settled per second from the first sent to the last
+/// settled.
+pub async fn settle(
+    ids: &[(String, Instant)],
+    settled: &lifecycle::Settled,
+    drain: Duration,
+) -> (Latencies, f64) {
+    eprintln!("waiting for {} tasks to settle...", ids.len());
+    let until = Instant::now() + drain;
+    while settled.count() < ids.len() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut latencies = Latencies::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for (id, sent) in ids {
+        if let Some(at) = settled.get(id) {
+            latencies.record(at.saturating_duration_since(*sent));
+            first = Some(first.map_or(*sent, |f| f.min(*sent)));
+            last = Some(last.map_or(at, |l| l.max(at)));
+        }
+    }
+    let span = match (first, last) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    let rate = latencies.count() as f64 / span.max(1e-9);
+    (latencies, rate)
 }
 
 fn nats_port(url: &str) -> Option<u16> {

@@ -140,13 +140,24 @@ impl Stack {
     /// Starts the coordinator (seed agents) and one worker for every agent, simulating
     /// work of zero duration.
     pub async fn start(bin_dir: &Path, nats_url: &str) -> Result<Self> {
+        Self::start_with(bin_dir, nats_url, &[], &[]).await
+    }
+
+    /// Starts them as [`Stack::start`] does, with `coordinator_args` and `worker_args`
+    /// added (a prefix, the stream replicas).
+    pub async fn start_with(
+        bin_dir: &Path,
+        nats_url: &str,
+        coordinator_args: &[&str],
+        worker_args: &[&str],
+    ) -> Result<Self> {
         let data = tempfile::tempdir()?;
         let coordinator = Coordinator::start(
             bin_dir,
             nats_url,
             &data.path().join("coordinator"),
             &data.path().join("coordinator.log"),
-            &[],
+            coordinator_args,
         )
         .await?;
         let worker_token = issue_token(&coordinator.base, "worker:agent-1,agent-2,agent-3").await?;
@@ -169,6 +180,7 @@ impl Stack {
                 "bench",
             ])
             .args(["--max-ack-pending", "10000", "--grace-ms", "1000"])
+            .args(worker_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data.path().join("worker.log"))?)
