@@ -25,8 +25,8 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// How long to wait before re-subscribing after the stream failed, at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// How long the consumer may deliver nothing while the stream holds more before the
-/// projector gives up on it and subscribes again.
+/// How often the projector checks its consumer for a stall: one that delivers nothing for
+/// a whole interval while the stream holds more is given up and subscribed again.
 const STALL: Duration = Duration::from_secs(3);
 
 /// How far a projection has got; cheap to clone and share.
@@ -135,25 +135,32 @@ impl Projector {
         let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + STALL, STALL);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen_at_tick = *self.applied.borrow();
+        // The stream's last sequence when a tick last found no progress and a lag: a lag
+        // seen on two ticks in a row, with nothing applied between, is a stall, while one
+        // seen once may be a message on its way.
+        let mut lag_seen: Option<u64> = None;
         loop {
             let item = tokio::select! {
                 item = messages.next() => item,
                 () = &mut reconnected => return Stop::Stream("reconnected to NATS".into()),
                 _ = watchdog.tick() => {
                     let applied = *self.applied.borrow();
-                    if applied == seen_at_tick {
-                        match self.store.last_sequence().await {
-                            Ok(last) if last > applied => {
-                                return Stop::Stream(format!(
-                                    "stalled: the stream is at {last}, nothing after {applied} delivered in {} s",
-                                    STALL.as_secs()
-                                ));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Stop::Stream(e.to_string()),
-                        }
+                    if applied != seen_at_tick {
+                        seen_at_tick = applied;
+                        lag_seen = None;
+                        continue;
                     }
-                    seen_at_tick = applied;
+                    if let Some(last) = lag_seen {
+                        return Stop::Stream(format!(
+                            "stalled: the stream is at {last} or later, nothing after {applied} delivered in {} s",
+                            STALL.as_secs()
+                        ));
+                    }
+                    match self.store.last_sequence().await {
+                        Ok(last) if last > applied => lag_seen = Some(last),
+                        Ok(_) => {}
+                        Err(e) => return Stop::Stream(e.to_string()),
+                    }
                     continue;
                 }
             };
