@@ -156,9 +156,12 @@ impl NatsServer {
             // whatever is left.
             let _ = stdin.write_all(b"term\n").and_then(|()| stdin.flush());
         }
-        let exited = supervisor.wait();
-        drop(supervisor.stdin.take());
-        exited.map(|_| ())
+        // A server that does not stop within the grace is killed -9 (stdin closed).
+        let deadline = Instant::now() + TERMINATE_GRACE;
+        while supervisor.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop(supervisor)
     }
 
     /// Starts the server again on the same port and store.
@@ -221,6 +224,9 @@ impl NatsServer {
         }
     }
 }
+
+/// How long a server gets to stop on SIGTERM before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the server (`"$@"`) under `sh`, which SIGKILLs it as soon as its stdin closes: when
 /// we close it on purpose, and also when the test process dies without running `Drop`
