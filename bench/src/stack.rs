@@ -112,7 +112,14 @@ impl Coordinator {
     }
 
     /// Stops it (SIGKILL: the benchmark does not measure shutdown).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Coordinator {
+    // A run that fails half-way leaves no coordinator behind.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

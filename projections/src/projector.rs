@@ -25,8 +25,8 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// How long to wait before re-subscribing after the stream failed, at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// How often the projector checks its consumer for a stall: one that delivers nothing for
-/// a whole interval while the stream holds more is given up and subscribed again.
+/// How often the projector checks its consumer for a stall: one that has delivered nothing
+/// for two whole intervals while the stream holds more is given up and subscribed again.
 const STALL: Duration = Duration::from_secs(3);
 
 /// How far a projection has got; cheap to clone and share.
@@ -141,6 +141,8 @@ impl Projector {
         let mut lag_seen: Option<u64> = None;
         loop {
             let item = tokio::select! {
+                // Messages first: a tick that is due while messages wait is no stall.
+                biased;
                 item = messages.next() => item,
                 () = &mut reconnected => return Stop::Stream("reconnected to NATS".into()),
                 _ = watchdog.tick() => {
@@ -153,14 +155,17 @@ impl Projector {
                     if let Some(last) = lag_seen {
                         return Stop::Stream(format!(
                             "stalled: the stream is at {last} or later, nothing after {applied} delivered in {} s",
-                            STALL.as_secs()
+                            2 * STALL.as_secs()
                         ));
                     }
                     match self.store.last_sequence().await {
                         Ok(last) if last > applied => lag_seen = Some(last),
                         Ok(_) => {}
-                        Err(e) => return Stop::Stream(e.to_string()),
+                        // The stream electing a leader, say: the subscription may be fine.
+                        Err(e) => tracing::debug!(error = %e, "watchdog: no stream info"),
                     }
+                    // The look took time: the next one is a whole interval from now.
+                    watchdog.reset();
                     continue;
                 }
             };

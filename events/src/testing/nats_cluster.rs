@@ -174,7 +174,8 @@ impl NatsCluster {
                 js.create_stream(jetstream::stream::Config {
                     name: probe.clone(),
                     subjects: vec![format!("{probe}.>")],
-                    num_replicas: self.nodes.len(),
+                    // JetStream keeps at most 5 replicas.
+                    num_replicas: self.nodes.len().min(5),
                     storage: jetstream::stream::StorageType::Memory,
                     ..Default::default()
                 })

@@ -158,7 +158,14 @@ impl NatsServer {
         }
         // A server that does not stop within the grace is killed -9 (stdin closed).
         let deadline = Instant::now() + TERMINATE_GRACE;
-        while supervisor.try_wait()?.is_none() && Instant::now() < deadline {
+        while supervisor.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                stop(supervisor)?;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "nats-server did not stop on SIGTERM; killed it",
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         stop(supervisor)
