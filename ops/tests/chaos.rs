@@ -103,13 +103,7 @@ async fn under_node_loss_every_acknowledged_task_ends_once() -> Result<()> {
         .wait_for_stream(EVENTS, Duration::from_secs(30))
         .await?;
     faults.push(("kill -9 the events stream's leader", Instant::now()));
-    cluster.kill(leader)?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.restart(leader)?;
-    cluster
-        .wait_for_stream(EVENTS, Duration::from_secs(60))
-        .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crash_and_restart(&mut cluster, leader).await?;
 
     // (b) A node that does not lead the events stream.
     let leader = cluster
@@ -117,13 +111,7 @@ async fn under_node_loss_every_acknowledged_task_ends_once() -> Result<()> {
         .await?;
     let follower = (leader + 1) % 3;
     faults.push(("kill -9 a node that does not lead it", Instant::now()));
-    cluster.kill(follower)?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.restart(follower)?;
-    cluster
-        .wait_for_stream(EVENTS, Duration::from_secs(60))
-        .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crash_and_restart(&mut cluster, follower).await?;
 
     // (c) One coordinator, restarted on its read model.
     faults.push(("kill -9 coordinator b", Instant::now()));
@@ -154,7 +142,7 @@ async fn under_node_loss_every_acknowledged_task_ends_once() -> Result<()> {
         client.await??;
     }
     let loaded = started.elapsed();
-    let tally = std::mem::take(&mut *tally.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let tally = std::mem::take(&mut *lock(&tally)?);
 
     // Figures first, so a failure below still shows them.
     let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
@@ -390,6 +378,19 @@ async fn submit_until(
         }
         tokio::time::sleep(pause).await;
     }
+    Ok(())
+}
+
+/// Kills node `i` -9, restarts it on its store 3 s later, and waits until the events
+/// stream has a leader and every replica is current again.
+async fn crash_and_restart(cluster: &mut NatsCluster, i: usize) -> Result<()> {
+    cluster.kill(i)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.restart(i)?;
+    cluster
+        .wait_for_stream(EVENTS, Duration::from_secs(60))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(())
 }
 
