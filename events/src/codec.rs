@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::domain::access::Principal;
 use crate::envelope::Envelope;
 use crate::event::Event;
+use crate::request::RequestKey;
 use crate::upcast;
 
 /// The `Content-Type` header of every message on the events stream.
@@ -75,6 +76,9 @@ struct WireOut<'a> {
     // Absent in events written before principals were recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
     principal: Option<&'a Principal>,
+    // Only on the first event of a write sent with an idempotency key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a RequestKey>,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
@@ -89,6 +93,8 @@ struct WireIn {
     causation_id: Option<Uuid>,
     #[serde(default)]
     principal: Option<Principal>,
+    #[serde(default)]
+    request: Option<RequestKey>,
     data: serde_bytes::ByteBuf,
 }
 
@@ -108,6 +114,7 @@ pub fn encode_batch(events: &[Envelope]) -> Result<Vec<u8>, EncodeError> {
                 correlation_id: e.correlation_id,
                 causation_id: e.causation_id,
                 principal: e.principal.as_ref(),
+                request: e.request.as_ref(),
                 data: rmp_serde::to_vec_named(&e.event)?,
             })
         })
@@ -132,6 +139,7 @@ pub(crate) fn encode_raw(
         correlation_id: template.correlation_id,
         causation_id: template.causation_id,
         principal: template.principal.as_ref(),
+        request: template.request.as_ref(),
         data,
     };
     Ok(rmp_serde::to_vec_named(&[wire])?)
@@ -161,6 +169,7 @@ fn decode_envelope(wire: WireIn) -> Result<Envelope, DecodeError> {
         correlation_id,
         causation_id,
         principal,
+        request,
         data,
     } = wire;
     let decoded = Event::decode_current(&event_type, version, &data)
@@ -182,6 +191,7 @@ fn decode_envelope(wire: WireIn) -> Result<Envelope, DecodeError> {
         correlation_id,
         causation_id,
         principal,
+        request,
         event,
     })
 }
@@ -198,6 +208,22 @@ mod tests {
         let payload = encode_batch(&events).expect("encodes");
         let decoded = decode_batch(Some(CONTENT_TYPE), &payload).expect("decodes");
         assert_eq!(decoded, events);
+    }
+
+    #[test]
+    fn an_idempotency_key_rides_on_the_wire_only_when_given() {
+        let plain = sample_events().remove(0);
+        let bare = encode_batch(std::slice::from_ref(&plain)).expect("encodes");
+        assert!(!String::from_utf8_lossy(&bare).contains("request"));
+        let key = RequestKey {
+            key: "order-42".into(),
+            fingerprint: "ab".repeat(32),
+        };
+        let keyed = plain.keyed(key.clone());
+        let payload = encode_batch(std::slice::from_ref(&keyed)).expect("encodes");
+        let decoded = decode_batch(Some(CONTENT_TYPE), &payload).expect("decodes");
+        assert_eq!(decoded, vec![keyed]);
+        assert_eq!(decoded[0].request.as_ref(), Some(&key));
     }
 
     #[test]

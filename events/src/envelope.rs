@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::domain::access::Principal;
 use crate::event::Event;
+use crate::request::RequestKey;
 
 /// One event with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub struct Envelope {
     /// Who caused it: the authenticated caller of a request, a worker, or the coordinator's
     /// process managers. `None` only in events written before principals were recorded.
     pub principal: Option<Principal>,
+    /// The idempotency key of the request that wrote it, on the first event of the
+    /// request's message only; `None` without a key, and in events written before keys.
+    pub request: Option<RequestKey>,
     /// The fact itself.
     pub event: Event,
 }
@@ -36,6 +40,7 @@ impl Envelope {
             correlation_id: event_id,
             causation_id: None,
             principal: None,
+            request: None,
             event: event.into(),
         }
     }
@@ -43,6 +48,12 @@ impl Envelope {
     /// The same event, recorded as caused by `principal`.
     pub fn by(mut self, principal: Principal) -> Self {
         self.principal = Some(principal);
+        self
+    }
+
+    /// The same event, recorded as written by a request with this idempotency key.
+    pub fn keyed(mut self, request: RequestKey) -> Self {
+        self.request = Some(request);
         self
     }
 
@@ -77,6 +88,9 @@ impl Envelope {
         });
         if let Some(principal) = &self.principal {
             json["principal"] = serde_json::json!(principal.to_string());
+        }
+        if let Some(request) = &self.request {
+            json["idempotency_key"] = serde_json::json!(request.key);
         }
         json
     }

@@ -52,6 +52,7 @@ pub mod envelope;
 pub mod event;
 pub mod hex;
 pub mod id;
+pub mod request;
 pub mod store;
 pub mod subject;
 #[cfg(feature = "testing")]

@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 
 use crate::tables::{deadline_key, index_key, Changes, Encoded, ProjectionError, ReadModel, Table};
 use crate::views::{
-    AgentView, BuyerView, Counters, LedgerRecord, MinuteStats, PoisonRecord, TaskView, TokenView,
+    AgentView, BuyerView, Counters, LedgerRecord, MinuteStats, PoisonRecord, RequestRecord,
+    TaskView, TokenView,
 };
 
 /// Key of the counters record in [`Table::Counters`].
@@ -229,11 +230,61 @@ fn apply_batch(
     }
     if let Some(first) = batch.events.first() {
         touch(model, changes, &first.event.aggregate(), batch.sequence)?;
+        record_request(model, changes, first, batch)?;
     }
     counters.events_applied = counters.events_applied.saturating_add(applied as u64);
     counters.events_rejected = counters.events_rejected.saturating_add(rejected as u64);
     changes.put(Table::Counters, COUNTERS.to_vec(), counters);
     Ok(Applied::Events { applied, rejected })
+}
+
+/// Keeps the idempotency key a message was written with, and the aggregate as the message
+/// left it: the answer a retry with the key gets. The first message with a key keeps it
+/// (a later one, which only a replica blind to the first for minutes could write, is
+/// counted by `aicp verify`, not answered).
+fn record_request(
+    model: &ReadModel,
+    changes: &mut Changes,
+    first: &Envelope,
+    batch: &StoredBatch,
+) -> Result<(), ProjectionError> {
+    let (Some(request), Some(principal)) = (&first.request, &first.principal) else {
+        return Ok(());
+    };
+    let key = request_key(principal, &request.key);
+    if changes
+        .get::<RequestRecord>(model, Table::Requests, &key)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let (mut task, mut agent, mut token) = (None, None, None);
+    match first.event.aggregate() {
+        Aggregate::Task(id) | Aggregate::Payment(id) => {
+            task = changes.get::<TaskView>(model, Table::Tasks, id.as_str().as_bytes())?
+        }
+        Aggregate::Agent(id) => {
+            agent = changes.get::<AgentView>(model, Table::Agents, id.as_str().as_bytes())?
+        }
+        Aggregate::Token(id) => {
+            token = changes.get::<TokenView>(model, Table::Tokens, id.as_str().as_bytes())?
+        }
+    }
+    let record = RequestRecord {
+        fingerprint: request.fingerprint.clone(),
+        sequence: batch.sequence,
+        subject: batch.subject.to_string(),
+        task,
+        agent,
+        token,
+    };
+    changes.put(Table::Requests, key, record);
+    Ok(())
+}
+
+/// The key of `principal`'s idempotency key `key` in [`Table::Requests`].
+pub fn request_key(principal: &Principal, key: &str) -> Vec<u8> {
+    format!("{principal}\n{key}").into_bytes()
 }
 
 /// Moves the aggregate's last sequence in the read model to `sequence`, whatever the

@@ -1,5 +1,6 @@
 //! Reading the read model: single records, and lists paged newest first.
 
+use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::{Account, Escrow};
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::id::{AgentId, BuyerId, TaskId, TokenId};
@@ -10,7 +11,7 @@ use crate::apply::COUNTERS;
 use crate::tables::{decode, index_prefix, ledger_key_sequence, ProjectionError, ReadModel, Table};
 use crate::views::{
     AgentView, BuyerView, Counters, LedgerEntry, LedgerRecord, MinuteStats, Page, PoisonRecord,
-    TaskView, TokenView,
+    RequestRecord, TaskView, TokenView,
 };
 
 /// Which tasks a list shows; every filter set must match.
@@ -184,6 +185,15 @@ impl ReadModel {
     /// One agent.
     pub fn agent(&self, id: &AgentId) -> Result<Option<AgentView>, ProjectionError> {
         self.get(Table::Agents, id.as_str().as_bytes())
+    }
+
+    /// What `principal`'s write with idempotency key `key` stored, if it made one.
+    pub fn request(
+        &self,
+        principal: &Principal,
+        key: &str,
+    ) -> Result<Option<RequestRecord>, ProjectionError> {
+        self.get(Table::Requests, &crate::apply::request_key(principal, key))
     }
 
     /// One token by id.

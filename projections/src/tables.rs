@@ -113,11 +113,13 @@ pub enum Table {
     Tokens,
     /// token hash -> token id: how a request's token is found.
     TokenHashes,
+    /// principal, newline, idempotency key -> RequestRecord: keys used by writes.
+    Requests,
 }
 
 impl Table {
     /// Every table, in index order.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 17] = [
         Table::Meta,
         Table::Tasks,
         Table::TasksByTime,
@@ -134,6 +136,7 @@ impl Table {
         Table::Deadlines,
         Table::Tokens,
         Table::TokenHashes,
+        Table::Requests,
     ];
 
     /// The table's name in the file.
@@ -155,6 +158,7 @@ impl Table {
             Table::Deadlines => "deadlines",
             Table::Tokens => "tokens",
             Table::TokenHashes => "token_hashes",
+            Table::Requests => "requests",
         }
     }
 }
@@ -185,13 +189,14 @@ impl Table {
             Table::Series => json::<MinuteStats>(bytes),
             Table::Poison => json::<PoisonRecord>(bytes),
             Table::Tokens => json::<TokenView>(bytes),
+            Table::Requests => json::<RequestRecord>(bytes),
         }
     }
 }
 
 /// Version of the read model's record layout; bump it when a view or key format changes,
 /// and every replica rebuilds its read model from the stream on start.
-pub const LAYOUT_VERSION: u64 = 8;
+pub const LAYOUT_VERSION: u64 = 9;
 
 /// redb's page cache, in MiB, unless configured: with redb the cache, not the size of the
 /// read model, bounds the coordinator's memory; the benchmark measures the effect.

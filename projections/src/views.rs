@@ -305,6 +305,24 @@ pub struct PoisonRecord {
     pub payload: Vec<u8>,
 }
 
+/// A write sent with an idempotency key: the request it was, and what it left behind,
+/// so that a retry with the key is answered as the first request was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The fingerprint of the first request with the key.
+    pub fingerprint: String,
+    /// Stream sequence of its message.
+    pub sequence: u64,
+    /// The subject it was written on.
+    pub subject: String,
+    /// The task it wrote, as its message left it.
+    pub task: Option<TaskView>,
+    /// The agent it wrote, as its message left it.
+    pub agent: Option<AgentView>,
+    /// The token it wrote, as its message left it.
+    pub token: Option<TokenView>,
+}
+
 /// One page of a list (by sequence newest first, or by id), with the cursor of the next page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Page<T> {

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeSet;
 
+use aicp_events::domain::access::Principal;
 use aicp_events::domain::ledger::{Account, EscrowState};
 use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::domain::reputation::SEED_AGENTS;
 use aicp_events::domain::task::TaskStatus;
 use aicp_events::event::*;
 use aicp_events::id::{AgentId, TaskId};
+use aicp_events::request::RequestKey;
 use aicp_events::store::{PoisonMessage, StoredBatch};
 use aicp_events::testing::sample_submitted;
 use aicp_events::{Envelope, Namespace};
@@ -48,6 +50,30 @@ impl Harness {
         let applied = self.model.apply(&batch)?;
         self.history.push(batch.clone());
         Ok((batch, applied))
+    }
+
+    /// Applies `events` as the next stream message, written by `principal` with `key`.
+    fn push_keyed(
+        &mut self,
+        events: Vec<Event>,
+        principal: Principal,
+        key: RequestKey,
+    ) -> Result<StoredBatch> {
+        self.sequence += 1;
+        let subject = Namespace::default().aggregate_subject(&events[0].aggregate());
+        let mut envelopes: Vec<Envelope> = events
+            .into_iter()
+            .map(|e| Envelope::new(e).by(principal.clone()))
+            .collect();
+        envelopes[0].request = Some(key);
+        let batch = StoredBatch {
+            sequence: self.sequence,
+            subject,
+            events: envelopes,
+        };
+        self.model.apply(&batch)?;
+        self.history.push(batch.clone());
+        Ok(batch)
     }
 
     fn seed_agents(&mut self) -> Result<()> {
@@ -812,5 +838,55 @@ fn compacting_a_rebuilt_model_shrinks_its_file_and_keeps_every_record() -> Resul
     let reopened = ReadModel::open_existing(dir.path())?;
     assert_eq!(reopened.digest()?, digest);
     assert_eq!(reopened.last_sequence()?, last);
+    Ok(())
+}
+
+#[test]
+fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_wins() -> Result<()> {
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let buyer = Principal::Buyer("buyer-001".parse()?);
+    let key = RequestKey::new("order-1", "POST", "/v1/tasks", b"{}")?;
+    let first = h.push_keyed(
+        vec![
+            submitted("aaaa0001", "buyer-001").into(),
+            assigned("aaaa0001", "agent-1", 2000, 400_000).into(),
+        ],
+        buyer.clone(),
+        key.clone(),
+    )?;
+    h.push(vec![completed("aaaa0001", "agent-1").into()])?;
+    let record = h
+        .model
+        .request(&buyer, "order-1")?
+        .ok_or_else(|| anyhow::anyhow!("no record"))?;
+    assert_eq!(record.fingerprint, key.fingerprint);
+    assert_eq!(record.sequence, first.sequence);
+    let task = record.task.ok_or_else(|| anyhow::anyhow!("no task"))?;
+    // As the keyed message left it, not as it is now.
+    assert_eq!(task.task.status, TaskStatus::Assigned);
+    assert_eq!(
+        h.model.task(&tid("aaaa0001"))?.map(|t| t.task.status),
+        Some(TaskStatus::Completed)
+    );
+
+    // The same key again (another request) does not replace the first record; another
+    // principal's same key is its own.
+    let other = RequestKey::new("order-1", "POST", "/v1/tasks", b"{\"x\":1}")?;
+    h.push_keyed(
+        vec![
+            submitted("aaaa0002", "buyer-001").into(),
+            assigned("aaaa0002", "agent-1", 2000, 400_000).into(),
+        ],
+        buyer.clone(),
+        other.clone(),
+    )?;
+    let again = h
+        .model
+        .request(&buyer, "order-1")?
+        .ok_or_else(|| anyhow::anyhow!("no record"))?;
+    assert_eq!(again.sequence, first.sequence);
+    let admin = h.model.request(&Principal::Admin, "order-1")?;
+    assert!(admin.is_none());
     Ok(())
 }

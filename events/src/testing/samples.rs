@@ -34,6 +34,7 @@ pub fn sample_envelope(n: u128, event: impl Into<Event>) -> Envelope {
         causation_id: (n > 0)
             .then(|| Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0000 + n - 1)),
         principal: None,
+        request: None,
         event: event.into(),
     }
 }
