@@ -75,6 +75,7 @@ impl App {
             notices: projector.notices(),
             fleet: crate::fleet::Fleet::default(),
             request_timeout: config.request_timeout(),
+            max_batch_body: config.max_batch_body_bytes,
             auth: Auth::new(
                 config.auth,
                 &configured_tokens(&config),
@@ -263,6 +264,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_headers([
             axum::http::header::CONTENT_TYPE,
             axum::http::header::AUTHORIZATION,
+            axum::http::HeaderName::from_static(crate::idempotency::HEADER),
         ])
 }
 

@@ -106,6 +106,13 @@ impl Caller {
 #[derive(Debug, Clone)]
 struct Identified(Option<Caller>);
 
+/// The caller the middleware identified for a request, for later middleware.
+pub fn identified(extensions: &axum::http::Extensions) -> Option<&Caller> {
+    extensions
+        .get::<Identified>()
+        .and_then(|Identified(caller)| caller.as_ref())
+}
+
 /// Middleware on every route: per-IP limit, identify the caller, per-principal limit.
 /// A bad or revoked token is 401 here; whether a route needs a caller at all is up to
 /// its handler (which asks for a [`Caller`]).

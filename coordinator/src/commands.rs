@@ -25,6 +25,7 @@ use aicp_projections::PageRequest;
 use chrono::{DateTime, Utc};
 
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::settlement;
 use crate::state::AppState;
 
@@ -55,6 +56,56 @@ pub struct SubmitTask {
     pub deadline: Option<DateTime<Utc>>,
     /// How to choose the agent; the configured default if `None`.
     pub policy: Option<Policy>,
+}
+
+/// A checked submission with its agent and price chosen: what its events will say.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    buyer_id: BuyerId,
+    description: String,
+    complexity: Complexity,
+    required_skills: BTreeSet<String>,
+    max_price_sats: Option<u64>,
+    deadline: Option<DateTime<Utc>>,
+    policy: Policy,
+    /// The agent and price chosen.
+    pub choice: Choice,
+}
+
+impl Submission {
+    /// The task's events under `task_id`: submitted, assigned and its escrow, in one
+    /// message, so a task never exists without its agent, its price and its money.
+    pub fn events(&self, task_id: &TaskId, by: &Principal) -> Vec<Envelope> {
+        let submitted = Envelope::new(TaskSubmitted {
+            task_id: task_id.clone(),
+            buyer_id: self.buyer_id.clone(),
+            description: self.description.clone(),
+            complexity: self.complexity,
+            required_skills: self.required_skills.clone(),
+            max_price_sats: self.max_price_sats,
+            deadline: self.deadline,
+            policy: self.policy,
+        })
+        .by(by.clone());
+        let assigned = Envelope::caused_by(
+            &submitted,
+            TaskAssigned {
+                task_id: task_id.clone(),
+                agent_id: self.choice.agent_id.clone(),
+                multiplier: self.choice.multiplier,
+                price_sats: self.choice.price_sats,
+                assignment: 1,
+            },
+        )
+        .by(by.clone());
+        let mut events = vec![submitted, assigned];
+        if let Some(view) = TaskView::decided(None, &events, 0) {
+            if let Some(held) = settlement::escrow(&view) {
+                events.push(Envelope::caused_by(&events[0], held).by(Principal::Coordinator));
+            }
+        }
+        events
+    }
 }
 
 /// What a command stored, and whether the read model shows it yet.
@@ -224,7 +275,7 @@ fn parse_description(raw: &str) -> Result<String, ApiError> {
 
 impl AppState {
     /// Every agent, as assignment candidates.
-    fn candidates(&self) -> Result<Vec<Candidate>, ApiError> {
+    pub fn candidates(&self) -> Result<Vec<Candidate>, ApiError> {
         Ok(self
             .all_agents()?
             .into_iter()
@@ -289,6 +340,26 @@ impl AppState {
         ids: impl IntoIterator<Item = TaskId>,
         by: &Principal,
     ) -> Result<Submitted, ApiError> {
+        // A retry of a keyed submission is answered before anything is checked again: a
+        // deadline may have passed, an agent may have stopped accepting, since.
+        if let Some(first) = self.replayed() {
+            return submitted_of(idempotency::task_of(first)?);
+        }
+        let counter = self.model.counters()?.submitted;
+        let submission = self.decide_submission(cmd, &self.candidates()?, counter)?;
+        self.store_submission(ids, |task_id| submission.events(task_id, by))
+            .await
+            // The choice as stored: a keyed duplicate's is its first request's.
+            .and_then(|(_, decided)| submitted_of(decided))
+    }
+
+    /// Checks a submission and chooses its agent and price among `candidates`.
+    pub fn decide_submission(
+        &self,
+        cmd: SubmitTask,
+        candidates: &[Candidate],
+        counter: u64,
+    ) -> Result<Submission, ApiError> {
         let buyer_id: BuyerId = parse_id(&cmd.buyer_id)?;
         let description = parse_description(&cmd.description)?;
         let complexity = parse_complexity(cmd.complexity)?;
@@ -307,46 +378,16 @@ impl AppState {
             required_skills: required_skills.clone(),
             max_price_sats: cmd.max_price_sats,
         };
-        let counter = self.model.counters()?.submitted;
-        let choice = assign::assign(policy, &request, &self.candidates()?, counter)?;
-
-        self.store_submission(ids, |task_id| {
-            let submitted = Envelope::new(TaskSubmitted {
-                task_id: task_id.clone(),
-                buyer_id: buyer_id.clone(),
-                description: description.clone(),
-                complexity,
-                required_skills: required_skills.clone(),
-                max_price_sats: cmd.max_price_sats,
-                deadline: cmd.deadline,
-                policy,
-            })
-            .by(by.clone());
-            let assigned = Envelope::caused_by(
-                &submitted,
-                TaskAssigned {
-                    task_id: task_id.clone(),
-                    agent_id: choice.agent_id.clone(),
-                    multiplier: choice.multiplier,
-                    price_sats: choice.price_sats,
-                    assignment: 1,
-                },
-            )
-            .by(by.clone());
-            let mut events = vec![submitted, assigned];
-            // The escrow in the same message: a task is never assigned without its money.
-            if let Some(view) = TaskView::decided(None, &events, 0) {
-                if let Some(held) = settlement::escrow(&view) {
-                    events.push(Envelope::caused_by(&events[0], held).by(Principal::Coordinator));
-                }
-            }
-            events
-        })
-        .await
-        .map(|(task_id, decided)| Submitted {
-            task_id,
+        let choice = assign::assign(policy, &request, candidates, counter)?;
+        Ok(Submission {
+            buyer_id,
+            description,
+            complexity,
+            required_skills,
+            max_price_sats: cmd.max_price_sats,
+            deadline: cmd.deadline,
+            policy,
             choice,
-            decided,
         })
     }
 
@@ -377,6 +418,10 @@ impl AppState {
                     .await
                 {
                     Ok(appended) => {
+                        if let Some(first) = self.duplicate_of(&events, &appended).await? {
+                            let decided = idempotency::task_of(first)?;
+                            return Ok((decided.view.task.task_id.clone(), decided));
+                        }
                         let view = TaskView::decided(None, &events, appended.sequence)
                             .ok_or_else(|| ApiError::internal("a submission that makes no task"))?;
                         let decided = Decided {
@@ -578,6 +623,9 @@ impl AppState {
         by: &Principal,
         decide: impl Fn(&Task) -> Result<Vec<Event>, ApiError>,
     ) -> Result<Decided, ApiError> {
+        if let Some(first) = self.replayed() {
+            return idempotency::task_of(first);
+        }
         let mut view = self.fresh_task(task_id).await?;
         let mut expected = view.last_sequence;
         let aggregate = Aggregate::Task(task_id.clone());
@@ -603,6 +651,9 @@ impl AppState {
                 .await
             {
                 Ok(appended) => {
+                    if let Some(first) = self.duplicate_of(&events, &appended).await? {
+                        return idempotency::task_of(first);
+                    }
                     let sequence = appended.sequence;
                     let view = TaskView::decided(Some(view), &events, sequence)
                         .ok_or_else(|| ApiError::internal("a checked event was refused"))?;
@@ -649,6 +700,13 @@ impl AppState {
     /// `-retry2`, ...), so retrying the same task twice gives the one retry, not two.
     pub async fn retry(&self, task_id: &str, by: &Principal) -> Result<Retried, ApiError> {
         let task_id: TaskId = parse_id(task_id)?;
+        if let Some(first) = self.replayed() {
+            let decided = idempotency::task_of(first)?;
+            return Ok(Retried {
+                task_id: decided.view.task.task_id.clone(),
+                created: Some(decided),
+            });
+        }
         let old = self.fresh_task(&task_id).await?.task;
         authorize(
             by,
@@ -730,6 +788,9 @@ impl AppState {
         executor: Option<ExecutorSettings>,
         by: &Principal,
     ) -> Result<Written, ApiError> {
+        if let Some(first) = self.replayed() {
+            return Ok(self.written(first.sequence).await);
+        }
         let agent_id: AgentId = parse_id(agent_id)?;
         let skills = parse_skills(skills)?;
         let executor = executor.map(parse_executor).transpose()?;
@@ -745,16 +806,14 @@ impl AppState {
             executor,
         };
         let aggregate = Aggregate::Agent(agent_id.clone());
-        match self
-            .append(
-                &aggregate,
-                &[Envelope::new(event).by(by.clone())],
-                Expected::NEW,
-                None,
-            )
-            .await
-        {
-            Ok(appended) => Ok(self.written(appended.sequence).await),
+        let events = [Envelope::new(event).by(by.clone())];
+        match self.append(&aggregate, &events, Expected::NEW, None).await {
+            Ok(appended) => {
+                let first = self.duplicate_of(&events, &appended).await?;
+                Ok(self
+                    .written(first.map_or(appended.sequence, |f| f.sequence))
+                    .await)
+            }
             Err(AppendError::Conflict { .. }) => Err(ApiError::conflict(
                 "agent_exists",
                 format!("agent {agent_id} is already registered"),
@@ -770,6 +829,9 @@ impl AppState {
         mut update: AgentUpdated,
         by: &Principal,
     ) -> Result<Written, ApiError> {
+        if let Some(first) = self.replayed() {
+            return Ok(self.written(first.sequence).await);
+        }
         let agent_id: AgentId = parse_id(agent_id)?;
         let mut expected = self.agent(&agent_id)?.last_sequence;
         update.agent_id = agent_id.clone();
@@ -779,16 +841,16 @@ impl AppState {
         update.executor = update.executor.take().map(parse_executor).transpose()?;
         let aggregate = Aggregate::Agent(agent_id);
         for _ in 0..ATTEMPTS {
+            let events = [Envelope::new(update.clone()).by(by.clone())];
             match self
-                .append(
-                    &aggregate,
-                    &[Envelope::new(update.clone()).by(by.clone())],
-                    Expected::Sequence(expected),
-                    None,
-                )
+                .append(&aggregate, &events, Expected::Sequence(expected), None)
                 .await
             {
-                Ok(appended) => return Ok(self.written(appended.sequence).await),
+                Ok(appended) => {
+                    let first = self.duplicate_of(&events, &appended).await?;
+                    let sequence = first.map_or(appended.sequence, |f| f.sequence);
+                    return Ok(self.written(sequence).await);
+                }
                 // Profile changes do not depend on each other: re-apply on the newest state.
                 Err(AppendError::Conflict { .. }) => {
                     expected = self.store.read(&aggregate).await?.last_sequence
@@ -855,6 +917,27 @@ impl AppState {
             }
         }
     }
+}
+
+/// A submission as a retry with its key is answered: the task its first request stored.
+pub(crate) fn submitted_of(decided: Decided) -> Result<Submitted, ApiError> {
+    let task = &decided.view.task;
+    let (Some(agent_id), Some(multiplier), Some(price_sats)) =
+        (task.agent_id.clone(), task.multiplier, task.price_sats)
+    else {
+        return Err(ApiError::internal(
+            "a keyed submission stored without its assignment",
+        ));
+    };
+    Ok(Submitted {
+        task_id: task.task_id.clone(),
+        choice: Choice {
+            agent_id,
+            multiplier,
+            price_sats,
+        },
+        decided,
+    })
 }
 
 /// Longest executor timeout: an hour.

@@ -65,6 +65,9 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "AICP_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest body of a batch submission (`POST /v1/tasks/batch`), in bytes.
+    #[arg(long, env = "AICP_MAX_BATCH_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_batch_body_bytes: usize,
     /// How callers authenticate: `token` (the default) or `none` (only on a loopback
     /// --listen address: every API call is the admin, the UI is whoever it says).
     #[arg(long, env = "AICP_AUTH", value_enum, default_value = "token")]

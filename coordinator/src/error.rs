@@ -84,6 +84,15 @@ impl ApiError {
         )
     }
 
+    /// 413: the body is larger than `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
     /// 503: a dependency is down (NATS, or a stream electing its leader); retry shortly.
     pub fn unavailable(message: impl Into<String>) -> Self {
         // A stream's election takes seconds: a client told when to come back does not

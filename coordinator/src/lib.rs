@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
@@ -16,6 +17,7 @@ pub mod fleet;
 pub mod freshness;
 pub mod headers;
 pub mod health;
+pub mod idempotency;
 pub mod limits;
 pub mod live;
 pub mod metrics;

@@ -66,11 +66,17 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/ledger/{account}", get(ledger))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/read-model/check", get(read_model_check))
+        .merge(crate::batch::router(state.max_batch_body))
         .merge(crate::tokens::router())
         .merge(crate::ui::router())
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
         .route("/docs", get(crate::docs::docs))
+        // Every write may carry an Idempotency-Key.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::keyed,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::freshness::reads_see_writes,
@@ -316,7 +322,7 @@ fn written(written: Written, ok: StatusCode, body: serde_json::Value) -> Respons
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
-struct SubmitBody {
+pub(crate) struct SubmitBody {
     description: String,
     #[serde(default = "one")]
     complexity: i64,
@@ -335,7 +341,7 @@ fn one() -> i64 {
 
 impl SubmitBody {
     /// The command, once the caller may submit for its buyer.
-    fn authorized(self, caller: &Caller) -> Result<SubmitTask, ApiError> {
+    pub(crate) fn authorized(self, caller: &Caller) -> Result<SubmitTask, ApiError> {
         let buyer_id: BuyerId = match (&self.buyer_id, &caller.principal) {
             (Some(id), _) => parse_id(id)?,
             (None, Principal::Buyer(own)) => own.clone(),

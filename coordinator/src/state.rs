@@ -60,6 +60,8 @@ pub struct Shared {
     pub notices: Notices,
     /// Workers heard from and queue-depth samples, for the dashboard.
     pub fleet: crate::fleet::Fleet,
+    /// Largest body a batch submission (and so any keyed write) may have, in bytes.
+    pub max_batch_body: usize,
     /// A request taking longer is answered 408.
     pub request_timeout: Duration,
     /// Authentication mode, the configured admin token and the rate limits.
@@ -71,6 +73,11 @@ pub struct Shared {
 
 impl AppState {
     /// Appends through the store, counting the outcome.
+    ///
+    /// In a request sent with an `Idempotency-Key`, the caller's events carry the key and
+    /// are appended under the key's msg id instead of `msg_id`: a duplicate is then the
+    /// first request with the key, which the command answers from (see
+    /// [`crate::idempotency`]).
     pub async fn append(
         &self,
         aggregate: &Aggregate,
@@ -78,7 +85,14 @@ impl AppState {
         expected: Expected,
         msg_id: Option<&str>,
     ) -> Result<Appended, AppendError> {
-        let result = self.store.append(aggregate, events, expected, msg_id).await;
+        let result = match crate::idempotency::keyed_events(events) {
+            Some((events, key_msg_id)) => {
+                self.store
+                    .append(aggregate, &events, expected, Some(&key_msg_id))
+                    .await
+            }
+            None => self.store.append(aggregate, events, expected, msg_id).await,
+        };
         if let Ok(appended) = &result {
             self.acked
                 .record(aggregate, appended.sequence, self.progress.applied());

@@ -9,7 +9,7 @@ use aicp_events::id::TokenId;
 use aicp_events::store::AppendError;
 use aicp_events::token::{self, TokenSecret};
 use aicp_events::{Aggregate, Envelope, Expected};
-use aicp_projections::views::TokenView;
+use aicp_projections::views::{RequestRecord, TokenView};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -72,8 +72,9 @@ impl From<TokenView> for TokenJson {
 pub struct Issued {
     /// The token's id.
     pub token_id: TokenId,
-    /// The secret, to hand over once.
-    pub secret: TokenSecret,
+    /// The secret, to hand over once: `None` to a retry of the request that issued it
+    /// (with its `Idempotency-Key`), since only the secret's hash is kept.
+    pub secret: Option<TokenSecret>,
     /// The write.
     pub written: Written,
 }
@@ -86,6 +87,9 @@ impl AppState {
         label: String,
         by: &Principal,
     ) -> Result<Issued, ApiError> {
+        if let Some(first) = self.replayed() {
+            return self.issued_before(first).await;
+        }
         if principal == Principal::Coordinator {
             return Err(ApiError::bad_request(
                 "invalid_principal",
@@ -128,18 +132,40 @@ impl AppState {
         // The attempt's own id: a retried publish is recognised, another replica's is not.
         let msg_id = format!("token:{}", event.event_id);
         let aggregate = Aggregate::Token(token_id.clone());
+        let events = [event];
         match self
-            .append(&aggregate, &[event], Expected::NEW, Some(&msg_id))
+            .append(&aggregate, &events, Expected::NEW, Some(&msg_id))
             .await
         {
-            Ok(appended) => Ok(Some(Issued {
-                token_id,
-                secret,
-                written: self.written(appended.sequence).await,
-            })),
+            Ok(appended) => match self.duplicate_of(&events, &appended).await? {
+                Some(first) => self.issued_before(first).await.map(Some),
+                None => Ok(Some(Issued {
+                    token_id,
+                    secret: Some(secret),
+                    written: self.written(appended.sequence).await,
+                })),
+            },
             Err(AppendError::Conflict { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The token the first request with this request's key issued, without its secret.
+    async fn issued_before(&self, first: RequestRecord) -> Result<Issued, ApiError> {
+        let token = first.token.ok_or_else(|| {
+            ApiError::conflict(
+                "idempotency_key_reused",
+                format!(
+                    "the Idempotency-Key was used for a write on {}, not on a token",
+                    first.subject
+                ),
+            )
+        })?;
+        Ok(Issued {
+            token_id: token.token_id,
+            secret: None,
+            written: self.written(first.sequence).await,
+        })
     }
 
     /// Revokes a token; revoking a revoked token changes nothing.
@@ -213,7 +239,7 @@ impl AppState {
                 Principal::Coordinator,
             )
             .await?;
-        Ok(issued.map(|i| i.secret))
+        Ok(issued.and_then(|i| i.secret))
     }
 }
 
@@ -251,10 +277,13 @@ async fn issue(
         status,
         Json(json!({
             "token_id": issued.token_id,
-            "token": issued.secret.expose(),
+            "token": issued.secret.as_ref().map(TokenSecret::expose),
             "principal": principal,
             "label": body.label.trim(),
-            "note": "the token is shown this once: only its hash is kept",
+            "note": match issued.secret {
+                Some(_) => "the token is shown this once: only its hash is kept",
+                None => "issued by the first request with this Idempotency-Key, which was shown the token: only its hash is kept",
+            },
         })),
     )
         .into_response())

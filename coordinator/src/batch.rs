@@ -1,0 +1,206 @@
+//! `POST /v1/tasks/batch`: up to [`MAX_BATCH`] tasks in one request, each accepted or
+//! refused on its own.
+//!
+//! Every item is checked and assigned in order, as if submitted one after another: each
+//! assignment counts towards the next (the round-robin turn, the agent's active tasks).
+//! Each accepted task is then its own message, as a single submission is, so a task's
+//! events stay on its subject and a refused item costs the others nothing; the messages
+//! are published without waiting for one acknowledgement before the next publish.
+//!
+//! With an `Idempotency-Key` `K`, item `i` is written with the key `K#i` and the whole
+//! batch's fingerprint: a retried batch answers its stored items from the read model and
+//! submits only those that were not stored (a refusal is decided again).
+
+use aicp_events::domain::access::Principal;
+use aicp_events::id::TaskId;
+use aicp_projections::views::RequestRecord;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::commands::{Submission, SubmitTask, Submitted};
+use crate::error::ApiError;
+use crate::idempotency::{self, Keyed};
+use crate::routes::{SubmitBody, TaskJson};
+use crate::state::AppState;
+
+/// Most tasks one batch may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// Publishes awaiting their acknowledgement at once: enough to keep the server busy,
+/// few enough that a batch does not crowd out other requests' appends.
+const IN_FLIGHT: usize = 64;
+
+/// The batch route, with its own body limit (a thousand tasks do not fit the default).
+pub(crate) fn router(max_body: usize) -> Router<AppState> {
+    Router::new().route(
+        "/v1/tasks/batch",
+        post(submit_batch).layer(DefaultBodyLimit::max(max_body)),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    /// Each item is parsed on its own, so a malformed one refuses only itself.
+    tasks: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/tasks/batch`: 200 with one answer per item, in order.
+async fn submit_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<BatchBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    if body.tasks.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "tasks must hold at least one task",
+        ));
+    }
+    if body.tasks.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!(
+                "a batch holds at most {MAX_BATCH} tasks, got {}",
+                body.tasks.len()
+            ),
+        ));
+    }
+    let commands = body
+        .tasks
+        .into_iter()
+        .map(|item| {
+            serde_json::from_value::<SubmitBody>(item)
+                .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+                .and_then(|b| b.authorized(&caller))
+        })
+        .collect();
+    let outcomes = state.submit_batch(commands, &caller.principal).await?;
+    let accepted = outcomes.iter().filter(|o| o.is_ok()).count();
+    let items: Vec<serde_json::Value> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| match outcome {
+            Ok(done) => json!({
+                "index": index,
+                "status": 201,
+                "task": TaskJson::from(done.decided.view),
+            }),
+            Err(e) => json!({
+                "index": index,
+                "status": e.status.as_u16(),
+                "error": {"code": e.code, "message": e.message},
+            }),
+        })
+        .collect();
+    Ok(Json(json!({
+        "accepted": accepted,
+        "refused": items.len() - accepted,
+        "items": items,
+    }))
+    .into_response())
+}
+
+/// What became of one item before anything is stored.
+enum Step {
+    /// Refused, or answered from an earlier request with the batch's key.
+    Done(Box<Result<Submitted, ApiError>>),
+    /// To be stored, under the item's key if the batch has one.
+    Store(Box<(Submission, Option<Keyed>)>),
+}
+
+impl AppState {
+    /// Submits each of `commands` (an item refused before it got here stays refused), in
+    /// order; one answer per item. Fails as a whole only if the read model cannot be read,
+    /// or the batch's key was used for another request.
+    pub async fn submit_batch(
+        &self,
+        commands: Vec<Result<SubmitTask, ApiError>>,
+        by: &Principal,
+    ) -> Result<Vec<Result<Submitted, ApiError>>, ApiError> {
+        let batch_key = idempotency::current();
+        let firsts = match &batch_key {
+            Some(keyed) => self.items_stored_before(keyed, commands.len())?,
+            None => vec![None; commands.len()],
+        };
+        let mut candidates = self.candidates()?;
+        let mut counter = self.model.counters()?.submitted;
+        let mut steps = Vec::with_capacity(commands.len());
+        for (index, (command, first)) in commands.into_iter().zip(firsts).enumerate() {
+            if let Some(first) = first {
+                let done = idempotency::task_of(first).and_then(crate::commands::submitted_of);
+                steps.push(Step::Done(Box::new(done)));
+                continue;
+            }
+            let decided = command.and_then(|c| self.decide_submission(c, &candidates, counter));
+            match decided {
+                Ok(submission) => {
+                    // The next item sees this one's assignment, as a later request would.
+                    counter += 1;
+                    if let Some(agent) = candidates
+                        .iter_mut()
+                        .find(|c| c.agent_id == submission.choice.agent_id)
+                    {
+                        agent.active_tasks = agent.active_tasks.saturating_add(1);
+                    }
+                    let item_key = batch_key.as_ref().map(|k| k.item(index));
+                    steps.push(Step::Store(Box::new((submission, item_key))));
+                }
+                Err(e) => steps.push(Step::Done(Box::new(Err(e)))),
+            }
+        }
+        let outcomes = futures::stream::iter(steps)
+            .map(|step| async move {
+                match step {
+                    Step::Done(done) => *done,
+                    Step::Store(item) => {
+                        let (submission, key) = *item;
+                        idempotency::scoped(key, self.store_item(&submission, by)).await
+                    }
+                }
+            })
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await;
+        Ok(outcomes)
+    }
+
+    /// Stores one accepted item, as a single submission is stored.
+    async fn store_item(
+        &self,
+        submission: &Submission,
+        by: &Principal,
+    ) -> Result<Submitted, ApiError> {
+        let ids = std::iter::repeat_with(TaskId::generate);
+        let (_, decided) = self
+            .store_submission(ids, |task_id| submission.events(task_id, by))
+            .await?;
+        crate::commands::submitted_of(decided)
+    }
+
+    /// What an earlier request with the batch's key stored for each item; 409 if any was
+    /// stored by another request.
+    fn items_stored_before(
+        &self,
+        keyed: &Keyed,
+        len: usize,
+    ) -> Result<Vec<Option<RequestRecord>>, ApiError> {
+        (0..len)
+            .map(|index| {
+                let item = keyed.item(index);
+                match self.model.request(&item.principal, &item.key.key)? {
+                    Some(record) => idempotency::same_request(&item.key, record).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+}
