@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/tasks/{id}/complete"),
     ("GET", "/v1/tasks"),
     ("POST", "/v1/tasks"),
+    ("POST", "/v1/tasks/batch"),
     ("GET", "/v1/tasks/{id}"),
     ("POST", "/v1/tasks/{id}/start"),
     ("POST", "/v1/tasks/{id}/complete"),
