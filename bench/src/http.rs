@@ -87,6 +87,52 @@ pub async fn submit(
     Ok((load, ids))
 }
 
+/// Submits batches of `size` tasks (`POST /v1/tasks/batch`) from `connections` buyers
+/// for `duration`: `ok` counts the tasks accepted, the latencies are per batch.
+pub async fn submit_batches(
+    base: &str,
+    connections: usize,
+    duration: Duration,
+    size: usize,
+) -> Result<Load> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut runs = Vec::new();
+    for c in 0..connections {
+        let mut connection = Connection::open(base).await?;
+        let tasks: Vec<serde_json::Value> = (0..size)
+            .map(|n| json!({"buyer_id": format!("batch-{c}"), "description": "benchmark task", "complexity": 1 + n % 10}))
+            .collect();
+        let body = json!({ "tasks": tasks }).to_string();
+        let request = wire::request("POST", "/v1/tasks/batch", ADMIN_TOKEN, Some(&body));
+        runs.push(tokio::spawn(async move {
+            let mut load = Load::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match connection.send(&request).await {
+                    Ok(r) if r.status == 200 => {
+                        load.latencies.record(sent.elapsed());
+                        let answer: serde_json::Value =
+                            serde_json::from_slice(r.body).unwrap_or_default();
+                        let accepted = answer["accepted"].as_u64().unwrap_or(0);
+                        load.ok += accepted;
+                        load.failed += size as u64 - accepted.min(size as u64);
+                    }
+                    Ok(_) => load.failed += size as u64,
+                    Err(_) => {
+                        load.failed += size as u64;
+                        if connection.reopen().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            load
+        }));
+    }
+    gather(runs, started).await
+}
+
 /// GETs `paths` (round robin) from `connections` connections for `duration`.
 pub async fn get(
     base: &str,

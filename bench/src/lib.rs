@@ -298,7 +298,6 @@ async fn submit_only(
     let before = meter.read()?;
     let submitted = http::submit(&coordinator.base, c, Duration::from_secs(config.seconds)).await;
     let usage = meter.read()?.since(&before);
-    coordinator.stop();
     let (load, _) = submitted?;
     if load.failed > 0 {
         eprintln!("warning: {} submissions failed", load.failed);
@@ -312,8 +311,48 @@ async fn submit_only(
     .against(raw_sync)
     .target(">= 10,000/s, p99 <= 10 ms")];
     figures.extend(cpu_figures("submission", &usage, load.ok));
+
+    // The same coordinator, batches of a thousand over a few connections: what a bulk
+    // client gets when it does not pay a request per task.
+    let batch_connections = c.clamp(1, 4);
+    eprintln!(
+        "batch submit: {}s over {batch_connections} connections, {BATCH_SIZE} tasks per request...",
+        config.seconds
+    );
+    let before = meter.read()?;
+    let batches = http::submit_batches(
+        &coordinator.base,
+        batch_connections,
+        Duration::from_secs(config.seconds),
+        BATCH_SIZE,
+    )
+    .await;
+    let usage = meter.read()?.since(&before);
+    coordinator.stop();
+    let batches = batches?;
+    if batches.failed > 0 {
+        eprintln!(
+            "warning: {} batched tasks were not accepted",
+            batches.failed
+        );
+    }
+    figures.push(
+        Figure::rate(
+            &format!(
+                "batch submit: POST /v1/tasks/batch of {BATCH_SIZE}, {batch_connections} connections, tasks/s"
+            ),
+            batches.rate(),
+            batches.ok,
+        )
+        .with_latency(batches.latencies.percentiles())
+        .against(raw_sync),
+    );
+    figures.extend(cpu_figures("batched task", &usage, batches.ok));
     Ok(figures)
 }
+
+/// Tasks per request in the batch part of the benchmark: the most a batch may hold.
+const BATCH_SIZE: usize = 1000;
 
 /// A generated stream of whole lifecycles, read raw and rebuilt by `aicp replay`.
 async fn replay_figures(

@@ -185,6 +185,35 @@ async fn retries_racing_on_two_replicas_store_one_task() -> Result<()> {
         "{listed}"
     );
     assert_eq!(task_count(&b).await?, 1);
+
+    // Cancels of the task racing with one key: one cancellation, one refund, and every
+    // racer answered with it (nats-server 2.9 answers the losers as duplicates; newer
+    // servers refuse them on the sequence, and the store finds the key's message).
+    let path = format!("/v1/tasks/{}/cancel", ids[0].as_str().unwrap_or_default());
+    let mut racing = Vec::new();
+    for n in 0..6 {
+        let api = if n % 2 == 0 {
+            a.api.clone()
+        } else {
+            b.api.clone()
+        };
+        let path = path.clone();
+        racing.push(tokio::spawn(async move {
+            keyed(&api, Method::POST, &path, "cancel-once", &json!({})).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for answer in racing {
+        let (status, body) = answer.await??;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        answers.push(body);
+    }
+    answers.dedup();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["status"], "cancelled");
+    let task: aicp_events::id::TaskId = ids[0].as_str().unwrap_or_default().parse()?;
+    let moves = common::money_moves(&a.state.store, &task).await?;
+    assert_eq!(moves, ["EscrowHeld", "EscrowRefunded"]);
     invariants_hold(&a).await?;
     b.shutdown().await?;
     a.shutdown().await

@@ -57,7 +57,20 @@ impl Client {
 
     /// `POST path` with a JSON body: the status and the answer.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), OpsError> {
-        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.post_keyed(path, body, None).await
+    }
+
+    /// `POST path` with a JSON body and, if given, an `Idempotency-Key`.
+    pub async fn post_keyed(
+        &self,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> Result<(u16, Value), OpsError> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
         self.send(request).await
     }
 
@@ -103,7 +116,13 @@ pub async fn tasks(
 ) -> Result<ExitCode, OpsError> {
     match command {
         TasksCommand::Submit(args) => {
-            let (_, task) = client.post("/v1/tasks", &submit_body(&args)).await?;
+            let (_, task) = client
+                .post_keyed(
+                    "/v1/tasks",
+                    &submit_body(&args),
+                    args.idempotency_key.as_deref(),
+                )
+                .await?;
             let Some(seconds) = args.wait else {
                 print_tasks(std::slice::from_ref(&task), as_json, true);
                 return Ok(ExitCode::SUCCESS);
@@ -116,6 +135,10 @@ pub async fn tasks(
                 return Ok(ExitCode::from(1));
             }
         }
+        TasksCommand::Batch {
+            file,
+            idempotency_key,
+        } => return batch(client, &file, idempotency_key.as_deref(), as_json).await,
         TasksCommand::Show { task_id } => {
             let task = client
                 .get(&format!("/v1/tasks/{}", encode(&task_id)))
@@ -142,6 +165,92 @@ pub async fn tasks(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Most tasks one batch request holds (the coordinator's limit).
+const BATCH: usize = 1000;
+
+/// `aicp tasks batch`: the file's tasks, a thousand per request, one line per answer.
+async fn batch(
+    client: &Client,
+    file: &std::path::Path,
+    key: Option<&str>,
+    as_json: bool,
+) -> Result<ExitCode, OpsError> {
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| OpsError::Usage(format!("reading {}: {e}", file.display())))?;
+    let tasks =
+        parse_tasks(&text).map_err(|e| OpsError::Usage(format!("{}: {e}", file.display())))?;
+    if tasks.is_empty() {
+        return Err(OpsError::Usage(format!("{}: no tasks", file.display())));
+    }
+    let mut items = Vec::with_capacity(tasks.len());
+    for (n, chunk) in tasks.chunks(BATCH).enumerate() {
+        let key = key.map(|k| format!("{k}/{n}"));
+        let (_, answer) = client
+            .post_keyed(
+                "/v1/tasks/batch",
+                &json!({ "tasks": chunk }),
+                key.as_deref(),
+            )
+            .await?;
+        for mut item in answer["items"].as_array().cloned().unwrap_or_default() {
+            // Numbered through the whole file, not per request.
+            let index = item["index"].as_u64().unwrap_or(0) + (n * BATCH) as u64;
+            item["index"] = json!(index);
+            items.push(item);
+        }
+    }
+    let refused = items.iter().filter(|i| i["task"].is_null()).count();
+    if as_json {
+        output::json(
+            &json!({"accepted": items.len() - refused, "refused": refused, "items": items}),
+        );
+    } else {
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|i| {
+                let outcome = match i["task"]["id"].as_str() {
+                    Some(id) => format!(
+                        "{id} -> {} for {}",
+                        text(&i["task"]["agent_name"]),
+                        text(&i["task"]["price_satoshis"])
+                    ),
+                    None => format!(
+                        "{}: {}",
+                        text(&i["error"]["code"]),
+                        text(&i["error"]["message"])
+                    ),
+                };
+                vec![text(&i["index"]), text(&i["status"]), outcome]
+            })
+            .collect();
+        output::table(&["ITEM", "STATUS", "TASK OR ERROR"], &rows);
+        println!("{} accepted, {refused} refused", items.len() - refused);
+    }
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Tasks from a JSON array, or from JSON lines (blank lines skipped).
+fn parse_tasks(text: &str) -> Result<Vec<Value>, String> {
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(text).map_err(|e| format!("not a JSON array of tasks: {e}"));
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str(line).map_err(|e| format!("line {}: not JSON: {e}", n + 1))
+        })
+        .collect()
 }
 
 /// Whether a task's money has settled: released to its agent or refunded to its buyer.

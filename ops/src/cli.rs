@@ -251,6 +251,21 @@ pub enum TasksCommand {
         after_help = "Examples:\n  aicp tasks submit --buyer buyer-001 --description 'Process payment' --complexity 2 --skills payments\n  aicp tasks submit --buyer buyer-001 --description 'smoke test' --complexity 1 --wait 60"
     )]
     Submit(SubmitArgs),
+    /// Submit many tasks from a file of JSON lines (or a JSON array), each as `POST
+    /// /v1/tasks` takes it, 1,000 per request; prints each task's answer, exit 1 if any
+    /// was refused.
+    #[command(
+        after_help = "Examples:\n  aicp tasks batch --file tasks.jsonl --idempotency-key import-2026-12-07\n  printf '%s\\n' '{\"description\": \"a\", \"buyer_id\": \"buyer-001\"}' | aicp tasks batch --file -"
+    )]
+    Batch {
+        /// The tasks: a JSON array, or one JSON object per line; `-` for standard input.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Makes the import safe to run again: request `n` is sent with `<key>/<n>`, so a
+        /// second run answers the tasks the first stored instead of submitting them twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// One task.
     #[command(after_help = "Example:\n  aicp tasks show 8fb44756")]
     Show {
@@ -298,6 +313,10 @@ pub struct SubmitArgs {
     /// When the task expires (RFC 3339).
     #[arg(long)]
     pub deadline: Option<DateTime<Utc>>,
+    /// Sent as the `Idempotency-Key`: running the same command again answers the task
+    /// the first run stored instead of submitting another.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// Then wait up to this many seconds for its money to settle (released to the agent
     /// or refunded) and print it again; exit 1 if it has not by then.
     #[arg(long, value_name = "SECONDS")]

@@ -239,9 +239,9 @@ fn apply_batch(
 }
 
 /// Keeps the idempotency key a message was written with, and the aggregate as the message
-/// left it: the answer a retry with the key gets. The first message with a key keeps it
-/// (a later one, which only a replica blind to the first for minutes could write, is
-/// counted by `aicp verify`, not answered).
+/// left it: the answer a retry with the key gets. The first message with a key keeps it;
+/// a later one (which only a replica blind to the first for longer than the duplicate
+/// window could write) is noted on the record, for `aicp verify` to report.
 fn record_request(
     model: &ReadModel,
     changes: &mut Changes,
@@ -252,10 +252,11 @@ fn record_request(
         return Ok(());
     };
     let key = request_key(principal, &request.key);
-    if changes
-        .get::<RequestRecord>(model, Table::Requests, &key)?
-        .is_some()
-    {
+    if let Some(mut first) = changes.get::<RequestRecord>(model, Table::Requests, &key)? {
+        if first.sequence != batch.sequence && !first.reused_by.contains(&batch.sequence) {
+            first.reused_by.push(batch.sequence);
+            changes.put(Table::Requests, key, first);
+        }
         return Ok(());
     }
     let (mut task, mut agent, mut token) = (None, None, None);
@@ -277,6 +278,7 @@ fn record_request(
         task,
         agent,
         token,
+        reused_by: Vec::new(),
     };
     changes.put(Table::Requests, key, record);
     Ok(())

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::tables::{decode, index_prefix, ledger_key_sequence, ProjectionError, ReadModel, Table};
-use crate::views::{AgentView, BuyerView, LedgerRecord, TaskView};
+use crate::views::{AgentView, BuyerView, LedgerRecord, RequestRecord, TaskView};
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::task::TaskStatus;
 use serde::de::DeserializeOwned;
@@ -22,6 +22,42 @@ pub struct Report {
     pub failed: Vec<String>,
     /// Work not done yet that is not wrong (settlement still to run).
     pub pending: Vec<String>,
+}
+
+/// Each idempotency key wrote one message, and its record names what that message wrote.
+fn check_requests(model: &ReadModel, report: &mut Report) -> Result<(), ProjectionError> {
+    let requests: Vec<(String, RequestRecord)> =
+        entries(model, Table::Requests)?.into_iter().collect();
+    let mut bad = 0;
+    for (key, record) in &requests {
+        let (principal, key) = key.split_once('\n').unwrap_or(("?", key));
+        if !record.reused_by.is_empty() {
+            bad += 1;
+            report.failed.push(format!(
+                "idempotency key {key:?} of {principal} was written by message {} and again by {:?}",
+                record.sequence, record.reused_by
+            ));
+        }
+        let named = [
+            record.task.is_some(),
+            record.agent.is_some(),
+            record.token.is_some(),
+        ];
+        if named.iter().filter(|n| **n).count() != 1 {
+            bad += 1;
+            report.failed.push(format!(
+                "idempotency key {key:?} of {principal} (message {}) does not name the one task, agent or token it wrote",
+                record.sequence
+            ));
+        }
+    }
+    if bad == 0 {
+        report.passed.push(format!(
+            "each of the {} idempotency keys wrote one message",
+            requests.len()
+        ));
+    }
+    Ok(())
 }
 
 /// How the escrow account's ledger moved money for one task.
@@ -39,6 +75,8 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
     let balances: BTreeMap<String, i64> = entries(model, Table::Balances)?;
     let agents: Vec<AgentView> = values(model, Table::Agents)?;
     let buyers: Vec<BuyerView> = values(model, Table::Buyers)?;
+
+    check_requests(model, &mut report)?;
 
     // 1. Double entry: every transfer is booked on two accounts, so balances sum to zero.
     let total: i128 = balances.values().map(|b| i128::from(*b)).sum();

@@ -321,6 +321,9 @@ pub struct RequestRecord {
     pub agent: Option<AgentView>,
     /// The token it wrote, as its message left it.
     pub token: Option<TokenView>,
+    /// Later messages that carried the same key: none, unless a replica wrote a retry
+    /// it should have answered (`aicp verify` reports each).
+    pub reused_by: Vec<u64>,
 }
 
 /// One page of a list (by sequence newest first, or by id), with the cursor of the next page.

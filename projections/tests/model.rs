@@ -692,7 +692,7 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
         report.failed.is_empty() && report.pending.is_empty(),
         "{report:?}"
     );
-    assert_eq!(report.passed.len(), 6, "{report:?}");
+    assert_eq!(report.passed.len(), 7, "{report:?}");
 
     // An agent balance booked out of nowhere: unbalanced, and the agent is named.
     let agent_key = Account::Agent(agent("agent-1")).to_string();
@@ -869,6 +869,14 @@ fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_win
         h.model.task(&tid("aaaa0001"))?.map(|t| t.task.status),
         Some(TaskStatus::Completed)
     );
+    let report = aicp_projections::invariants::check(&h.model)?;
+    assert!(
+        report
+            .passed
+            .iter()
+            .any(|p| p == "each of the 1 idempotency keys wrote one message"),
+        "{report:?}"
+    );
 
     // The same key again (another request) does not replace the first record; another
     // principal's same key is its own.
@@ -886,6 +894,16 @@ fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_win
         .request(&buyer, "order-1")?
         .ok_or_else(|| anyhow::anyhow!("no record"))?;
     assert_eq!(again.sequence, first.sequence);
+    // ... but is noted on it, and the invariants name it.
+    assert_eq!(again.reused_by, vec![h.sequence]);
+    let report = aicp_projections::invariants::check(&h.model)?;
+    assert!(
+        report
+            .failed
+            .iter()
+            .any(|f| f.contains("\"order-1\" of buyer:buyer-001 was written by message")),
+        "{report:?}"
+    );
     let admin = h.model.request(&Principal::Admin, "order-1")?;
     assert!(admin.is_none());
     Ok(())
