@@ -177,14 +177,14 @@ async fn batch(
     key: Option<&str>,
     as_json: bool,
 ) -> Result<ExitCode, OpsError> {
-    let text = if file == std::path::Path::new("-") {
+    let input = if file == std::path::Path::new("-") {
         std::io::read_to_string(std::io::stdin())
     } else {
         std::fs::read_to_string(file)
     }
     .map_err(|e| OpsError::Usage(format!("reading {}: {e}", file.display())))?;
     let tasks =
-        parse_tasks(&text).map_err(|e| OpsError::Usage(format!("{}: {e}", file.display())))?;
+        parse_tasks(&input).map_err(|e| OpsError::Usage(format!("{}: {e}", file.display())))?;
     if tasks.is_empty() {
         return Err(OpsError::Usage(format!("{}: no tasks", file.display())));
     }

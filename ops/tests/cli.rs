@@ -499,6 +499,7 @@ async fn errors_are_clear_and_exit_non_zero() -> Result<()> {
         &["dead-letters", "list"],
         &["dead-letters", "retry"],
         &["tasks", "submit"],
+        &["tasks", "batch"],
         &["tasks", "show"],
         &["tasks", "list"],
         &["agents", "list"],
@@ -548,5 +549,72 @@ async fn the_cli_authenticates_with_flags_or_environment_and_never_prints_the_se
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("guessed-in-url"), "{stderr}");
     assert!(stderr.contains("aicp:***@"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_batch_submits_a_file_and_a_rerun_with_its_key_submits_nothing_twice() -> Result<()> {
+    let server = NatsServer::start()?;
+    let data = tempfile::tempdir()?;
+    // With the seed agents, to assign the tasks to.
+    let c = Coordinator::start_with(&server, &data.path().join("live"), "", &[]).await?;
+    let file = data.path().join("tasks.jsonl");
+    std::fs::write(
+        &file,
+        "{\"description\": \"one\", \"buyer_id\": \"buyer-001\", \"complexity\": 2}\n\n\
+         {\"description\": \"\", \"buyer_id\": \"buyer-001\"}\n\
+         {\"description\": \"three\", \"buyer_id\": \"buyer-002\"}\n",
+    )?;
+    let file = file.display().to_string();
+    let args = [
+        "--api",
+        c.base.as_str(),
+        "tasks",
+        "batch",
+        "--file",
+        &file,
+        "--idempotency-key",
+        "import-1",
+        "--json",
+    ];
+    let first = aicp(&server.url(), &args).await?;
+    // One item refused: the command says so by its exit code.
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    let first: Value = serde_json::from_slice(&first.stdout)?;
+    assert_eq!(
+        (first["accepted"].as_u64(), first["refused"].as_u64()),
+        (Some(2), Some(1)),
+        "{first}"
+    );
+    assert_eq!(first["items"][1]["error"]["code"], "invalid_description");
+    assert_eq!(first["items"][2]["task"]["buyer_id"], "buyer-002");
+
+    let again = aicp(&server.url(), &args).await?;
+    let again: Value = serde_json::from_slice(&again.stdout)?;
+    assert_eq!(
+        again["items"][0]["task"]["id"],
+        first["items"][0]["task"]["id"]
+    );
+    assert_eq!(
+        again["items"][2]["task"]["id"],
+        first["items"][2]["task"]["id"]
+    );
+    let listed = c.get("/v1/tasks").await?;
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+
+    // A file that is not tasks is a usage error, before any request.
+    std::fs::write(data.path().join("bad.jsonl"), "not json\n")?;
+    let bad = data.path().join("bad.jsonl").display().to_string();
+    let refused = aicp(
+        &server.url(),
+        &["--api", c.base.as_str(), "tasks", "batch", "--file", &bad],
+    )
+    .await?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("line 1: not JSON"));
     Ok(())
 }
