@@ -127,15 +127,49 @@ fn reused(key: &str) -> ApiError {
 
 /// The middleware: reads the key and the body of a write, refuses a key used for another
 /// request, and runs the handler with the key in scope.
+///
+/// A keyed request refused (4xx) without a record of its key is looked at once more: a
+/// retry sent right after the first request was answered may reach a replica whose read
+/// model has not applied the first yet (a write is answered once stored, not once
+/// projected), and deciding again there refuses it on the state the first left (a
+/// cancelled task cannot be cancelled). Once the read model has caught up with the
+/// stream, a record of the key means the request is a retry: it is answered as one.
 pub async fn keyed(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match prepare(&state, request).await {
-        Ok((request, Some(keyed))) => REQUEST.scope(keyed, next.run(request)).await,
-        Ok((request, None)) => next.run(request).await,
+    let (request, keyed, copy) = match prepare(&state, request).await {
+        Ok((request, Some((keyed, copy)))) => (request, keyed, copy),
+        Ok((request, None)) => return next.run(request).await,
+        Err(e) => return e.into_response(),
+    };
+    let response = REQUEST
+        .scope(keyed.clone(), next.clone().run(request))
+        .await;
+    let refused = response.status().is_client_error()
+        && response.status() != axum::http::StatusCode::TOO_MANY_REQUESTS;
+    if !refused || keyed.first.is_some() {
+        return response;
+    }
+    match state.caught_up_record(&keyed).await {
+        Ok(None) => response,
+        Ok(Some(first)) => {
+            let (parts, bytes) = copy;
+            let again = Keyed {
+                first: Some(first),
+                ..keyed
+            };
+            let request = Request::from_parts(parts, Body::from(bytes));
+            REQUEST.scope(again, next.run(request)).await
+        }
         Err(e) => e.into_response(),
     }
 }
 
-async fn prepare(state: &AppState, request: Request) -> Result<(Request, Option<Keyed>), ApiError> {
+/// A keyed request's parts and body, to run it again as a retry.
+type Retained = (axum::http::request::Parts, axum::body::Bytes);
+
+async fn prepare(
+    state: &AppState,
+    request: Request,
+) -> Result<(Request, Option<(Keyed, Retained)>), ApiError> {
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
@@ -165,15 +199,14 @@ async fn prepare(state: &AppState, request: Request) -> Result<(Request, Option<
         Some(record) => Some(same_request(&key, record)?),
         None => None,
     };
+    let copy = (parts.clone(), bytes.clone());
     let request = Request::from_parts(parts, Body::from(bytes));
-    Ok((
-        request,
-        Some(Keyed {
-            principal,
-            key,
-            first,
-        }),
-    ))
+    let keyed = Keyed {
+        principal,
+        key,
+        first,
+    };
+    Ok((request, Some((keyed, copy))))
 }
 
 impl AppState {
@@ -198,6 +231,17 @@ impl AppState {
         self.first_with_key(&keyed, appended.sequence)
             .await
             .map(Some)
+    }
+
+    /// What a request with `keyed`'s key stored, once the read model has applied the
+    /// stream as it is now (bounded by the write wait); 409 if it was another request.
+    async fn caught_up_record(&self, keyed: &Keyed) -> Result<Option<RequestRecord>, ApiError> {
+        let last = self.store.last_sequence().await?;
+        self.progress.wait_for(last, self.write_wait).await;
+        match self.model.request(&keyed.principal, &keyed.key.key)? {
+            Some(record) => same_request(&keyed.key, record).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// What the first request with `keyed`'s key stored at `sequence`, once this replica
