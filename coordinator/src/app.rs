@@ -75,6 +75,7 @@ impl App {
             notices: projector.notices(),
             fleet: crate::fleet::Fleet::default(),
             request_timeout: config.request_timeout(),
+            max_body: config.max_body_bytes,
             max_batch_body: config.max_batch_body_bytes,
             auth: Auth::new(
                 config.auth,

@@ -7,7 +7,8 @@
 //! events stay on its subject and a refused item costs the others nothing; the messages
 //! are published without waiting for one acknowledgement before the next publish.
 //!
-//! With an `Idempotency-Key` `K`, item `i` is written with the key `K#i` and the whole
+//! With an `Idempotency-Key` `K`, item `i` is written with a key derived from `K` (see
+//! `aicp_events::request::item_key`) and the whole
 //! batch's fingerprint: a retried batch answers its stored items from the read model and
 //! submits only those that were not stored (a refusal is decided again).
 
@@ -30,6 +31,9 @@ use crate::idempotency::{self, Keyed};
 use crate::routes::{SubmitBody, TaskJson};
 use crate::state::AppState;
 
+/// The batch route's path.
+pub const PATH: &str = "/v1/tasks/batch";
+
 /// Most tasks one batch may hold.
 pub const MAX_BATCH: usize = 1000;
 
@@ -40,7 +44,7 @@ const IN_FLIGHT: usize = 64;
 /// The batch route, with its own body limit (a thousand tasks do not fit the default).
 pub(crate) fn router(max_body: usize) -> Router<AppState> {
     Router::new().route(
-        "/v1/tasks/batch",
+        PATH,
         post(submit_batch).layer(DefaultBodyLimit::max(max_body)),
     )
 }

@@ -55,7 +55,13 @@ impl Keyed {
 
     /// The `Nats-Msg-Id` of the write: one message per caller and key, whichever replica.
     pub fn msg_id(&self) -> String {
-        format!("req:{}:{}", self.principal, self.key.key)
+        // Hashed: keys may hold ':' and ',' as principals do, so the two written side by
+        // side could name two callers' keys alike.
+        let named = format!("{}\n{}", self.principal, self.key.key);
+        format!(
+            "req:{}",
+            aicp_events::request::fingerprint("", "", named.as_bytes())
+        )
     }
 }
 
@@ -187,9 +193,15 @@ async fn prepare(
         return Ok((request, None));
     };
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, state.max_batch_body)
+    // The route's own limit: only a batch may be larger than any other write.
+    let limit = if parts.uri.path() == crate::batch::PATH {
+        state.max_batch_body
+    } else {
+        state.max_body
+    };
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::payload_too_large(state.max_batch_body))?;
+        .map_err(|_| ApiError::payload_too_large(limit))?;
     let path = parts
         .uri
         .path_and_query()
@@ -197,7 +209,23 @@ async fn prepare(
     let key = RequestKey::new(&raw, parts.method.as_str(), path, &bytes).map_err(invalid_key)?;
     let first = match state.model.request(&principal, &key.key)? {
         Some(record) => Some(same_request(&key, record)?),
-        None => None,
+        // Not here may mean not applied yet (a replica rebuilding, or lagging): past
+        // the duplicate window nothing else would stop a second task. So a key not
+        // found is looked up again once the read model shows the stream as it is now.
+        None => {
+            let last = state.store.last_sequence().await?;
+            if !state.progress.wait_for(last, state.write_wait).await {
+                return Err(ApiError::unavailable(format!(
+                    "this replica's read model is catching up ({} of {last} applied): it cannot tell yet whether Idempotency-Key {:?} was used; retry shortly",
+                    state.progress.applied(),
+                    key.key
+                )));
+            }
+            match state.model.request(&principal, &key.key)? {
+                Some(record) => Some(same_request(&key, record)?),
+                None => None,
+            }
+        }
     };
     let copy = (parts.clone(), bytes.clone());
     let request = Request::from_parts(parts, Body::from(bytes));

@@ -60,7 +60,9 @@ pub struct Shared {
     pub notices: Notices,
     /// Workers heard from and queue-depth samples, for the dashboard.
     pub fleet: crate::fleet::Fleet,
-    /// Largest body a batch submission (and so any keyed write) may have, in bytes.
+    /// Largest body of any request but a batch submission, in bytes.
+    pub max_body: usize,
+    /// Largest body of a batch submission, in bytes.
     pub max_batch_body: usize,
     /// A request taking longer is answered 408.
     pub request_timeout: Duration,

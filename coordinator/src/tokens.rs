@@ -195,16 +195,35 @@ impl AppState {
         })
         .by(by.clone());
         let aggregate = Aggregate::Token(token_id.clone());
+        let events = [event];
         match self
             .append(
                 &aggregate,
-                &[event],
+                &events,
                 Expected::Sequence(view.last_sequence),
                 None,
             )
             .await
         {
-            Ok(appended) => Ok(Some(self.written(appended.sequence).await)),
+            Ok(appended) => match self.duplicate_of(&events, &appended).await? {
+                // The key's first request revoked this token: its answer is this one's.
+                Some(first)
+                    if first
+                        .token
+                        .as_ref()
+                        .is_some_and(|t| t.token_id == *token_id) =>
+                {
+                    Ok(Some(self.written(first.sequence).await))
+                }
+                Some(first) => Err(ApiError::conflict(
+                    "idempotency_key_reused",
+                    format!(
+                        "the Idempotency-Key was used for a write on {}",
+                        first.subject
+                    ),
+                )),
+                None => Ok(Some(self.written(appended.sequence).await)),
+            },
             // The only thing that can happen to a token after its issue is a revocation.
             Err(AppendError::Conflict { .. }) => Ok(None),
             Err(e) => Err(e.into()),

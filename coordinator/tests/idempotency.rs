@@ -233,6 +233,20 @@ async fn task_agent_and_token_writes_answer_their_retries_once() -> Result<()> {
     assert_eq!((status, &again), (StatusCode::CREATED, &first));
     let (status, plain) = app.post("/v1/agents", Some(agent.clone())).await?;
     assert_eq!(status, StatusCode::CONFLICT, "{plain}");
+    // A profile change retried: one change, answered twice alike.
+    let pause = json!({"accepting": false});
+    let (status, first) =
+        keyed(&app, Method::PATCH, "/v1/agents/agent-k", "pause-1", &pause).await?;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, again) =
+        keyed(&app, Method::PATCH, "/v1/agents/agent-k", "pause-1", &pause).await?;
+    assert_eq!((status, &again), (StatusCode::OK, &first));
+    let stored = app
+        .state
+        .store
+        .read(&aicp_events::Aggregate::Agent("agent-k".parse()?))
+        .await?;
+    assert_eq!(stored.batches.len(), 2, "registered, then paused once");
 
     // A cancellation retried: the task as the first cancel left it, one refund.
     let id = app.submit("buyer-001", 2).await?;
@@ -261,6 +275,13 @@ async fn task_agent_and_token_writes_answer_their_retries_once() -> Result<()> {
         .as_array()
         .map_or(0, |t| t.iter().filter(|t| t["label"] == "ci").count());
     assert_eq!(labelled, 1, "{tokens}");
+    // The key is not a revocation's: refused, and the token stays valid.
+    let token_id = first["token_id"].as_str().unwrap_or_default();
+    let revoke = format!("/v1/tokens/{token_id}/revoke");
+    let (status, refused) = keyed(&app, Method::POST, &revoke, "tok-1", &json!({})).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (_, shown) = app.get(&format!("/v1/tokens/{token_id}")).await?;
+    assert_eq!(shown["revoked_at"], Value::Null, "{shown}");
     invariants_hold(&app).await?;
     app.shutdown().await
 }

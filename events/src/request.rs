@@ -50,9 +50,10 @@ impl RequestKey {
     }
 }
 
-/// The key item `index` of a batch sent with `key` is recorded under.
+/// The key item `index` of a batch sent with `key` is recorded under: with a tab, which
+/// no client's key may hold, so no single write's key can be mistaken for a batch item's.
 pub fn item_key(key: &str, index: usize) -> String {
-    format!("{key}#{index}")
+    format!("{key}\titem {index}")
 }
 
 /// SHA-256 (hex) of a request, each part length-prefixed so no two requests share it.
@@ -99,7 +100,8 @@ mod tests {
     fn batch_items_have_their_own_key_and_the_batch_fingerprint() {
         let key = RequestKey::new("k", "POST", "/v1/tasks/batch", b"[]").expect("valid");
         let item = key.item(7);
-        assert_eq!(item.key, "k#7");
+        assert_eq!(item.key, "k\titem 7");
+        assert!(RequestKey::new(&item.key, "POST", "/v1/tasks", b"").is_err());
         assert_eq!(item.fingerprint, key.fingerprint);
     }
 }

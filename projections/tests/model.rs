@@ -904,7 +904,28 @@ fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_win
             .any(|f| f.contains("\"order-1\" of buyer:buyer-001 was written by message")),
         "{report:?}"
     );
-    let admin = h.model.request(&Principal::Admin, "order-1")?;
-    assert!(admin.is_none());
+    let admin_first = h.push_keyed(
+        vec![
+            submitted("aaaa0003", "buyer-001").into(),
+            assigned("aaaa0003", "agent-1", 2000, 400_000).into(),
+        ],
+        Principal::Admin,
+        other,
+    )?;
+    let admin = h
+        .model
+        .request(&Principal::Admin, "order-1")?
+        .ok_or_else(|| anyhow::anyhow!("the admin's key has no record"))?;
+    assert_eq!(admin.sequence, admin_first.sequence);
+    assert!(admin.reused_by.is_empty());
+    let buyers = h
+        .model
+        .request(&buyer, "order-1")?
+        .ok_or_else(|| anyhow::anyhow!("no record"))?;
+    assert_eq!(
+        buyers.reused_by.len(),
+        1,
+        "another caller's key is not a reuse"
+    );
     Ok(())
 }
