@@ -167,7 +167,8 @@ impl AppState {
                     Step::Done(done) => *done,
                     Step::Store(item) => {
                         let (submission, key) = *item;
-                        idempotency::scoped(key, self.store_item(&submission, by)).await
+                        let ids = std::iter::repeat_with(TaskId::generate);
+                        idempotency::scoped(key, self.store_decided(&submission, ids, by)).await
                     }
                 }
             })
@@ -175,19 +176,6 @@ impl AppState {
             .collect()
             .await;
         Ok(outcomes)
-    }
-
-    /// Stores one accepted item, as a single submission is stored.
-    async fn store_item(
-        &self,
-        submission: &Submission,
-        by: &Principal,
-    ) -> Result<Submitted, ApiError> {
-        let ids = std::iter::repeat_with(TaskId::generate);
-        let (_, decided) = self
-            .store_submission(ids, |task_id| submission.events(task_id, by))
-            .await?;
-        crate::commands::submitted_of(decided)
     }
 
     /// What an earlier request with the batch's key stored for each item; 409 if any was
@@ -200,10 +188,7 @@ impl AppState {
         (0..len)
             .map(|index| {
                 let item = keyed.item(index);
-                match self.model.request(&item.principal, &item.key.key)? {
-                    Some(record) => idempotency::same_request(&item.key, record).map(Some),
-                    None => Ok(None),
-                }
+                self.key_record(&item.principal, &item.key)
             })
             .collect()
     }

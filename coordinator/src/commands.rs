@@ -347,6 +347,16 @@ impl AppState {
         }
         let counter = self.model.counters()?.submitted;
         let submission = self.decide_submission(cmd, &self.candidates()?, counter)?;
+        self.store_decided(&submission, ids, by).await
+    }
+
+    /// Stores a decided submission under the first free id of `ids`.
+    pub async fn store_decided(
+        &self,
+        submission: &Submission,
+        ids: impl IntoIterator<Item = TaskId>,
+        by: &Principal,
+    ) -> Result<Submitted, ApiError> {
         self.store_submission(ids, |task_id| submission.events(task_id, by))
             .await
             // The choice as stored: a keyed duplicate's is its first request's.
@@ -919,14 +929,15 @@ impl AppState {
     }
 }
 
-/// A submission as a retry with its key is answered: the task its first request stored.
+/// What a stored submission answers: its task, with the agent and price its events chose
+/// (a keyed retry's are its first request's).
 pub(crate) fn submitted_of(decided: Decided) -> Result<Submitted, ApiError> {
     let task = &decided.view.task;
     let (Some(agent_id), Some(multiplier), Some(price_sats)) =
         (task.agent_id.clone(), task.multiplier, task.price_sats)
     else {
         return Err(ApiError::internal(
-            "a keyed submission stored without its assignment",
+            "a submission stored without its assignment",
         ));
     };
     Ok(Submitted {

@@ -53,6 +53,13 @@ impl Keyed {
         }
     }
 
+    /// Whether `events` are this request's caller's own (a process manager's are not).
+    fn owns(&self, events: &[Envelope]) -> bool {
+        events
+            .first()
+            .is_some_and(|first| first.principal.as_ref() == Some(&self.principal))
+    }
+
     /// The `Nats-Msg-Id` of the write: one message per caller and key, whichever replica.
     pub fn msg_id(&self) -> String {
         // Hashed: keys may hold ':' and ',' as principals do, so the two written side by
@@ -81,11 +88,7 @@ pub async fn scoped<F: std::future::Future>(keyed: Option<Keyed>, f: F) -> F::Ou
 /// The events with the request's key on the first, and the msg id to append them with,
 /// if this task handles a keyed request and the events are its caller's.
 pub fn keyed_events(events: &[Envelope]) -> Option<(Vec<Envelope>, String)> {
-    let keyed = current()?;
-    let first = events.first()?;
-    if first.principal.as_ref() != Some(&keyed.principal) {
-        return None;
-    }
+    let keyed = current().filter(|k| k.owns(events))?;
     let mut events = events.to_vec();
     events[0].request = Some(keyed.key.clone());
     Some((events, keyed.msg_id()))
@@ -96,14 +99,19 @@ pub fn task_of(record: RequestRecord) -> Result<Decided, ApiError> {
     let sequence = record.sequence;
     match record.task {
         Some(view) => Ok(Decided { sequence, view }),
-        None => Err(ApiError::conflict(
-            "idempotency_key_reused",
-            format!(
-                "the Idempotency-Key was used for a write on {}, not on a task",
-                record.subject
-            ),
-        )),
+        None => Err(written_elsewhere(&record, "a task")),
     }
+}
+
+/// 409: the key's first request wrote `record`, which is not `what` this request writes.
+pub fn written_elsewhere(record: &RequestRecord, what: &str) -> ApiError {
+    ApiError::conflict(
+        "idempotency_key_reused",
+        format!(
+            "the Idempotency-Key was used for a write on {}, not on {what}",
+            record.subject
+        ),
+    )
 }
 
 /// 409 unless `record` was stored by the request `key` names.
@@ -134,12 +142,13 @@ fn reused(key: &str) -> ApiError {
 /// The middleware: reads the key and the body of a write, refuses a key used for another
 /// request, and runs the handler with the key in scope.
 ///
-/// A keyed request refused (4xx) without a record of its key is looked at once more: a
-/// retry sent right after the first request was answered may reach a replica whose read
-/// model has not applied the first yet (a write is answered once stored, not once
-/// projected), and deciding again there refuses it on the state the first left (a
-/// cancelled task cannot be cancelled). Once the read model has caught up with the
-/// stream, a record of the key means the request is a retry: it is answered as one.
+/// A write is answered once stored, not once projected, so a retry may reach a replica
+/// whose read model does not show the first request yet. A key not found is therefore
+/// looked up again once the read model shows the stream as it was when the retry came;
+/// and a keyed request refused (4xx) without a record is looked at once more after it
+/// ran: the first may have been stored meanwhile, and deciding again refused the retry
+/// on the state the first left (a cancelled task cannot be cancelled). With a record, the
+/// request is a retry and is answered as one.
 pub async fn keyed(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (request, keyed, copy) = match prepare(&state, request).await {
         Ok((request, Some((keyed, copy)))) => (request, keyed, copy),
@@ -207,26 +216,19 @@ async fn prepare(
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
     let key = RequestKey::new(&raw, parts.method.as_str(), path, &bytes).map_err(invalid_key)?;
-    let first = match state.model.request(&principal, &key.key)? {
-        Some(record) => Some(same_request(&key, record)?),
-        // Not here may mean not applied yet (a replica rebuilding, or lagging): past
-        // the duplicate window nothing else would stop a second task. So a key not
-        // found is looked up again once the read model shows the stream as it is now.
-        None => {
-            let last = state.store.last_sequence().await?;
-            if !state.progress.wait_for(last, state.write_wait).await {
-                return Err(ApiError::unavailable(format!(
-                    "this replica's read model is catching up ({} of {last} applied): it cannot tell yet whether Idempotency-Key {:?} was used; retry shortly",
-                    state.progress.applied(),
-                    key.key
-                )));
-            }
-            match state.model.request(&principal, &key.key)? {
-                Some(record) => Some(same_request(&key, record)?),
-                None => None,
-            }
+    let mut first = state.key_record(&principal, &key)?;
+    // Not here may mean not applied yet (a replica rebuilding, or lagging): past the
+    // duplicate window nothing else would stop a second task.
+    if first.is_none() {
+        if !state.caught_up().await? {
+            return Err(ApiError::unavailable(format!(
+                "this replica's read model is catching up ({} applied): it cannot tell yet whether Idempotency-Key {:?} was used; retry shortly",
+                state.progress.applied(),
+                key.key
+            )));
         }
-    };
+        first = state.key_record(&principal, &key)?;
+    }
     let copy = (parts.clone(), bytes.clone());
     let request = Request::from_parts(parts, Body::from(bytes));
     let keyed = Keyed {
@@ -250,10 +252,7 @@ impl AppState {
         events: &[Envelope],
         appended: &Appended,
     ) -> Result<Option<RequestRecord>, ApiError> {
-        if !appended.duplicate || keyed_events(events).is_none() {
-            return Ok(None);
-        }
-        let Some(keyed) = current() else {
+        let Some(keyed) = current().filter(|k| appended.duplicate && k.owns(events)) else {
             return Ok(None);
         };
         self.first_with_key(&keyed, appended.sequence)
@@ -261,15 +260,31 @@ impl AppState {
             .map(Some)
     }
 
-    /// What a request with `keyed`'s key stored, once the read model has applied the
-    /// stream as it is now (bounded by the write wait); 409 if it was another request.
-    async fn caught_up_record(&self, keyed: &Keyed) -> Result<Option<RequestRecord>, ApiError> {
-        let last = self.store.last_sequence().await?;
-        self.progress.wait_for(last, self.write_wait).await;
-        match self.model.request(&keyed.principal, &keyed.key.key)? {
-            Some(record) => same_request(&keyed.key, record).map(Some),
+    /// What `principal`'s request with `key` stored, as this replica shows it now; 409 if
+    /// another request stored it.
+    pub fn key_record(
+        &self,
+        principal: &Principal,
+        key: &RequestKey,
+    ) -> Result<Option<RequestRecord>, ApiError> {
+        match self.model.request(principal, &key.key)? {
+            Some(record) => same_request(key, record).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Waits (bounded by the write wait) until the read model shows the stream as it is
+    /// now; false if it did not in time.
+    async fn caught_up(&self) -> Result<bool, ApiError> {
+        let last = self.store.last_sequence().await?;
+        Ok(self.progress.wait_for(last, self.write_wait).await)
+    }
+
+    /// What a request with `keyed`'s key stored, once the read model shows the stream as
+    /// it is now (or the write wait has passed); 409 if it was another request.
+    async fn caught_up_record(&self, keyed: &Keyed) -> Result<Option<RequestRecord>, ApiError> {
+        self.caught_up().await?;
+        self.key_record(&keyed.principal, &keyed.key)
     }
 
     /// What the first request with `keyed`'s key stored at `sequence`, once this replica
@@ -280,8 +295,8 @@ impl AppState {
         sequence: u64,
     ) -> Result<RequestRecord, ApiError> {
         self.progress.wait_for(sequence, self.write_wait).await;
-        match self.model.request(&keyed.principal, &keyed.key.key)? {
-            Some(record) => same_request(&keyed.key, record),
+        match self.key_record(&keyed.principal, &keyed.key)? {
+            Some(record) => Ok(record),
             None => Err(ApiError::unavailable(format!(
                 "the first request with Idempotency-Key {:?} was stored at sequence {sequence}, not yet visible here; retry shortly",
                 keyed.key.key

@@ -152,15 +152,9 @@ impl AppState {
 
     /// The token the first request with this request's key issued, without its secret.
     async fn issued_before(&self, first: RequestRecord) -> Result<Issued, ApiError> {
-        let token = first.token.ok_or_else(|| {
-            ApiError::conflict(
-                "idempotency_key_reused",
-                format!(
-                    "the Idempotency-Key was used for a write on {}, not on a token",
-                    first.subject
-                ),
-            )
-        })?;
+        let Some(token) = first.token.clone() else {
+            return Err(crate::idempotency::written_elsewhere(&first, "a token"));
+        };
         Ok(Issued {
             token_id: token.token_id,
             secret: None,
@@ -215,12 +209,9 @@ impl AppState {
                 {
                     Ok(Some(self.written(first.sequence).await))
                 }
-                Some(first) => Err(ApiError::conflict(
-                    "idempotency_key_reused",
-                    format!(
-                        "the Idempotency-Key was used for a write on {}",
-                        first.subject
-                    ),
+                Some(first) => Err(crate::idempotency::written_elsewhere(
+                    &first,
+                    &format!("token {token_id}"),
                 )),
                 None => Ok(Some(self.written(appended.sequence).await)),
             },

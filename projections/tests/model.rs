@@ -40,16 +40,7 @@ impl Harness {
 
     /// Applies `events` as the next stream message.
     fn push(&mut self, events: Vec<Event>) -> Result<(StoredBatch, Applied)> {
-        self.sequence += 1;
-        let subject = Namespace::default().aggregate_subject(&events[0].aggregate());
-        let batch = StoredBatch {
-            sequence: self.sequence,
-            subject,
-            events: events.into_iter().map(Envelope::new).collect(),
-        };
-        let applied = self.model.apply(&batch)?;
-        self.history.push(batch.clone());
-        Ok((batch, applied))
+        self.push_envelopes(events.into_iter().map(Envelope::new).collect())
     }
 
     /// Applies `events` as the next stream message, written by `principal` with `key`.
@@ -59,21 +50,26 @@ impl Harness {
         principal: Principal,
         key: RequestKey,
     ) -> Result<StoredBatch> {
-        self.sequence += 1;
-        let subject = Namespace::default().aggregate_subject(&events[0].aggregate());
         let mut envelopes: Vec<Envelope> = events
             .into_iter()
             .map(|e| Envelope::new(e).by(principal.clone()))
             .collect();
         envelopes[0].request = Some(key);
+        Ok(self.push_envelopes(envelopes)?.0)
+    }
+
+    /// Applies `events` as the next stream message, as they are.
+    fn push_envelopes(&mut self, events: Vec<Envelope>) -> Result<(StoredBatch, Applied)> {
+        self.sequence += 1;
+        let subject = Namespace::default().aggregate_subject(&events[0].event.aggregate());
         let batch = StoredBatch {
             sequence: self.sequence,
             subject,
-            events: envelopes,
+            events,
         };
-        self.model.apply(&batch)?;
+        let applied = self.model.apply(&batch)?;
         self.history.push(batch.clone());
-        Ok(batch)
+        Ok((batch, applied))
     }
 
     fn seed_agents(&mut self) -> Result<()> {
@@ -843,18 +839,17 @@ fn compacting_a_rebuilt_model_shrinks_its_file_and_keeps_every_record() -> Resul
 
 #[test]
 fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_wins() -> Result<()> {
+    let assigned_to_agent_1 = |task: &str| -> Vec<Event> {
+        vec![
+            submitted(task, "buyer-001").into(),
+            assigned(task, "agent-1", 2000, 400_000).into(),
+        ]
+    };
     let mut h = Harness::new()?;
     h.seed_agents()?;
     let buyer = Principal::Buyer("buyer-001".parse()?);
     let key = RequestKey::new("order-1", "POST", "/v1/tasks", b"{}")?;
-    let first = h.push_keyed(
-        vec![
-            submitted("aaaa0001", "buyer-001").into(),
-            assigned("aaaa0001", "agent-1", 2000, 400_000).into(),
-        ],
-        buyer.clone(),
-        key.clone(),
-    )?;
+    let first = h.push_keyed(assigned_to_agent_1("aaaa0001"), buyer.clone(), key.clone())?;
     h.push(vec![completed("aaaa0001", "agent-1").into()])?;
     let record = h
         .model
@@ -882,10 +877,7 @@ fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_win
     // principal's same key is its own.
     let other = RequestKey::new("order-1", "POST", "/v1/tasks", b"{\"x\":1}")?;
     h.push_keyed(
-        vec![
-            submitted("aaaa0002", "buyer-001").into(),
-            assigned("aaaa0002", "agent-1", 2000, 400_000).into(),
-        ],
+        assigned_to_agent_1("aaaa0002"),
         buyer.clone(),
         other.clone(),
     )?;
@@ -904,14 +896,7 @@ fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_win
             .any(|f| f.contains("\"order-1\" of buyer:buyer-001 was written by message")),
         "{report:?}"
     );
-    let admin_first = h.push_keyed(
-        vec![
-            submitted("aaaa0003", "buyer-001").into(),
-            assigned("aaaa0003", "agent-1", 2000, 400_000).into(),
-        ],
-        Principal::Admin,
-        other,
-    )?;
+    let admin_first = h.push_keyed(assigned_to_agent_1("aaaa0003"), Principal::Admin, other)?;
     let admin = h
         .model
         .request(&Principal::Admin, "order-1")?
