@@ -259,6 +259,12 @@ fn event_for(state: &AppState, audience: &Audience, notice: &Notice) -> Option<E
             }
             ("agent", agent_id.to_string(), None)
         }
+        // A budget is its buyer's and the admin's business.
+        Some(Aggregate::Buyer(buyer_id)) => match audience {
+            Audience::All => ("buyer", buyer_id.to_string(), None),
+            Audience::Buyer(own) if own == buyer_id => ("buyer", buyer_id.to_string(), None),
+            _ => return None,
+        },
         // Tokens are the admin's business alone.
         Some(Aggregate::Token(token_id)) if *audience == Audience::All => {
             ("token", token_id.to_string(), None)

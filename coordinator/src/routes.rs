@@ -864,13 +864,10 @@ async fn get_buyer(
     let Path(id) = path?;
     let id = parse_id(&id)?;
     caller.may(Action::ReadBuyer { buyer: &id })?;
-    let buyer = state.model.buyer(&id)?.unwrap_or(BuyerView {
-        buyer_id: id,
-        tasks_submitted: 0,
-        spent_sats: 0,
-        open_escrow_sats: 0,
-        refunded_sats: 0,
-    });
+    let buyer = state
+        .model
+        .buyer(&id)?
+        .unwrap_or_else(|| BuyerView::new(id));
     Ok(Json(BuyerJson::from(buyer)).into_response())
 }
 

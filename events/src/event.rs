@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::domain::access::Principal;
@@ -273,6 +273,59 @@ pub struct EscrowRefunded {
 }
 
 // ---------------------------------------------------------------------------------------
+// Buyer events, on `aicp.evt.buyer.<buyer_id>`: a buyer's prepaid balance and limits. Every
+// commitment of its money is appended expecting the buyer's last sequence, so two replicas
+// cannot both spend the same satoshis.
+// ---------------------------------------------------------------------------------------
+
+/// Satoshis were paid in to a buyer's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundsDeposited {
+    /// The buyer.
+    pub buyer_id: BuyerId,
+    /// How much, more than zero.
+    pub amount_sats: u64,
+    /// Where the money came from, in the depositor's words (a payment's reference).
+    pub reference: String,
+}
+
+/// A buyer's spending limits were set; `None` removes a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendingLimitsSet {
+    /// The buyer.
+    pub buyer_id: BuyerId,
+    /// Most it may commit in one UTC day.
+    pub daily_sats: Option<u64>,
+    /// Most it may commit in all.
+    pub total_sats: Option<u64>,
+}
+
+/// A task's price was committed from the buyer's balance, before the task was stored; the
+/// task's own `EscrowHeld` then moves it into escrow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundsReserved {
+    /// The buyer.
+    pub buyer_id: BuyerId,
+    /// The task it pays for.
+    pub task_id: TaskId,
+    /// The task's price.
+    pub amount_sats: u64,
+    /// The UTC day whose spending it counts in.
+    pub day: NaiveDate,
+}
+
+/// A reservation whose task was never stored went back to the balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundsReleased {
+    /// The buyer.
+    pub buyer_id: BuyerId,
+    /// The task that was not stored.
+    pub task_id: TaskId,
+    /// Why, such as a task id that was taken.
+    pub reason: String,
+}
+
+// ---------------------------------------------------------------------------------------
 // Token events, on `aicp.evt.token.<token_id>`: API access, kept like every other fact.
 // ---------------------------------------------------------------------------------------
 
@@ -386,6 +439,10 @@ catalogue! {
     EscrowRefunded => 1,
     TokenIssued => 1,
     TokenRevoked => 1,
+    FundsDeposited => 1,
+    SpendingLimitsSet => 1,
+    FundsReserved => 1,
+    FundsReleased => 1,
 }
 
 impl Event {
@@ -408,6 +465,10 @@ impl Event {
             Event::EscrowRefunded(e) => Aggregate::Payment(e.task_id.clone()),
             Event::TokenIssued(e) => Aggregate::Token(e.token_id.clone()),
             Event::TokenRevoked(e) => Aggregate::Token(e.token_id.clone()),
+            Event::FundsDeposited(e) => Aggregate::Buyer(e.buyer_id.clone()),
+            Event::SpendingLimitsSet(e) => Aggregate::Buyer(e.buyer_id.clone()),
+            Event::FundsReserved(e) => Aggregate::Buyer(e.buyer_id.clone()),
+            Event::FundsReleased(e) => Aggregate::Buyer(e.buyer_id.clone()),
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::id::{AgentId, TaskId, TokenId};
+use crate::id::{AgentId, BuyerId, TaskId, TokenId};
 
 /// The aggregate an event belongs to; each has its own subject.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,16 +21,20 @@ pub enum Aggregate {
     Payment(TaskId),
     /// An API token: `aicp.evt.token.<token_id>`.
     Token(TokenId),
+    /// A buyer's prepaid balance and limits: `aicp.evt.buyer.<buyer_id>`.
+    Buyer(BuyerId),
 }
 
 impl Aggregate {
-    /// The aggregate kind as written in subjects: `task`, `agent`, `payment` or `token`.
+    /// The aggregate kind as written in subjects: `task`, `agent`, `payment`, `token` or
+    /// `buyer`.
     pub fn kind(&self) -> &'static str {
         match self {
             Aggregate::Task(_) => "task",
             Aggregate::Agent(_) => "agent",
             Aggregate::Payment(_) => "payment",
             Aggregate::Token(_) => "token",
+            Aggregate::Buyer(_) => "buyer",
         }
     }
 
@@ -50,6 +54,7 @@ impl Aggregate {
             Aggregate::Task(id) | Aggregate::Payment(id) => id.as_str(),
             Aggregate::Agent(id) => id.as_str(),
             Aggregate::Token(id) => id.as_str(),
+            Aggregate::Buyer(id) => id.as_str(),
         }
     }
 }
@@ -167,6 +172,7 @@ impl Namespace {
             "agent" => AgentId::new(id).ok().map(Aggregate::Agent),
             "payment" => TaskId::new(id).ok().map(Aggregate::Payment),
             "token" => TokenId::new(id).ok().map(Aggregate::Token),
+            "buyer" => BuyerId::new(id).ok().map(Aggregate::Buyer),
             _ => None,
         }
     }
@@ -211,6 +217,7 @@ mod tests {
                 Aggregate::Agent(AgentId::new("agent-2").expect("valid")),
                 Aggregate::Payment(TaskId::new("abc").expect("valid")),
                 Aggregate::Token(TokenId::new("t-1").expect("valid")),
+                Aggregate::Buyer(BuyerId::new("buyer-1").expect("valid")),
             ] {
                 assert_eq!(ns.parse_aggregate(&ns.aggregate_subject(&agg)), Some(agg));
             }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use aicp_events::domain::access::Principal;
+use aicp_events::domain::budget::{Budget, Limits};
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState, Ledger, Transfer};
 use aicp_events::domain::reputation::Reputation;
 use aicp_events::domain::task::TaskStatus;
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::tables::{deadline_key, index_key, Changes, Encoded, ProjectionError, ReadModel, Table};
 use crate::views::{
     AgentView, BuyerView, Counters, LedgerRecord, MinuteStats, PoisonRecord, RequestRecord,
-    TaskView, TokenView,
+    ReservationState, ReservationView, TaskView, TokenView,
 };
 
 /// Key of the counters record in [`Table::Counters`].
@@ -259,7 +260,7 @@ fn record_request(
         }
         return Ok(());
     }
-    let (mut task, mut agent, mut token) = (None, None, None);
+    let (mut task, mut agent, mut token, mut buyer) = (None, None, None, None);
     match first.event.aggregate() {
         Aggregate::Task(id) | Aggregate::Payment(id) => {
             task = changes.get::<TaskView>(model, Table::Tasks, id.as_str().as_bytes())?
@@ -270,6 +271,9 @@ fn record_request(
         Aggregate::Token(id) => {
             token = changes.get::<TokenView>(model, Table::Tokens, id.as_str().as_bytes())?
         }
+        Aggregate::Buyer(id) => {
+            buyer = changes.get::<BuyerView>(model, Table::Buyers, id.as_str().as_bytes())?
+        }
     }
     let record = RequestRecord {
         fingerprint: request.fingerprint.clone(),
@@ -278,6 +282,7 @@ fn record_request(
         task,
         agent,
         token,
+        buyer,
         reused_by: Vec::new(),
     };
     changes.put(Table::Requests, key, record);
@@ -322,6 +327,15 @@ fn touch(
                 view.last_sequence = sequence;
                 changes.put(Table::Tokens, key.to_vec(), view);
             }
+        }
+        Aggregate::Buyer(id) => {
+            // Even a buyer whose first budget event was refused has a subject to expect.
+            let key = id.as_str().as_bytes();
+            let mut view = changes
+                .get::<BuyerView>(model, Table::Buyers, key)?
+                .unwrap_or_else(|| BuyerView::new(id.clone()));
+            view.last_sequence = sequence;
+            changes.put(Table::Buyers, key.to_vec(), view);
         }
     }
     Ok(())
@@ -420,6 +434,17 @@ impl Writer<'_> {
             }
             Event::TokenIssued(e) => self.token_issued(e, envelope.principal.clone()),
             Event::TokenRevoked(e) => self.token_revoked(e, envelope.principal.clone()),
+            Event::FundsDeposited(e) => self.deposited(e),
+            Event::SpendingLimitsSet(e) => self
+                .budget_changed(&e.buyer_id, |budget| {
+                    budget.limits = Limits {
+                        daily_sats: e.daily_sats,
+                        total_sats: e.total_sats,
+                    };
+                })
+                .map(Ok),
+            Event::FundsReserved(e) => self.reserved(e),
+            Event::FundsReleased(e) => self.released(e),
             task_event => self.task_changed(task_event),
         }
     }
@@ -722,15 +747,134 @@ impl Writer<'_> {
         let key = buyer_id.as_str().as_bytes();
         let mut buyer = self
             .get::<BuyerView>(Table::Buyers, key)?
-            .unwrap_or(BuyerView {
-                buyer_id: buyer_id.clone(),
-                tasks_submitted: 0,
-                spent_sats: 0,
-                open_escrow_sats: 0,
-                refunded_sats: 0,
-            });
+            .unwrap_or_else(|| BuyerView::new(buyer_id.clone()));
         change(&mut buyer);
         self.changes.put(Table::Buyers, key.to_vec(), buyer);
+        Ok(())
+    }
+
+    fn deposited(&mut self, e: &aicp_events::event::FundsDeposited) -> Outcome {
+        if e.amount_sats == 0 {
+            return Ok(Err(Rejected(format!(
+                "a deposit of 0 sat for {}",
+                e.buyer_id
+            ))));
+        }
+        let mut overflow = false;
+        self.budget_changed(&e.buyer_id, |budget| {
+            overflow = budget.deposit(e.amount_sats).is_none();
+        })?;
+        if overflow {
+            return Ok(Err(Rejected(format!(
+                "a deposit of {} sat would overflow {}'s balance",
+                e.amount_sats, e.buyer_id
+            ))));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Changes a buyer's budget, giving it one if it had none.
+    fn budget_changed(
+        &mut self,
+        buyer_id: &BuyerId,
+        change: impl FnOnce(&mut Budget),
+    ) -> Result<(), ProjectionError> {
+        self.buyer_changed(buyer_id, |b| {
+            change(b.budget.get_or_insert_with(Budget::default))
+        })
+    }
+
+    fn reserved(&mut self, e: &aicp_events::event::FundsReserved) -> Outcome {
+        let key = e.task_id.as_str().as_bytes();
+        if self
+            .get::<ReservationView>(Table::Reservations, key)?
+            .is_some()
+        {
+            return Ok(Err(Rejected(format!(
+                "task {} already has a reservation",
+                e.task_id
+            ))));
+        }
+        let (amount, day) = (e.amount_sats, e.day);
+        self.buyer_changed(&e.buyer_id, |b| {
+            let budget = b.budget.get_or_insert_with(Budget::default);
+            // The stream's word is final: a reservation the rules refuse is still booked,
+            // and counted, so `aicp verify` shows the writer that skipped the check.
+            if budget.check(amount, day).is_err() {
+                b.overdrawn += 1;
+            }
+            budget.record_commit(amount, day);
+            b.pending_sats = b.pending_sats.saturating_add(amount);
+        })?;
+        let reservation = ReservationView {
+            task_id: e.task_id.clone(),
+            buyer_id: e.buyer_id.clone(),
+            amount_sats: amount,
+            day,
+            state: ReservationState::Pending,
+            sequence: self.sequence,
+        };
+        self.changes
+            .put(Table::Reservations, key.to_vec(), reservation);
+        Ok(Ok(()))
+    }
+
+    fn released(&mut self, e: &aicp_events::event::FundsReleased) -> Outcome {
+        let key = e.task_id.as_str().as_bytes();
+        let Some(mut reservation) = self.get::<ReservationView>(Table::Reservations, key)? else {
+            return Ok(Err(Rejected(format!(
+                "task {} has no reservation",
+                e.task_id
+            ))));
+        };
+        if reservation.state != ReservationState::Pending || reservation.buyer_id != e.buyer_id {
+            return Ok(Err(Rejected(format!(
+                "task {}'s reservation is {:?} for {}: only a pending one of its buyer is released",
+                e.task_id, reservation.state, reservation.buyer_id
+            ))));
+        }
+        let (amount, day) = (reservation.amount_sats, reservation.day);
+        self.buyer_changed(&e.buyer_id, |b| {
+            if let Some(budget) = &mut b.budget {
+                budget.give_back(amount, day);
+            }
+            b.pending_sats = b.pending_sats.saturating_sub(amount);
+        })?;
+        reservation.state = ReservationState::Released;
+        self.changes
+            .put(Table::Reservations, key.to_vec(), reservation);
+        Ok(Ok(()))
+    }
+
+    /// Moves a reserved task's price along with its escrow: held once the task holds the
+    /// reserved amount from the reserving buyer, back in the balance once refunded.
+    fn reservation_settled(
+        &mut self,
+        task_id: &TaskId,
+        escrow: &Escrow,
+    ) -> Result<(), ProjectionError> {
+        let key = task_id.as_str().as_bytes();
+        let Some(mut reservation) = self.get::<ReservationView>(Table::Reservations, key)? else {
+            return Ok(());
+        };
+        let (amount, day) = (reservation.amount_sats, reservation.day);
+        let same = reservation.buyer_id == escrow.buyer_id && amount == escrow.amount_sats;
+        let next = match (reservation.state, escrow.state) {
+            (ReservationState::Pending, EscrowState::Held) if same => ReservationState::Held,
+            (ReservationState::Held, EscrowState::Refunded) => ReservationState::Refunded,
+            _ => return Ok(()),
+        };
+        self.buyer_changed(&reservation.buyer_id, |b| match next {
+            ReservationState::Held => b.pending_sats = b.pending_sats.saturating_sub(amount),
+            _ => {
+                if let Some(budget) = &mut b.budget {
+                    budget.give_back(amount, day);
+                }
+            }
+        })?;
+        reservation.state = next;
+        self.changes
+            .put(Table::Reservations, key.to_vec(), reservation);
         Ok(())
     }
 
@@ -805,6 +949,7 @@ impl Writer<'_> {
         };
         self.book(&transfer)?;
         let amount = transfer.amount_sats;
+        self.reservation_settled(&task_id, &escrow)?;
         match escrow.state {
             EscrowState::Held => {
                 self.buyer_changed(&escrow.buyer_id, |b| {

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use crate::tables::{decode, index_prefix, ledger_key_sequence, ProjectionError, ReadModel, Table};
-use crate::views::{AgentView, BuyerView, LedgerRecord, RequestRecord, TaskView};
+use crate::views::{
+    AgentView, BuyerView, LedgerRecord, RequestRecord, ReservationState, ReservationView, TaskView,
+};
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::task::TaskStatus;
 use serde::de::DeserializeOwned;
@@ -42,11 +44,12 @@ fn check_requests(model: &ReadModel, report: &mut Report) -> Result<(), Projecti
             record.task.is_some(),
             record.agent.is_some(),
             record.token.is_some(),
+            record.buyer.is_some(),
         ];
         if named.iter().filter(|n| **n).count() != 1 {
             bad += 1;
             report.failed.push(format!(
-                "idempotency key {key:?} of {principal} (message {}) does not name the one task, agent or token it wrote",
+                "idempotency key {key:?} of {principal} (message {}) does not name the one task, agent, token or buyer it wrote",
                 record.sequence
             ));
         }
@@ -55,6 +58,123 @@ fn check_requests(model: &ReadModel, report: &mut Report) -> Result<(), Projecti
         report.passed.push(format!(
             "each of the {} idempotency keys wrote one message",
             requests.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Every prepaid buyer's balance is its deposits less its reserved tasks, never below
+/// zero, and no reservation broke a limit; every reservation agrees with its task.
+fn check_budgets(
+    model: &ReadModel,
+    tasks: &[TaskView],
+    buyers: &[BuyerView],
+    report: &mut Report,
+) -> Result<(), ProjectionError> {
+    let reservations: Vec<ReservationView> = values(model, Table::Reservations)?;
+    let by_id: BTreeMap<&str, &TaskView> =
+        tasks.iter().map(|t| (t.task.task_id.as_str(), t)).collect();
+    // Per buyer: (committed, pending) as its reservations add up.
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut ok = true;
+    let mut waiting = 0usize;
+    for r in &reservations {
+        let sum = sums.entry(r.buyer_id.to_string()).or_default();
+        let task = by_id.get(r.task_id.as_str());
+        let agrees = match (r.state, task) {
+            (ReservationState::Pending, None) => {
+                waiting += 1;
+                true
+            }
+            (ReservationState::Released, None) => true,
+            (ReservationState::Pending | ReservationState::Released, Some(_)) => false,
+            (_, None) => false,
+            (ReservationState::Held | ReservationState::Refunded, Some(t)) => {
+                let paid = match r.state {
+                    ReservationState::Held => {
+                        matches!(t.payment, Some(EscrowState::Held | EscrowState::Released))
+                    }
+                    _ => t.payment == Some(EscrowState::Refunded),
+                };
+                paid && t.task.buyer_id == r.buyer_id && t.task.price_sats == Some(r.amount_sats)
+            }
+        };
+        if !agrees {
+            ok = false;
+            report.failed.push(format!(
+                "reservations/{}: {:?} for {} sat of {}, but its task is {}",
+                r.task_id,
+                r.state,
+                r.amount_sats,
+                r.buyer_id,
+                task.map(|t| format!(
+                    "{} for {:?} sat of {} with payment {:?}",
+                    t.task.status, t.task.price_sats, t.task.buyer_id, t.payment
+                ))
+                .unwrap_or_else(|| "not stored".into())
+            ));
+        }
+        match r.state {
+            ReservationState::Pending => {
+                sum.0 += r.amount_sats;
+                sum.1 += r.amount_sats;
+            }
+            ReservationState::Held => sum.0 += r.amount_sats,
+            ReservationState::Refunded | ReservationState::Released => {}
+        }
+    }
+    let mut prepaid = 0usize;
+    for buyer in buyers {
+        let id = buyer.buyer_id.to_string();
+        let (committed, pending) = sums.remove(&id).unwrap_or_default();
+        let Some(budget) = &buyer.budget else {
+            if committed > 0 {
+                ok = false;
+                report.failed.push(format!(
+                    "buyers/{id}: has {committed} sat reserved but no budget"
+                ));
+            }
+            continue;
+        };
+        prepaid += 1;
+        let mut fail = |what: String| {
+            ok = false;
+            report.failed.push(format!("buyers/{id}: {what}"));
+        };
+        if budget.committed_sats != committed || buyer.pending_sats != pending {
+            fail(format!(
+                "shows {} sat committed ({} pending), its reservations add up to {committed} ({pending})",
+                budget.committed_sats, buyer.pending_sats
+            ));
+        }
+        if budget.committed_sats > budget.deposited_sats {
+            fail(format!(
+                "committed {} sat but deposited only {}",
+                budget.committed_sats, budget.deposited_sats
+            ));
+        }
+        if buyer.overdrawn > 0 {
+            fail(format!(
+                "{} reservations broke its balance or a limit when they were made",
+                buyer.overdrawn
+            ));
+        }
+    }
+    for (buyer, (committed, _)) in sums.into_iter().filter(|(_, (c, _))| *c > 0) {
+        ok = false;
+        report.failed.push(format!(
+            "reservations: {committed} sat reserved for buyer {buyer}, which is not in the read model"
+        ));
+    }
+    if ok {
+        report.passed.push(format!(
+            "each of the {prepaid} prepaid buyers' balance is its deposits less its {} reservations, never below zero nor past a limit",
+            reservations.len()
+        ));
+    }
+    if waiting > 0 {
+        report.pending.push(format!(
+            "{waiting} reservations wait for their task (a submission in flight, or one whose coordinator stopped: released after the sweep interval)"
         ));
     }
     Ok(())
@@ -77,6 +197,7 @@ pub fn check(model: &ReadModel) -> Result<Report, ProjectionError> {
     let buyers: Vec<BuyerView> = values(model, Table::Buyers)?;
 
     check_requests(model, &mut report)?;
+    check_budgets(model, &tasks, &buyers, &mut report)?;
 
     // 1. Double entry: every transfer is booked on two accounts, so balances sum to zero.
     let total: i128 = balances.values().map(|b| i128::from(*b)).sum();

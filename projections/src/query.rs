@@ -11,7 +11,7 @@ use crate::apply::COUNTERS;
 use crate::tables::{decode, index_prefix, ledger_key_sequence, ProjectionError, ReadModel, Table};
 use crate::views::{
     AgentView, BuyerView, Counters, LedgerEntry, LedgerRecord, MinuteStats, Page, PoisonRecord,
-    RequestRecord, TaskView, TokenView,
+    RequestRecord, ReservationState, ReservationView, TaskView, TokenView,
 };
 
 /// Which tasks a list shows; every filter set must match.
@@ -236,6 +236,37 @@ impl ReadModel {
     /// Buyers in id order.
     pub fn buyers(&self, page: &PageRequest) -> Result<Page<BuyerView>, QueryError> {
         by_id(self, Table::Buyers, page)
+    }
+
+    /// A task's reservation from its buyer's prepaid balance, if it had one.
+    pub fn reservation(&self, task: &TaskId) -> Result<Option<ReservationView>, ProjectionError> {
+        self.get(Table::Reservations, task.as_str().as_bytes())
+    }
+
+    /// Reservations still waiting for their task; none is read unless a buyer shows some
+    /// pending, which is the rare case.
+    pub fn pending_reservations(&self) -> Result<Vec<ReservationView>, QueryError> {
+        let mut any = false;
+        for row in self.rows(Table::Buyers, ..)? {
+            let (key, bytes) = row?;
+            let buyer: BuyerView = decode(Table::Buyers, &key, &bytes)?;
+            if buyer.pending_sats > 0 {
+                any = true;
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        if !any {
+            return Ok(out);
+        }
+        for row in self.rows(Table::Reservations, ..)? {
+            let (key, bytes) = row?;
+            let reservation: ReservationView = decode(Table::Reservations, &key, &bytes)?;
+            if reservation.state == ReservationState::Pending {
+                out.push(reservation);
+            }
+        }
+        Ok(out)
     }
 
     /// An account's balance in satoshis (buyers negative: what they paid).

@@ -115,11 +115,13 @@ pub enum Table {
     TokenHashes,
     /// principal, newline, idempotency key -> RequestRecord: keys used by writes.
     Requests,
+    /// task id -> ReservationView: task prices reserved from prepaid balances.
+    Reservations,
 }
 
 impl Table {
     /// Every table, in index order.
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 18] = [
         Table::Meta,
         Table::Tasks,
         Table::TasksByTime,
@@ -137,6 +139,7 @@ impl Table {
         Table::Tokens,
         Table::TokenHashes,
         Table::Requests,
+        Table::Reservations,
     ];
 
     /// The table's name in the file.
@@ -159,6 +162,7 @@ impl Table {
             Table::Tokens => "tokens",
             Table::TokenHashes => "token_hashes",
             Table::Requests => "requests",
+            Table::Reservations => "reservations",
         }
     }
 }
@@ -190,13 +194,14 @@ impl Table {
             Table::Poison => json::<PoisonRecord>(bytes),
             Table::Tokens => json::<TokenView>(bytes),
             Table::Requests => json::<RequestRecord>(bytes),
+            Table::Reservations => json::<ReservationView>(bytes),
         }
     }
 }
 
 /// Version of the read model's record layout; bump it when a view or key format changes,
 /// and every replica rebuilds its read model from the stream on start.
-pub const LAYOUT_VERSION: u64 = 9;
+pub const LAYOUT_VERSION: u64 = 10;
 
 /// redb's page cache, in MiB, unless configured: with redb the cache, not the size of the
 /// read model, bounds the coordinator's memory; the benchmark measures the effect.

@@ -3,13 +3,14 @@
 use std::collections::BTreeSet;
 
 use aicp_events::domain::access::Principal;
+use aicp_events::domain::budget::Budget;
 use aicp_events::domain::ledger::{Account, Escrow, EscrowState};
 use aicp_events::domain::pricing::MultiplierMilli;
 use aicp_events::domain::reputation::Reputation;
 use aicp_events::domain::task::Task;
 use aicp_events::event::{AgentMode, ExecutorSettings};
 use aicp_events::id::{AgentId, BuyerId, TaskId, TokenId};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A task as the API shows it.
@@ -186,7 +187,7 @@ impl AgentView {
     }
 }
 
-/// What a buyer has spent and has in escrow.
+/// What a buyer has spent and has in escrow, and its prepaid budget if it has one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuyerView {
     /// The buyer.
@@ -199,6 +200,66 @@ pub struct BuyerView {
     pub open_escrow_sats: u64,
     /// Returned for failed, cancelled and expired tasks.
     pub refunded_sats: u64,
+    /// The prepaid balance and limits, once the buyer has deposited or set a limit: its
+    /// tasks are then paid from the balance.
+    pub budget: Option<Budget>,
+    /// Reserved for tasks that are not stored (yet): a submission in flight, or one whose
+    /// coordinator stopped between the reservation and the task.
+    pub pending_sats: u64,
+    /// Reservations the stream holds that the budget should have refused: 0 unless a
+    /// writer skipped the check (`aicp verify` fails on any).
+    pub overdrawn: u64,
+    /// Stream sequence of the last message on the buyer's subject: the expectation for
+    /// the next append to its budget.
+    pub last_sequence: u64,
+}
+
+impl BuyerView {
+    /// A buyer nothing has happened to yet.
+    pub fn new(buyer_id: BuyerId) -> Self {
+        Self {
+            buyer_id,
+            tasks_submitted: 0,
+            spent_sats: 0,
+            open_escrow_sats: 0,
+            refunded_sats: 0,
+            budget: None,
+            pending_sats: 0,
+            overdrawn: 0,
+            last_sequence: 0,
+        }
+    }
+}
+
+/// Where a task's reserved price is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReservationState {
+    /// Reserved; the task is not stored yet.
+    Pending,
+    /// The task is stored and its escrow holds the money.
+    Held,
+    /// The task's escrow was refunded: back in the balance.
+    Refunded,
+    /// The task was never stored: back in the balance.
+    Released,
+}
+
+/// A task's price as reserved from its buyer's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationView {
+    /// The task paid for.
+    pub task_id: TaskId,
+    /// Whose balance paid.
+    pub buyer_id: BuyerId,
+    /// How much.
+    pub amount_sats: u64,
+    /// The UTC day whose spending it counts in.
+    pub day: NaiveDate,
+    /// Where the money is now.
+    pub state: ReservationState,
+    /// Stream sequence of the reservation.
+    pub sequence: u64,
 }
 
 /// One side of a ledger transfer, as an account sees it.
@@ -321,6 +382,8 @@ pub struct RequestRecord {
     pub agent: Option<AgentView>,
     /// The token it wrote, as its message left it.
     pub token: Option<TokenView>,
+    /// The buyer whose budget it wrote, as its message left it.
+    pub buyer: Option<BuyerView>,
     /// Later messages that carried the same key: none, unless a replica wrote a retry
     /// it should have answered (`aicp verify` reports each).
     pub reused_by: Vec<u64>,

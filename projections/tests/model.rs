@@ -688,7 +688,7 @@ fn the_money_invariants_hold_as_tasks_settle_and_name_the_record_that_breaks_the
         report.failed.is_empty() && report.pending.is_empty(),
         "{report:?}"
     );
-    assert_eq!(report.passed.len(), 7, "{report:?}");
+    assert_eq!(report.passed.len(), 8, "{report:?}");
 
     // An agent balance booked out of nowhere: unbalanced, and the agent is named.
     let agent_key = Account::Agent(agent("agent-1")).to_string();
@@ -911,6 +911,129 @@ fn a_keyed_write_keeps_its_key_with_the_task_as_it_left_it_and_the_first_use_win
         buyers.reused_by.len(),
         1,
         "another caller's key is not a reuse"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_prepaid_buyer_spends_its_deposits_and_refunds_and_releases_give_them_back() -> Result<()> {
+    use aicp_events::domain::budget::Limits;
+    use aicp_events::id::BuyerId;
+    use aicp_projections::invariants::check;
+    use aicp_projections::views::ReservationState;
+
+    let mut h = Harness::new()?;
+    h.seed_agents()?;
+    let b1: BuyerId = "b1".parse()?;
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 7).expect("a valid day");
+    let reserve = |task: &str, amount_sats: u64| -> Result<Event> {
+        Ok(FundsReserved {
+            buyer_id: "b1".parse()?,
+            task_id: tid(task),
+            amount_sats,
+            day,
+        }
+        .into())
+    };
+    h.push(vec![FundsDeposited {
+        buyer_id: b1.clone(),
+        amount_sats: 1_000_000,
+        reference: "invoice 1".into(),
+    }
+    .into()])?;
+    let (limits_set, _) = h.push(vec![SpendingLimitsSet {
+        buyer_id: b1.clone(),
+        daily_sats: Some(900_000),
+        total_sats: None,
+    }
+    .into()])?;
+    let buyer = h.model.buyer(&b1)?.expect("a buyer with a budget");
+    assert_eq!(buyer.last_sequence, limits_set.sequence);
+
+    // Reserved, not stored yet: pending, and the invariants say so without failing.
+    h.push(vec![reserve("t1", 400_000)?])?;
+    let buyer = h.model.buyer(&b1)?.expect("buyer");
+    assert_eq!(buyer.pending_sats, 400_000);
+    let report = check(&h.model)?;
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(
+        report.pending.iter().any(|p| p.contains("1 reservations")),
+        "{report:?}"
+    );
+
+    // Stored: the escrow holds what was reserved.
+    h.submit("t1", "b1", "agent-1", 2000)?;
+    let buyer = h.model.buyer(&b1)?.expect("buyer");
+    let budget = buyer.budget.clone().expect("budget");
+    assert_eq!((buyer.pending_sats, budget.balance_sats()), (0, 600_000));
+    assert_eq!(
+        budget.limits,
+        Limits {
+            daily_sats: Some(900_000),
+            total_sats: None
+        }
+    );
+    let held = h.model.reservation(&tid("t1"))?.expect("reservation");
+    assert_eq!(held.state, ReservationState::Held);
+
+    // Reserved but never stored: released, the balance is back.
+    h.push(vec![reserve("t2", 200_000)?])?;
+    h.push(vec![FundsReleased {
+        buyer_id: b1.clone(),
+        task_id: tid("t2"),
+        reason: "task id taken".into(),
+    }
+    .into()])?;
+    let budget = h.model.buyer(&b1)?.and_then(|b| b.budget).expect("budget");
+    assert_eq!(budget.balance_sats(), 600_000);
+    // A held reservation is not released: its money is in escrow.
+    let (_, applied) = h.push(vec![FundsReleased {
+        buyer_id: b1.clone(),
+        task_id: tid("t1"),
+        reason: "wrong".into(),
+    }
+    .into()])?;
+    assert_eq!(applied, REFUSED);
+
+    // Refunded: back in the balance, and the day's spending with it.
+    h.push(vec![TaskFailed {
+        task_id: tid("t1"),
+        agent_id: agent("agent-1"),
+        reason: "boom".into(),
+    }
+    .into()])?;
+    h.push(vec![EscrowRefunded {
+        task_id: tid("t1"),
+        buyer_id: b1.clone(),
+        amount_sats: 400_000,
+        reason: "task failed".into(),
+    }
+    .into()])?;
+    let budget = h.model.buyer(&b1)?.and_then(|b| b.budget).expect("budget");
+    assert_eq!(
+        (budget.balance_sats(), budget.spent_on(day)),
+        (1_000_000, 0)
+    );
+    let report = check(&h.model)?;
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(
+        report
+            .passed
+            .iter()
+            .any(|p| p.contains("1 prepaid buyers' balance")),
+        "{report:?}"
+    );
+
+    // A reservation past the balance (a writer that skipped the check) is booked, and
+    // `aicp verify` names the buyer.
+    h.push(vec![reserve("t3", 2_000_000)?])?;
+    let report = check(&h.model)?;
+    assert!(
+        report
+            .failed
+            .iter()
+            .any(|f| f.starts_with("buyers/b1") && f.contains("deposited only")),
+        "{report:?}"
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod assign;
+pub mod budget;
 pub mod ledger;
 pub mod pricing;
 pub mod reputation;

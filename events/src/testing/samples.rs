@@ -164,8 +164,8 @@ pub fn sample_events() -> Vec<Envelope> {
         }
         .into(),
         EscrowRefunded {
-            task_id: task,
-            buyer_id: buyer,
+            task_id: task.clone(),
+            buyer_id: buyer.clone(),
             amount_sats: 400_000,
             reason: "task failed".into(),
         }
@@ -182,15 +182,42 @@ pub fn sample_events() -> Vec<Envelope> {
             reason: "laptop lost".into(),
         }
         .into(),
+        FundsDeposited {
+            buyer_id: buyer.clone(),
+            amount_sats: 1_000_000,
+            reference: "invoice 2026-117".into(),
+        }
+        .into(),
+        SpendingLimitsSet {
+            buyer_id: buyer.clone(),
+            daily_sats: Some(500_000),
+            total_sats: None,
+        }
+        .into(),
+        FundsReserved {
+            buyer_id: buyer.clone(),
+            task_id: task.clone(),
+            amount_sats: 400_000,
+            day: at(0).date_naive(),
+        }
+        .into(),
+        FundsReleased {
+            buyer_id: buyer,
+            task_id: task,
+            reason: "task id taken".into(),
+        }
+        .into(),
     ];
     events
         .into_iter()
         .enumerate()
         .map(|(n, e)| {
             let envelope = sample_envelope(n as u128, e);
-            // Token events show how an envelope records who caused it.
+            // Token and deposit events show how an envelope records who caused it.
             match envelope.event {
-                Event::TokenIssued(_) | Event::TokenRevoked(_) => envelope.by(Principal::Admin),
+                Event::TokenIssued(_) | Event::TokenRevoked(_) | Event::FundsDeposited(_) => {
+                    envelope.by(Principal::Admin)
+                }
                 _ => envelope,
             }
         })
