@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aicp_events::id::TaskId;
 use aicp_events::store::StreamSettings;
@@ -77,6 +77,8 @@ impl App {
             request_timeout: config.request_timeout(),
             max_body: config.max_body_bytes,
             max_batch_body: config.max_batch_body_bytes,
+            require_deposit: config.require_deposit,
+            reservation_lapse: Duration::from_millis(config.reservation_lapse_ms),
             auth: Auth::new(
                 config.auth,
                 &configured_tokens(&config),

@@ -12,8 +12,10 @@
 //! batch's fingerprint: a retried batch answers its stored items from the read model and
 //! submits only those that were not stored (a refusal is decided again).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use aicp_events::domain::access::Principal;
-use aicp_events::id::TaskId;
+use aicp_events::id::{BuyerId, TaskId};
 use aicp_projections::views::RequestRecord;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -25,7 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::commands::{Submission, SubmitTask, Submitted};
+use crate::commands::{Reserved, Submission, SubmitTask, Submitted};
 use crate::error::ApiError;
 use crate::idempotency::{self, Keyed};
 use crate::routes::{SubmitBody, TaskJson};
@@ -101,7 +103,7 @@ async fn submit_batch(
             Err(e) => json!({
                 "index": index,
                 "status": e.status.as_u16(),
-                "error": {"code": e.code, "message": e.message},
+                "error": e.error_json(),
             }),
         })
         .collect();
@@ -119,6 +121,8 @@ enum Step {
     Done(Box<Result<Submitted, ApiError>>),
     /// To be stored, under the item's key if the batch has one.
     Store(Box<(Submission, Option<Keyed>)>),
+    /// To be stored under the id its price is reserved for.
+    Reserved(Box<(Submission, Option<Keyed>, TaskId)>),
 }
 
 impl AppState {
@@ -161,6 +165,7 @@ impl AppState {
                 Err(e) => steps.push(Step::Done(Box::new(Err(e)))),
             }
         }
+        let steps = self.reserve_prepaid(steps, by).await?;
         let outcomes = futures::stream::iter(steps)
             .map(|step| async move {
                 match step {
@@ -170,12 +175,74 @@ impl AppState {
                         let ids = std::iter::repeat_with(TaskId::generate);
                         idempotency::scoped(key, self.store_decided(&submission, ids, by)).await
                     }
+                    Step::Reserved(item) => {
+                        let (submission, key, task_id) = *item;
+                        idempotency::scoped(key, async {
+                            match self.store_reserved(&submission, &task_id, by).await {
+                                Reserved::Done(done) => *done,
+                                // The rare taken id: reserved and stored again on its own.
+                                Reserved::Taken => {
+                                    let ids = std::iter::repeat_with(TaskId::generate);
+                                    self.store_decided(&submission, ids, by).await
+                                }
+                            }
+                        })
+                        .await
+                    }
                 }
             })
             .buffered(IN_FLIGHT)
             .collect()
             .await;
         Ok(outcomes)
+    }
+
+    /// Reserves the prices of prepaid buyers' items, one message per buyer, in item order:
+    /// an item its buyer's budget cannot cover is refused with 402, the rest are stored
+    /// under the ids reserved for them.
+    async fn reserve_prepaid(
+        &self,
+        steps: Vec<Step>,
+        by: &Principal,
+    ) -> Result<Vec<Step>, ApiError> {
+        let mut prepaid: BTreeMap<BuyerId, Vec<usize>> = BTreeMap::new();
+        let mut unpaid: BTreeSet<BuyerId> = BTreeSet::new();
+        for (index, step) in steps.iter().enumerate() {
+            let Step::Store(item) = step else { continue };
+            let buyer = item.0.buyer_id();
+            if unpaid.contains(buyer) {
+                continue;
+            }
+            if prepaid.contains_key(buyer) || self.prepaid(buyer)?.is_some() {
+                prepaid.entry(buyer.clone()).or_default().push(index);
+            } else {
+                unpaid.insert(buyer.clone());
+            }
+        }
+        if prepaid.is_empty() {
+            return Ok(steps);
+        }
+        let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+        for (buyer, indices) in prepaid {
+            let mut items = Vec::with_capacity(indices.len());
+            for &index in &indices {
+                if let Some(Step::Store(item)) = &steps[index] {
+                    items.push((TaskId::generate(), item.0.choice.price_sats));
+                }
+            }
+            let answers = self.reserve(&buyer, &items, by).await?;
+            for ((index, (task_id, _)), answer) in indices.into_iter().zip(items).zip(answers) {
+                let Some(Step::Store(item)) = steps[index].take() else {
+                    continue;
+                };
+                let (submission, key) = *item;
+                steps[index] = Some(match answer {
+                    Ok(()) => Step::Reserved(Box::new((submission, key, task_id))),
+                    Err(refused) => Step::Done(Box::new(Err(refused))),
+                });
+            }
+        }
+        Ok(steps.into_iter().flatten().collect())
     }
 
     /// What an earlier request with the batch's key stored for each item; 409 if any was

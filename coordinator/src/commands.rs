@@ -58,6 +58,25 @@ pub struct SubmitTask {
     pub policy: Option<Policy>,
 }
 
+/// What became of one attempt to store a new task.
+enum Stored {
+    /// Stored under the id tried.
+    New(Decided),
+    /// A retry of a keyed request: its first request's task.
+    Duplicate(Decided),
+    /// Another task has the id.
+    Taken,
+}
+
+/// What became of a submission whose price was reserved.
+pub(crate) enum Reserved {
+    /// Stored (or a retry's first answer), or refused; the reservation was given back
+    /// unless the task may be stored.
+    Done(Box<Result<Submitted, ApiError>>),
+    /// Another task has the id; the reservation was given back.
+    Taken,
+}
+
 /// A checked submission with its agent and price chosen: what its events will say.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -73,6 +92,11 @@ pub struct Submission {
 }
 
 impl Submission {
+    /// Who pays.
+    pub fn buyer_id(&self) -> &BuyerId {
+        &self.buyer_id
+    }
+
     /// The task's events under `task_id`: submitted, assigned and its escrow, in one
     /// message, so a task never exists without its agent, its price and its money.
     pub fn events(&self, task_id: &TaskId, by: &Principal) -> Vec<Envelope> {
@@ -350,17 +374,77 @@ impl AppState {
         self.store_decided(&submission, ids, by).await
     }
 
-    /// Stores a decided submission under the first free id of `ids`.
+    /// Stores a decided submission under the first free id of `ids`; a prepaid buyer's
+    /// price is reserved from its balance first (402 if the budget cannot cover it).
     pub async fn store_decided(
         &self,
         submission: &Submission,
         ids: impl IntoIterator<Item = TaskId>,
         by: &Principal,
     ) -> Result<Submitted, ApiError> {
+        if self.prepaid(&submission.buyer_id)?.is_some() {
+            return self.store_prepaid(submission, ids, by).await;
+        }
         self.store_submission(ids, |task_id| submission.events(task_id, by))
             .await
             // The choice as stored: a keyed duplicate's is its first request's.
             .and_then(|(_, decided)| submitted_of(decided))
+    }
+
+    /// Reserves a prepaid buyer's price under an id of `ids`, then stores the task there.
+    async fn store_prepaid(
+        &self,
+        submission: &Submission,
+        ids: impl IntoIterator<Item = TaskId>,
+        by: &Principal,
+    ) -> Result<Submitted, ApiError> {
+        let buyer = &submission.buyer_id;
+        let price = submission.choice.price_sats;
+        for task_id in ids.into_iter().take(ATTEMPTS) {
+            let reserved = self.reserve(buyer, &[(task_id.clone(), price)], by).await?;
+            match reserved.into_iter().next() {
+                Some(Ok(())) => {}
+                Some(Err(refused)) => return Err(refused),
+                None => return Err(ApiError::internal("a reservation without an answer")),
+            }
+            match self.store_reserved(submission, &task_id, by).await {
+                Reserved::Done(done) => return *done,
+                Reserved::Taken => continue,
+            }
+        }
+        Err(ApiError::internal("could not find a free task id"))
+    }
+
+    /// Stores a submission whose price is reserved under `task_id`; gives the reservation
+    /// back if the task is not stored there.
+    pub(crate) async fn store_reserved(
+        &self,
+        submission: &Submission,
+        task_id: &TaskId,
+        by: &Principal,
+    ) -> Reserved {
+        let buyer = &submission.buyer_id;
+        let stored = self
+            .store_one(task_id, &submission.events(task_id, by))
+            .await;
+        let (done, reason) = match stored {
+            Ok(Stored::New(decided)) => return Reserved::Done(Box::new(submitted_of(decided))),
+            Ok(Stored::Duplicate(first)) => (
+                submitted_of(first),
+                "a retry answered with its first request's task",
+            ),
+            Ok(Stored::Taken) => {
+                self.release(buyer, task_id, "the task id was taken").await;
+                return Reserved::Taken;
+            }
+            // Maybe stored: if it was not, the reservation lapses and is released then.
+            Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                return Reserved::Done(Box::new(Err(e)))
+            }
+            Err(e) => (Err(e), "the task could not be stored"),
+        };
+        self.release(buyer, task_id, reason).await;
+        Reserved::Done(Box::new(done))
     }
 
     /// Checks a submission and chooses its agent and price among `candidates`.
@@ -401,64 +485,70 @@ impl AppState {
         })
     }
 
-    /// Stores a new task's events under the first free id `ids` yields.
-    ///
-    /// An id that is taken is a conflict (the append expects no task there), and the next
-    /// id is tried. The msg id is the attempt's own first event id, so a retry after a lost
-    /// acknowledgement is recognised as this attempt, while another task that drew the
-    /// same id is not mistaken for it.
+    /// Stores a new task's events under the first free id `ids` yields: an id that is
+    /// taken is a conflict (the append expects no task there), and the next id is tried.
     pub async fn store_submission(
         &self,
         ids: impl IntoIterator<Item = TaskId>,
         events_for: impl Fn(&TaskId) -> Vec<Envelope>,
     ) -> Result<(TaskId, Decided), ApiError> {
-        'ids: for task_id in ids.into_iter().take(ATTEMPTS) {
-            let events = events_for(&task_id);
-            let msg_id = match events.first() {
-                Some(first) => format!("submit:{}", first.event_id),
-                None => return Err(ApiError::internal("a submission without events")),
-            };
-            let aggregate = Aggregate::Task(task_id.clone());
-            // A publish whose acknowledgement was lost may or may not be stored: retrying
-            // the very same message is safe, and tells.
-            let mut lost = None;
-            for _ in 0..3 {
-                match self
-                    .append(&aggregate, &events, Expected::NEW, Some(&msg_id))
-                    .await
-                {
-                    Ok(appended) => {
-                        if let Some(first) = self.duplicate_of(&events, &appended).await? {
-                            let decided = idempotency::task_of(first)?;
-                            return Ok((decided.view.task.task_id.clone(), decided));
-                        }
-                        let view = TaskView::decided(None, &events, appended.sequence)
-                            .ok_or_else(|| ApiError::internal("a submission that makes no task"))?;
-                        let decided = Decided {
-                            sequence: appended.sequence,
-                            view,
-                        };
-                        return Ok((task_id, decided));
-                    }
-                    // Eight hex characters of randomness collide now and then: another id.
-                    Err(AppendError::Conflict { .. }) => continue 'ids,
-                    Err(e @ AppendError::Publish { .. }) => {
-                        lost = Some(e);
-                        // Without a connection a retry would only wait out another timeout.
-                        let client = self.store.jetstream().client();
-                        if client.connection_state() != async_nats::connection::State::Connected {
-                            break;
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        for task_id in ids.into_iter().take(ATTEMPTS) {
+            match self.store_one(&task_id, &events_for(&task_id)).await? {
+                Stored::New(decided) => return Ok((task_id, decided)),
+                Stored::Duplicate(first) => return Ok((first.view.task.task_id.clone(), first)),
+                // Eight hex characters of randomness collide now and then: another id.
+                Stored::Taken => continue,
             }
-            return Err(ApiError::unavailable(format!(
-                "task {task_id} may or may not have been stored ({}); check GET /tasks/{task_id} before submitting again",
-                lost.map(|e| e.to_string()).unwrap_or_default()
-            )));
         }
         Err(ApiError::internal("could not find a free task id"))
+    }
+
+    /// Stores a new task's events under `task_id`.
+    ///
+    /// The msg id is the attempt's own first event id, so a retry after a lost
+    /// acknowledgement is recognised as this attempt, while another task that drew the
+    /// same id is not mistaken for it.
+    async fn store_one(&self, task_id: &TaskId, events: &[Envelope]) -> Result<Stored, ApiError> {
+        let msg_id = match events.first() {
+            Some(first) => format!("submit:{}", first.event_id),
+            None => return Err(ApiError::internal("a submission without events")),
+        };
+        let aggregate = Aggregate::Task(task_id.clone());
+        // A publish whose acknowledgement was lost may or may not be stored: retrying
+        // the very same message is safe, and tells.
+        let mut lost = None;
+        for _ in 0..3 {
+            match self
+                .append(&aggregate, events, Expected::NEW, Some(&msg_id))
+                .await
+            {
+                Ok(appended) => {
+                    if let Some(first) = self.duplicate_of(events, &appended).await? {
+                        return Ok(Stored::Duplicate(idempotency::task_of(first)?));
+                    }
+                    let view = TaskView::decided(None, events, appended.sequence)
+                        .ok_or_else(|| ApiError::internal("a submission that makes no task"))?;
+                    return Ok(Stored::New(Decided {
+                        sequence: appended.sequence,
+                        view,
+                    }));
+                }
+                Err(AppendError::Conflict { .. }) => return Ok(Stored::Taken),
+                Err(e @ AppendError::Publish { .. }) => {
+                    lost = Some(e);
+                    // Without a connection a retry would only wait out another timeout.
+                    let client = self.store.jetstream().client();
+                    if client.connection_state() != async_nats::connection::State::Connected {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::unavailable(format!(
+            "task {task_id} may or may not have been stored ({}); check GET /tasks/{task_id} before submitting again",
+            lost.map(|e| e.to_string()).unwrap_or_default()
+        )))
     }
 
     /// Records an agent's outcome for a task: completed with a result, or failed with a

@@ -62,6 +62,14 @@ pub struct Config {
     /// or token write before answering 202).
     #[arg(long, env = "AICP_WRITE_WAIT_MS", default_value_t = 2000)]
     pub write_wait_ms: u64,
+    /// Every buyer pays from a prepaid balance: a buyer that has deposited nothing is
+    /// refused (402). Without it only buyers with a deposit or a limit are.
+    #[arg(long, env = "AICP_REQUIRE_DEPOSIT")]
+    pub require_deposit: bool,
+    /// A reservation whose task is still not stored after this long goes back to its
+    /// buyer's balance (its coordinator stopped between the two writes).
+    #[arg(long, env = "AICP_RESERVATION_LAPSE_MS", default_value_t = 300_000)]
+    pub reservation_lapse_ms: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "AICP_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

@@ -1,11 +1,14 @@
-//! Every HTTP error, in one JSON shape: `{"error": {"code", "message"}}`.
+//! Every HTTP error, in one JSON shape: `{"error": {"code", "message"}}` (a 402 adds
+//! the limit that refused and the amounts).
 //!
 //! Handlers return [`ApiError`]; the status, code and message are decided here, in one
 //! place, from the typed errors of the layers below.
 
 use aicp_events::domain::access::Denied;
 use aicp_events::domain::assign::NoEligibleAgent;
+use aicp_events::domain::budget::{Limit, Shortfall};
 use aicp_events::domain::task::TransitionError;
+use aicp_events::id::BuyerId;
 use aicp_events::store::{AppendError, StoreError};
 use aicp_projections::{ProjectionError, QueryError};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
@@ -27,12 +30,34 @@ pub struct ApiError {
     pub message: String,
     /// For 429 and 503: seconds until a retry may succeed (the `Retry-After` header).
     pub retry_after: Option<u64>,
+    /// For 402: the limit that refused, and by how much (fields of the error object).
+    pub shortfall: Option<Shortfall>,
 }
 
 impl ApiError {
     /// 400: the request is malformed or invalid.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 402: the buyer's balance or a spending limit does not cover the task.
+    pub fn payment_required(shortfall: Shortfall, buyer: &BuyerId) -> Self {
+        let message = format!(
+            "buyer {buyer} cannot pay for this task: {shortfall}{}",
+            match shortfall.limit {
+                Limit::Balance => "; deposit more, or wait for open tasks to be refunded",
+                Limit::Daily => "; retry tomorrow (UTC) or raise the daily limit",
+                Limit::Total => "; raise the total limit",
+            }
+        );
+        Self {
+            shortfall: Some(shortfall),
+            ..Self::new(
+                StatusCode::PAYMENT_REQUIRED,
+                shortfall.limit.code(),
+                message,
+            )
+        }
     }
 
     /// 404: no such resource.
@@ -113,19 +138,32 @@ impl ApiError {
         )
     }
 
+    /// The `error` object of the answer: code, message, and a 402's shortfall.
+    pub fn error_json(&self) -> serde_json::Value {
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(short) = self.shortfall {
+            error["limit"] = serde_json::json!(short.limit);
+            error["needed_satoshis"] = short.needed_sats.into();
+            error["available_satoshis"] = short.available_sats.into();
+            error["short_by_satoshis"] = short.short_by_sats.into();
+        }
+        error
+    }
+
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
             retry_after: None,
+            shortfall: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = serde_json::json!({ "error": self.error_json() });
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(seconds) = self.retry_after {

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod batch;
+pub mod budget;
 pub mod commands;
 pub mod config;
 pub mod dispatch;

@@ -68,6 +68,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/read-model/check", get(read_model_check))
         .merge(crate::batch::router(state.max_batch_body))
         .merge(crate::tokens::router())
+        .merge(crate::budget::router())
         .merge(crate::ui::router())
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::docs::openapi))
@@ -265,16 +266,23 @@ pub struct BuyerJson {
     spent_satoshis: u64,
     open_escrow_satoshis: u64,
     refunded_satoshis: u64,
+    /// `null` unless the buyer pays from a prepaid balance.
+    budget: Option<crate::budget::BudgetJson>,
 }
 
 impl From<BuyerView> for BuyerJson {
     fn from(b: BuyerView) -> Self {
+        let today = Utc::now().date_naive();
         Self {
             buyer_id: b.buyer_id.to_string(),
             tasks_submitted: b.tasks_submitted,
             spent_satoshis: b.spent_sats,
             open_escrow_satoshis: b.open_escrow_sats,
             refunded_satoshis: b.refunded_sats,
+            budget: b
+                .budget
+                .as_ref()
+                .map(|budget| crate::budget::BudgetJson::of(budget, b.pending_sats, today)),
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct Shared {
     pub max_body: usize,
     /// Largest body of a batch submission, in bytes.
     pub max_batch_body: usize,
+    /// Whether every buyer must pay from a prepaid balance.
+    pub require_deposit: bool,
+    /// How long a reservation waits for its task before it is released.
+    pub reservation_lapse: Duration,
     /// A request taking longer is answered 408.
     pub request_timeout: Duration,
     /// Authentication mode, the configured admin token and the rate limits.
@@ -87,14 +91,28 @@ impl AppState {
         expected: Expected,
         msg_id: Option<&str>,
     ) -> Result<Appended, AppendError> {
-        let result = match crate::idempotency::keyed_events(events) {
+        match crate::idempotency::keyed_events(events) {
             Some((events, key_msg_id)) => {
-                self.store
-                    .append(aggregate, &events, expected, Some(&key_msg_id))
+                self.append_unkeyed(aggregate, &events, expected, Some(&key_msg_id))
                     .await
             }
-            None => self.store.append(aggregate, events, expected, msg_id).await,
-        };
+            None => {
+                self.append_unkeyed(aggregate, events, expected, msg_id)
+                    .await
+            }
+        }
+    }
+
+    /// Appends `events` as they are, whatever request this is: for writes a keyed retry
+    /// must not be answered from, such as a submission's reservation of its price.
+    pub async fn append_unkeyed(
+        &self,
+        aggregate: &Aggregate,
+        events: &[Envelope],
+        expected: Expected,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, AppendError> {
+        let result = self.store.append(aggregate, events, expected, msg_id).await;
         if let Ok(appended) = &result {
             self.acked
                 .record(aggregate, appended.sequence, self.progress.applied());

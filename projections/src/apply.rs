@@ -813,6 +813,7 @@ impl Writer<'_> {
             day,
             state: ReservationState::Pending,
             sequence: self.sequence,
+            reserved_at: self.at,
         };
         self.changes
             .put(Table::Reservations, key.to_vec(), reservation);

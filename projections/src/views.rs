@@ -260,6 +260,9 @@ pub struct ReservationView {
     pub state: ReservationState,
     /// Stream sequence of the reservation.
     pub sequence: u64,
+    /// When it was made: a pending one lapses some minutes after.
+    #[serde(with = "chrono::serde::ts_nanoseconds")]
+    pub reserved_at: DateTime<Utc>,
 }
 
 /// One side of a ledger transfer, as an account sees it.

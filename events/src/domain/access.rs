@@ -196,6 +196,16 @@ pub enum Action<'a> {
     },
     /// List every buyer.
     ListBuyers,
+    /// Pay satoshis in to a buyer's balance (admin only: the money comes from outside).
+    Deposit {
+        /// The buyer.
+        buyer: &'a BuyerId,
+    },
+    /// Set a buyer's spending limits.
+    SetLimits {
+        /// The buyer.
+        buyer: &'a BuyerId,
+    },
     /// Read an account's ledger.
     ReadLedger {
         /// The account.
@@ -244,7 +254,10 @@ pub fn authorize(principal: &Principal, action: Action<'_>) -> Result<(), Denied
         Action::UpdateAgent { agent, operational } => {
             !operational && matches!(principal, Principal::Agent(own) if own == agent)
         }
-        Action::ReadBuyer { buyer } => principal.acts_for_buyer(buyer),
+        Action::ReadBuyer { buyer } | Action::SetLimits { buyer } => {
+            principal.acts_for_buyer(buyer)
+        }
+        Action::Deposit { .. } => false,
         Action::ReadLedger { account } => match account {
             Account::Buyer(buyer) => principal.acts_for_buyer(buyer),
             Account::Agent(agent) => matches!(principal, Principal::Agent(own) if own == agent),
@@ -284,6 +297,8 @@ fn describe(action: Action<'_>) -> String {
         }
         Action::ReadBuyer { buyer } => format!("read buyer {buyer}"),
         Action::ListBuyers => "list buyers".to_owned(),
+        Action::Deposit { buyer } => format!("deposit to buyer {buyer}'s balance"),
+        Action::SetLimits { buyer } => format!("set buyer {buyer}'s spending limits"),
         Action::ReadLedger { account } => format!("read the ledger of {account}"),
         Action::ManageTokens => "manage tokens".to_owned(),
         Action::Operate => "operate the marketplace".to_owned(),
@@ -343,6 +358,11 @@ mod tests {
         assert!(authorize(&me, Action::SubmitTask { buyer: &b1 }).is_ok());
         assert!(authorize(&me, Action::SubmitTask { buyer: &b2 }).is_err());
         assert!(authorize(&me, Action::ChangeOrder { buyer: &b2 }).is_err());
+        // A buyer sets its own limits but cannot pay itself in: deposits are the admin's.
+        assert!(authorize(&me, Action::SetLimits { buyer: &b1 }).is_ok());
+        assert!(authorize(&me, Action::SetLimits { buyer: &b2 }).is_err());
+        assert!(authorize(&me, Action::Deposit { buyer: &b1 }).is_err());
+        assert!(authorize(&Principal::Admin, Action::Deposit { buyer: &b1 }).is_ok());
         assert!(authorize(
             &me,
             Action::ReadTask {
