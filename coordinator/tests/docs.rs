@@ -37,6 +37,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/quote"),
     ("GET", "/v1/buyers"),
     ("GET", "/v1/buyers/{id}"),
+    ("POST", "/v1/buyers/{id}/deposits"),
+    ("PUT", "/v1/buyers/{id}/limits"),
     ("GET", "/v1/ledger/{account}"),
     ("GET", "/v1/dead-letters"),
     ("GET", "/v1/read-model/check"),
