@@ -144,7 +144,7 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
     // The running coordinator's read model, checked through its API.
     let live_report = aicp_ok(&url, &[&api[..], &["verify", "--live"]].concat()).await?;
     assert!(
-        live_report.contains("all 17 trees match") && live_report.trim_end().ends_with("OK"),
+        live_report.contains("all 18 trees match") && live_report.trim_end().ends_with("OK"),
         "{live_report}"
     );
     c.stop().await?;
@@ -179,7 +179,7 @@ async fn replay_equals_live_verify_catches_tampering_and_swap_replaces_it() -> R
     )
     .await?;
     assert!(
-        report.contains("all 17 trees match") && report.trim_end().ends_with("OK"),
+        report.contains("all 18 trees match") && report.trim_end().ends_with("OK"),
         "{report}"
     );
     // The open task's money is held, the others' settled.

@@ -76,7 +76,7 @@ pub async fn page(State(state): State<AppState>, caller: Option<Caller>) -> Resp
                     button #submit-task .primary type="submit" { "Submit task" }
                 }
             }
-            section.card data-fragment="buyer-summary" data-src="/ui/fragments/buyer-summary" data-topics="task,payment" {
+            section.card data-fragment="buyer-summary" data-src="/ui/fragments/buyer-summary" data-topics="task,payment,buyer" {
                 (summary)
             }
             section.card data-fragment="agents" data-src="/ui/fragments/agents" data-topics="agent,task" {
@@ -99,9 +99,15 @@ pub async fn page(State(state): State<AppState>, caller: Option<Caller>) -> Resp
     ))
 }
 
-/// The buyer's spend, open escrow and refunds.
+/// The buyer's spend, open escrow and refunds, and its balance and limits if prepaid.
 pub fn summary(state: &AppState, buyer: &BuyerId) -> Result<Markup, ApiError> {
     let view = state.model.buyer(buyer)?;
+    let budget = view.as_ref().and_then(|b| b.budget.clone());
+    let today = chrono::Utc::now().date_naive();
+    let limit = |limit: Option<u64>| match limit {
+        Some(sats_limit) => sats(sats_limit as i64),
+        None => "none".to_owned(),
+    };
     let (submitted, spent, open, refunded) = view
         .map(|b| {
             (
@@ -119,6 +125,18 @@ pub fn summary(state: &AppState, buyer: &BuyerId) -> Result<Markup, ApiError> {
             div { dt { "In escrow" } dd #open-escrow { (sats(open as i64)) } }
             div { dt { "Refunded" } dd #refunded { (sats(refunded as i64)) } }
             div { dt { "Tasks" } dd #task-count { (submitted) } }
+        }
+        @if let Some(budget) = budget {
+            h2 { "Your budget" }
+            dl.stats #budget {
+                div { dt { "Balance" } dd #balance { (sats(budget.balance_sats() as i64)) } }
+                div { dt { "Daily limit" } dd #daily-limit { (limit(budget.limits.daily_sats)) } }
+                div { dt { "Total limit" } dd #total-limit { (limit(budget.limits.total_sats)) } }
+                div { dt { "Spent today" } dd #spent-today { (sats(budget.spent_on(today) as i64)) } }
+                div { dt { "Left to spend" } dd #left-today { (sats(budget.available_sats(today) as i64)) } }
+            }
+        } @else {
+            p.small.muted #no-budget { "No prepaid balance: your tasks are not checked against one. An admin deposits with POST /v1/buyers/" (buyer) "/deposits." }
         }
     })
 }
