@@ -88,7 +88,7 @@
       // An agent's record moves prices: quote again.
       if ((kind === "agent" || kind === "resync") && window.aicpQuote) window.aicpQuote();
     };
-    ["task", "payment", "agent", "other", "resync", "hello"].forEach((kind) => source.addEventListener(kind, onEvent(kind)));
+    ["task", "payment", "agent", "buyer", "other", "resync", "hello"].forEach((kind) => source.addEventListener(kind, onEvent(kind)));
     source.addEventListener("open", () => {
       if (live) { live.className = "live on"; live.title = "Live updates: connected"; }
     });
